@@ -1,0 +1,318 @@
+//! Command-line definitions and what each command does.
+//!
+//! clap validates the input; [`execute`] turns it into settings, a table
+//! selection and a run, and returns the process exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{Env, TablesConfig};
+use crate::demo::{self, DemoOptions};
+use crate::error::{Error, ErrorKind, Result, chain};
+use crate::load::LoadContext;
+use crate::pipeline::{self, DEFAULT_MAX_WORKERS, RunPlan, render_summary};
+use crate::{mysql as my, postgres as pg, tracking};
+
+/// Keeps a PostgreSQL analytics warehouse in step with an OpenDental MySQL/MariaDB database.
+#[derive(Debug, Parser)]
+#[command(name = "etl-pipeline", version)]
+pub struct Cli {
+    /// Env file to read settings from (default: .env_<ETL_ENVIRONMENT>).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+    /// Table configuration.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        default_value = "config/tables.yml"
+    )]
+    pub tables: PathBuf,
+    /// Log progress (info level) to standard error.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the tracking tables in the replica and the warehouse (idempotent).
+    Init,
+    /// Load tables.
+    Run(RunArgs),
+    /// One line per table from the tracking tables.
+    Status,
+    /// Check the table config and environment without connecting.
+    Validate,
+    /// Connect to each database and report its version and latency.
+    TestConnections,
+    /// Create demo databases on this machine and run a full and an incremental load.
+    Demo(DemoArgs),
+}
+
+/// Which phase `run` performs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Phase {
+    /// Replica (MySQL) → warehouse (PostgreSQL).
+    Load,
+}
+
+/// Arguments of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Phase to run.
+    #[arg(long, value_enum, default_value = "load")]
+    pub phase: Phase,
+    /// Table to run (repeatable).
+    #[arg(
+        long = "table",
+        value_name = "T",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub tables: Vec<String>,
+    /// Run every table in the config.
+    #[arg(long)]
+    pub all: bool,
+    /// Refresh in full, whatever the watermarks say.
+    #[arg(long)]
+    pub force_full: bool,
+    /// Tables loaded at once.
+    #[arg(long, default_value_t = DEFAULT_MAX_WORKERS, value_parser = parse_workers)]
+    pub max_workers: usize,
+}
+
+fn parse_workers(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=64).contains(&n) => Ok(n),
+        _ => Err(format!("`{text}` is not a worker count from 1 to 64")),
+    }
+}
+
+/// Arguments of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Rows in each demo table.
+    #[arg(long, default_value_t = 100_000)]
+    pub rows: u64,
+    /// Create the data, config and env file, but do not load.
+    #[arg(long)]
+    pub setup_only: bool,
+    /// Folder for the demo's tables.yml and env file.
+    #[arg(long, default_value = "target/etl-demo")]
+    pub dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub mysql_host: String,
+    #[arg(long, default_value_t = 3306)]
+    pub mysql_port: u16,
+    #[arg(long, default_value = "root")]
+    pub mysql_user: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub pg_host: String,
+    #[arg(long, default_value_t = 5432)]
+    pub pg_port: u16,
+    #[arg(long, default_value = "postgres")]
+    pub pg_user: String,
+    /// Demo replica database (dropped and re-created).
+    #[arg(long, default_value = "etl_demo_replica")]
+    pub replica_db: String,
+    /// Demo warehouse database (dropped and re-created).
+    #[arg(long, default_value = "etl_demo")]
+    pub warehouse_db: String,
+}
+
+/// Exit code for a run where some table failed, or a command failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code for bad configuration or environment.
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit code when the tracking tables are missing.
+pub const EXIT_NOT_INITIALIZED: u8 = 3;
+
+/// The exit code for an error that stopped a command.
+pub fn exit_code(err: &Error) -> ExitCode {
+    ExitCode::from(match err.kind() {
+        ErrorKind::Config => EXIT_CONFIG,
+        ErrorKind::NotInitialized => EXIT_NOT_INITIALIZED,
+        _ => EXIT_FAILED,
+    })
+}
+
+fn load_context(env: &Env) -> Result<LoadContext> {
+    Ok(LoadContext {
+        replica: env.replica()?,
+        warehouse: env.warehouse()?,
+    })
+}
+
+/// Runs a parsed command line.
+pub async fn execute(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Demo(args) => {
+            let opts = DemoOptions {
+                mysql_host: args.mysql_host,
+                mysql_port: args.mysql_port,
+                mysql_user: args.mysql_user,
+                pg_host: args.pg_host,
+                pg_port: args.pg_port,
+                pg_user: args.pg_user,
+                replica_database: args.replica_db,
+                warehouse_database: args.warehouse_db,
+                rows: args.rows,
+                dir: args.dir,
+                setup_only: args.setup_only,
+            };
+            let ok = demo::run(&opts).await?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILED)
+            })
+        }
+        Command::Init => {
+            let env = Env::load(cli.env_file.as_deref())?;
+            let ctx = load_context(&env)?;
+            pipeline::init(&ctx).await?;
+            println!(
+                "tracking tables ready in {} (schema {}) and {}",
+                pg::describe(&ctx.warehouse),
+                ctx.warehouse.schema,
+                my::describe(&ctx.replica)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => {
+            let config = TablesConfig::load(&cli.tables)?;
+            let tables = pipeline::select_tables(&config, &args.tables, args.all)?;
+            let env = Env::load(cli.env_file.as_deref())?;
+            let ctx = load_context(&env)?;
+            let Phase::Load = args.phase;
+            let report = pipeline::run_load(
+                &ctx,
+                RunPlan {
+                    tables,
+                    force_full: args.force_full,
+                    max_workers: args.max_workers,
+                },
+            )
+            .await?;
+            print!("{}", render_summary(&report));
+            Ok(if report.succeeded() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILED)
+            })
+        }
+        Command::Status => {
+            let env = Env::load(cli.env_file.as_deref())?;
+            let warehouse = env.warehouse()?;
+            let client = pg::connect(&warehouse).await?;
+            tracking::check_warehouse(&client, &warehouse.schema).await?;
+            let lines = tracking::status_lines(&client, &warehouse.schema).await?;
+            println!(
+                "{:<28} {:<8} {:<19} {:<11} {:>10}  watermark",
+                "table", "status", "last loaded", "strategy", "rows"
+            );
+            for l in &lines {
+                println!(
+                    "{:<28} {:<8} {:<19} {:<11} {:>10}  {}",
+                    l.table, l.status, l.last_loaded, l.strategy, l.rows_loaded, l.watermark
+                );
+                if !l.error.is_empty() {
+                    println!("    error: {}", l.error);
+                }
+            }
+            if lines.is_empty() {
+                println!("no table has been loaded yet; run `etl-pipeline run --phase load --all`");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate => {
+            let config = TablesConfig::load(&cli.tables)?;
+            let env = Env::load(cli.env_file.as_deref())?;
+            let replica = env.replica()?;
+            let warehouse = env.warehouse()?;
+            println!("{}: {} table(s), valid", cli.tables.display(), config.len());
+            println!("environment {}:", env.environment().name());
+            println!("  replica    {}", my::describe(&replica));
+            println!(
+                "  warehouse  {} (schema {})",
+                pg::describe(&warehouse),
+                warehouse.schema
+            );
+            match env.source() {
+                Ok(source) => println!("  source     {}", my::describe(&source)),
+                Err(e) => {
+                    println!("  source     not configured (needed by the extract phase): {e}")
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::TestConnections => {
+            let env = Env::load(cli.env_file.as_deref())?;
+            let mut ok = true;
+            let mut mysql_targets = vec![("replica", env.replica())];
+            if let Ok(source) = env.source() {
+                mysql_targets.insert(0, ("source", Ok(source)));
+            }
+            for (role, settings) in mysql_targets {
+                let outcome = match settings {
+                    Ok(s) => {
+                        let started = Instant::now();
+                        match my::connect(&s).await {
+                            Ok(mut conn) => my::server_version(&mut conn).await.map(|v| {
+                                format!(
+                                    "{} ok, {v}, {} ms",
+                                    my::describe(&s),
+                                    started.elapsed().as_millis()
+                                )
+                            }),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                ok &= report_connection(role, outcome);
+            }
+            let outcome = match env.warehouse() {
+                Ok(s) => {
+                    let started = Instant::now();
+                    match pg::connect(&s).await {
+                        Ok(client) => pg::server_version(&client).await.map(|v| {
+                            format!(
+                                "{} ok, {v}, {} ms",
+                                pg::describe(&s),
+                                started.elapsed().as_millis()
+                            )
+                        }),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            ok &= report_connection("warehouse", outcome);
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILED)
+            })
+        }
+    }
+}
+
+fn report_connection(role: &str, outcome: Result<String>) -> bool {
+    match outcome {
+        Ok(line) => {
+            println!("{role:<10} {line}");
+            true
+        }
+        Err(e) => {
+            println!("{role:<10} FAILED: {}", chain(&e));
+            false
+        }
+    }
+}

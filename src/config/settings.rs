@@ -1,0 +1,372 @@
+//! Connection settings from the environment and `.env_<environment>` files.
+//!
+//! `ETL_ENVIRONMENT` (`production` | `test`) picks the variable names: test
+//! reads the production names prefixed `TEST_`. Values come from the process
+//! environment first, then from the env file (`.env_production`, `.env_test`,
+//! or `--env-file`). Each database's settings are read only when a command
+//! needs that database, so a missing variable is named exactly when it matters.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Which set of variables to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Production,
+    Test,
+}
+
+impl Environment {
+    fn parse(value: &str) -> Result<Environment> {
+        match value.trim() {
+            "production" => Ok(Environment::Production),
+            "test" => Ok(Environment::Test),
+            other => Err(Error::config(format!(
+                "ETL_ENVIRONMENT is `{other}`; set it to `production` or `test`"
+            ))),
+        }
+    }
+
+    /// `production` or `test`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Environment::Production => "production",
+            Environment::Test => "test",
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Environment::Production => "",
+            Environment::Test => "TEST_",
+        }
+    }
+
+    fn default_env_file(self) -> PathBuf {
+        PathBuf::from(format!(".env_{}", self.name()))
+    }
+}
+
+/// A password: never printed, not even by `Debug`.
+#[derive(Clone, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for handing to a driver.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// How to reach one MySQL/MariaDB database.
+#[derive(Debug, Clone)]
+pub struct MySqlSettings {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub password: Secret,
+}
+
+/// How to reach the PostgreSQL warehouse.
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub schema: String,
+    pub user: String,
+    pub password: Secret,
+}
+
+/// The default warehouse schema, as the old system used.
+pub const DEFAULT_SCHEMA: &str = "raw";
+
+/// The resolved environment: process variables over env-file variables.
+#[derive(Clone)]
+pub struct Env {
+    environment: Environment,
+    vars: HashMap<String, String>,
+    env_file: PathBuf,
+}
+
+impl fmt::Debug for Env {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Env")
+            .field("environment", &self.environment)
+            .field("env_file", &self.env_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Env {
+    /// Reads `ETL_ENVIRONMENT` and the matching env file from the process.
+    pub fn load(env_file: Option<&Path>) -> Result<Env> {
+        Env::from_sources(std::env::vars().collect(), env_file)
+    }
+
+    /// Builds the environment from explicit process variables (for tests and
+    /// embedding) and an optional env file.
+    pub fn from_sources(process: HashMap<String, String>, env_file: Option<&Path>) -> Result<Env> {
+        let explicit_file = env_file.map(|p| (p.to_path_buf(), read_env_file(p)));
+        let file_vars = match &explicit_file {
+            Some((_, Ok(vars))) => vars.clone(),
+            Some((path, Err(e))) => {
+                return Err(Error::config(format!(
+                    "cannot read env file {}: {e}",
+                    path.display()
+                )));
+            }
+            None => HashMap::new(),
+        };
+        let environment_text = process
+            .get("ETL_ENVIRONMENT")
+            .or_else(|| file_vars.get("ETL_ENVIRONMENT"))
+            .ok_or_else(|| {
+                Error::config(
+                    "ETL_ENVIRONMENT is not set; set it to `production` or `test` \
+                     (for example `export ETL_ENVIRONMENT=test`)",
+                )
+            })?;
+        let environment = Environment::parse(environment_text)?;
+        let (env_file, file_vars) = match explicit_file {
+            Some((path, _)) => (path, file_vars),
+            None => {
+                let path = environment.default_env_file();
+                let vars = if path.exists() {
+                    read_env_file(&path).map_err(|e| {
+                        Error::config(format!("cannot read env file {}: {e}", path.display()))
+                    })?
+                } else {
+                    HashMap::new()
+                };
+                (path, vars)
+            }
+        };
+        let mut vars = file_vars;
+        vars.extend(process);
+        Ok(Env {
+            environment,
+            vars,
+            env_file,
+        })
+    }
+
+    /// Which environment was chosen.
+    pub fn environment(&self) -> Environment {
+        self.environment
+    }
+
+    fn name(&self, base: &str) -> String {
+        format!("{}{base}", self.environment.prefix())
+    }
+
+    fn optional(&self, base: &str) -> Option<String> {
+        self.vars.get(&self.name(base)).cloned()
+    }
+
+    fn required(&self, base: &str) -> Result<String> {
+        self.optional(base)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "{} is not set (ETL_ENVIRONMENT={}); set it in the environment or in {}",
+                    self.name(base),
+                    self.environment.name(),
+                    self.env_file.display()
+                ))
+            })
+    }
+
+    fn port(&self, base: &str, default: u16) -> Result<u16> {
+        match self.optional(base).filter(|v| !v.is_empty()) {
+            None => Ok(default),
+            Some(text) => text.trim().parse().map_err(|_| {
+                Error::config(format!(
+                    "{} is `{text}`, not a port number (1-65535)",
+                    self.name(base)
+                ))
+            }),
+        }
+    }
+
+    fn mysql(&self, prefix: &str) -> Result<MySqlSettings> {
+        Ok(MySqlSettings {
+            host: self.required(&format!("{prefix}_HOST"))?,
+            port: self.port(&format!("{prefix}_PORT"), 3306)?,
+            database: self.required(&format!("{prefix}_DB"))?,
+            user: self.required(&format!("{prefix}_USER"))?,
+            password: Secret::new(
+                self.optional(&format!("{prefix}_PASSWORD"))
+                    .unwrap_or_default(),
+            ),
+        })
+    }
+
+    /// The clinic's OpenDental server (`OPENDENTAL_SOURCE_*`).
+    pub fn source(&self) -> Result<MySqlSettings> {
+        self.mysql("OPENDENTAL_SOURCE")
+    }
+
+    /// The local replication database (`MYSQL_REPLICATION_*`).
+    pub fn replica(&self) -> Result<MySqlSettings> {
+        self.mysql("MYSQL_REPLICATION")
+    }
+
+    /// The PostgreSQL warehouse (`POSTGRES_ANALYTICS_*`).
+    pub fn warehouse(&self) -> Result<PgSettings> {
+        let prefix = "POSTGRES_ANALYTICS";
+        Ok(PgSettings {
+            host: self.required(&format!("{prefix}_HOST"))?,
+            port: self.port(&format!("{prefix}_PORT"), 5432)?,
+            database: self.required(&format!("{prefix}_DB"))?,
+            schema: self
+                .optional(&format!("{prefix}_SCHEMA"))
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| DEFAULT_SCHEMA.to_string()),
+            user: self.required(&format!("{prefix}_USER"))?,
+            password: Secret::new(
+                self.optional(&format!("{prefix}_PASSWORD"))
+                    .unwrap_or_default(),
+            ),
+        })
+    }
+}
+
+/// Parses `KEY=VALUE` lines: `#` comments, blank lines, an optional
+/// `export ` prefix, and single or double quotes around the value.
+fn read_env_file(path: &Path) -> std::result::Result<HashMap<String, String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    parse_env_text(&text).map_err(|(line, why)| format!("line {line}: {why}"))
+}
+
+fn parse_env_text(text: &str) -> std::result::Result<HashMap<String, String>, (usize, String)> {
+    let mut vars = HashMap::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            return Err((index + 1, "expected KEY=VALUE".to_string()));
+        };
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err((index + 1, format!("`{key}` is not a variable name")));
+        }
+        let value = value.trim();
+        let value = match value.as_bytes() {
+            [b'"', .., b'"'] | [b'\'', .., b'\''] if value.len() >= 2 => &value[1..value.len() - 1],
+            _ => value.split(" #").next().unwrap_or("").trim_end(),
+        };
+        vars.insert(key.to_string(), value.to_string());
+    }
+    Ok(vars)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Result<Env> {
+        let vars = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Env::from_sources(vars, None)
+    }
+
+    #[test]
+    fn a_missing_environment_is_a_clear_error() {
+        let err = Env::from_sources(HashMap::new(), None).unwrap_err();
+        assert!(
+            err.to_string().contains("ETL_ENVIRONMENT is not set"),
+            "{err}"
+        );
+        let err = env(&[("ETL_ENVIRONMENT", "staging")]).unwrap_err();
+        assert!(err.to_string().contains("`staging`"), "{err}");
+    }
+
+    #[test]
+    fn test_environment_reads_prefixed_names_and_names_what_is_missing() {
+        let e = env(&[
+            ("ETL_ENVIRONMENT", "test"),
+            ("TEST_MYSQL_REPLICATION_HOST", "127.0.0.1"),
+            ("TEST_MYSQL_REPLICATION_DB", "replica"),
+            ("TEST_MYSQL_REPLICATION_USER", "root"),
+            ("MYSQL_REPLICATION_PORT", "9999"),
+        ])
+        .unwrap();
+        let replica = e.replica().unwrap();
+        assert_eq!(replica.port, 3306, "unprefixed names are not read in test");
+        assert_eq!(replica.password.expose(), "");
+        let err = e.warehouse().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("TEST_POSTGRES_ANALYTICS_HOST is not set"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_process_environment_wins_over_the_env_file() {
+        let dir = std::env::temp_dir().join(format!("etl-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("custom.env");
+        std::fs::write(
+            &file,
+            "# comment\nETL_ENVIRONMENT=production\nexport POSTGRES_ANALYTICS_HOST='db.local'\nPOSTGRES_ANALYTICS_PORT=6543\nPOSTGRES_ANALYTICS_DB=\"analytics\" \nPOSTGRES_ANALYTICS_USER=etl # inline\n",
+        )
+        .unwrap();
+        let process = HashMap::from([("POSTGRES_ANALYTICS_PORT".to_string(), "5433".to_string())]);
+        let e = Env::from_sources(process, Some(&file)).unwrap();
+        let pg = e.warehouse().unwrap();
+        assert_eq!(pg.host, "db.local");
+        assert_eq!(pg.port, 5433);
+        assert_eq!(pg.database, "analytics");
+        assert_eq!(pg.user, "etl");
+        assert_eq!(pg.schema, "raw");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_bad_port_names_the_variable() {
+        let e = env(&[
+            ("ETL_ENVIRONMENT", "production"),
+            ("POSTGRES_ANALYTICS_HOST", "h"),
+            ("POSTGRES_ANALYTICS_PORT", "54x"),
+        ])
+        .unwrap();
+        let err = e.warehouse().unwrap_err();
+        assert!(
+            err.to_string().contains("POSTGRES_ANALYTICS_PORT is `54x`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn malformed_env_lines_name_the_line() {
+        assert_eq!(parse_env_text("A=1\nnot a pair\n").unwrap_err().0, 2);
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let s = Secret::new("hunter2-distinctive");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,209 @@
+//! Strategy resolution: the one function that decides, for either phase,
+//! whether a table is refreshed in full or read incrementally, and why.
+
+use std::collections::HashSet;
+
+use super::tables::{ExtractionStrategy, TableConfig};
+
+/// How a table is read in this run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Strategy {
+    /// Every row, replacing the destination's contents atomically.
+    Full,
+    /// Rows past the watermarks of these columns (OR across them).
+    Incremental { columns: Vec<String> },
+}
+
+impl Strategy {
+    /// `full` or `incremental`, as written to the run history.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Full => "full",
+            Strategy::Incremental { .. } => "incremental",
+        }
+    }
+}
+
+/// A strategy and the reason it was chosen, recorded in the run history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub strategy: Strategy,
+    pub reason: String,
+}
+
+/// What the run knows about a table besides its config.
+#[derive(Debug, Clone, Default)]
+pub struct TableFacts {
+    /// `--force-full` was given.
+    pub force_full: bool,
+    /// The key rows are upserted on (empty: the table has none).
+    pub key: Vec<String>,
+    /// Source columns that can order rows (integers, dates, date-times).
+    pub orderable_columns: HashSet<String>,
+    /// All source columns.
+    pub source_columns: HashSet<String>,
+    /// Watermark columns the tracking tables hold a watermark for.
+    pub watermarked_columns: HashSet<String>,
+    /// The destination table did not exist before this run.
+    pub destination_created: bool,
+    /// Source columns the destination lacked (added by this run).
+    pub added_columns: Vec<String>,
+}
+
+fn full(reason: impl Into<String>) -> Decision {
+    Decision {
+        strategy: Strategy::Full,
+        reason: reason.into(),
+    }
+}
+
+/// Decides how to read a table. The order of the checks is the order of
+/// precedence: an explicit flag, then what makes an incremental read unsafe,
+/// then what makes it impossible.
+pub fn resolve(config: &TableConfig, facts: &TableFacts) -> Decision {
+    if facts.force_full {
+        return full("--force-full given");
+    }
+    if config.extraction_strategy == ExtractionStrategy::FullTable {
+        return full("config: extraction_strategy is full_table");
+    }
+    if facts.key.is_empty() {
+        return full("table has no primary key, so changed rows cannot be upserted");
+    }
+    let columns = config.watermark_columns();
+    for column in &columns {
+        if !facts.source_columns.contains(column) {
+            return full(format!(
+                "incremental column `{column}` is not in the source table"
+            ));
+        }
+        if !facts.orderable_columns.contains(column) {
+            return full(format!(
+                "incremental column `{column}` is not an integer, date or date-time column"
+            ));
+        }
+    }
+    if facts.destination_created {
+        return full("first load: destination table created");
+    }
+    if !facts.added_columns.is_empty() {
+        return full(format!(
+            "source added column(s) {}: existing rows need their values",
+            facts.added_columns.join(", ")
+        ));
+    }
+    if let Some(missing) = columns
+        .iter()
+        .find(|c| !facts.watermarked_columns.contains(*c))
+    {
+        return full(format!("no watermark recorded for `{missing}` yet"));
+    }
+    let reason = match columns.as_slice() {
+        [one] if facts.key.len() == 1 && facts.key[0] == *one => {
+            format!("watermark on the key {one}")
+        }
+        [one] => format!("watermark on ({one}, {})", facts.key.join(", ")),
+        many => format!(
+            "watermarks on {} (OR), each paged with the key",
+            many.join(", ")
+        ),
+    };
+    Decision {
+        strategy: Strategy::Incremental { columns },
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TablesConfig;
+
+    fn procedurelog() -> TableConfig {
+        let text = "tables:\n  procedurelog:\n    extraction_strategy: incremental\n    incremental_columns: [ProcNum, DateTStamp]\n    primary_incremental_column: DateTStamp\n    primary_key: ProcNum\n";
+        TablesConfig::parse(text)
+            .unwrap()
+            .get("procedurelog")
+            .unwrap()
+            .clone()
+    }
+
+    fn ready() -> TableFacts {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
+        TableFacts {
+            key: vec!["ProcNum".into()],
+            orderable_columns: set(&["ProcNum", "DateTStamp"]),
+            source_columns: set(&["ProcNum", "DateTStamp", "ProcFee"]),
+            watermarked_columns: set(&["DateTStamp"]),
+            ..TableFacts::default()
+        }
+    }
+
+    #[test]
+    fn a_watermarked_table_is_read_incrementally() {
+        let d = resolve(&procedurelog(), &ready());
+        assert_eq!(
+            d.strategy,
+            Strategy::Incremental {
+                columns: vec!["DateTStamp".into()]
+            }
+        );
+        assert_eq!(d.reason, "watermark on (DateTStamp, ProcNum)");
+    }
+
+    #[test]
+    fn each_reason_for_a_full_refresh_is_named() {
+        let cfg = procedurelog();
+        let cases: Vec<(TableFacts, &str)> = vec![
+            (
+                TableFacts {
+                    force_full: true,
+                    ..ready()
+                },
+                "--force-full",
+            ),
+            (
+                TableFacts {
+                    key: vec![],
+                    ..ready()
+                },
+                "no primary key",
+            ),
+            (
+                TableFacts {
+                    destination_created: true,
+                    ..ready()
+                },
+                "first load",
+            ),
+            (
+                TableFacts {
+                    added_columns: vec!["New".into()],
+                    ..ready()
+                },
+                "added column(s) New",
+            ),
+            (
+                TableFacts {
+                    watermarked_columns: HashSet::new(),
+                    ..ready()
+                },
+                "no watermark",
+            ),
+            (
+                TableFacts {
+                    orderable_columns: HashSet::new(),
+                    ..ready()
+                },
+                "not an integer",
+            ),
+        ];
+        for (facts, expected) in cases {
+            let d = resolve(&cfg, &facts);
+            assert_eq!(d.strategy, Strategy::Full);
+            assert!(d.reason.contains(expected), "{} vs {expected}", d.reason);
+        }
+        let full_table = TableConfig::full_table("procedurelog");
+        assert!(resolve(&full_table, &ready()).reason.contains("full_table"));
+    }
+}

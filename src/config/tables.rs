@@ -1,0 +1,478 @@
+//! The table configuration (`tables.yml`), in the old system's format.
+//!
+//! Parsed with `serde_norway`, the maintained fork of the archived
+//! `serde_yaml`: same data model, and its errors carry the key path, line and
+//! column (`tables.patient.batch_size: invalid type ... at line 12 column 17`).
+//! Keys the old system wrote that do not drive behaviour here are accepted and
+//! ignored; any other key is refused, so a typo never silently changes nothing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use crate::error::{Error, Result};
+use crate::schema::{DateTimeParts, check_date};
+
+/// Rows per batch when a table does not say: large enough to amortise a
+/// round trip and a transaction, small enough that a batch of wide rows stays
+/// within a few tens of MB.
+pub const DEFAULT_BATCH_SIZE: u32 = 10_000;
+/// Upper limit on `batch_size`: memory is bounded by batch size, so a typo of
+/// one zero too many must not turn into gigabytes.
+pub const MAX_BATCH_SIZE: u32 = 1_000_000;
+/// Seconds an incremental run re-reads before a temporal watermark, to catch
+/// transactions that committed after the previous run read past their
+/// timestamp. Ten minutes covers any OpenDental transaction we have seen and
+/// costs only the rows changed in that span.
+pub const DEFAULT_LOOKBACK_SECONDS: u64 = 600;
+/// Keys an incremental run re-reads below an integer (auto-increment)
+/// watermark: InnoDB hands out ids at insert time, so a slow transaction can
+/// commit a lower id after a higher one was read.
+pub const DEFAULT_LOOKBACK_KEYS: u64 = 1_000;
+
+/// How the config says a table is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtractionStrategy {
+    /// Always a full refresh.
+    FullTable,
+    /// By watermark.
+    Incremental,
+    /// By watermark (the old system's name for large tables read in chunks).
+    IncrementalChunked,
+}
+
+/// The old system's size classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PerformanceCategory {
+    Large,
+    Medium,
+    Small,
+    Tiny,
+}
+
+/// The old system's processing priorities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessingPriority {
+    High,
+    Medium,
+    Low,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQualityFilters {
+    min_date: Option<String>,
+    max_date: Option<String>,
+}
+
+/// Bounds on which watermark values count: dates outside them (year 1902,
+/// 2099) never move a watermark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QualityBounds {
+    pub min: Option<DateTimeParts>,
+    pub max: Option<DateTimeParts>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    table_name: Option<String>,
+    extraction_strategy: ExtractionStrategy,
+    #[serde(default)]
+    incremental_columns: Vec<String>,
+    #[serde(default)]
+    primary_incremental_column: Option<String>,
+    #[serde(default)]
+    primary_key: Option<OneOrMany>,
+    batch_size: Option<u32>,
+    data_quality_filters: Option<RawQualityFilters>,
+    performance_category: Option<PerformanceCategory>,
+    processing_priority: Option<ProcessingPriority>,
+    lookback_seconds: Option<u64>,
+    lookback_keys: Option<u64>,
+    estimated_rows: Option<u64>,
+    // Written by the old system's analyzer; accepted, not used here.
+    #[serde(rename = "estimated_size_mb")]
+    _estimated_size_mb: Option<IgnoredAny>,
+    #[serde(rename = "incremental_strategy")]
+    _incremental_strategy: Option<IgnoredAny>,
+    #[serde(rename = "sync_profile")]
+    _sync_profile: Option<IgnoredAny>,
+    #[serde(rename = "replicator_watermark_column")]
+    _replicator_watermark_column: Option<IgnoredAny>,
+    #[serde(rename = "is_modeled")]
+    _is_modeled: Option<IgnoredAny>,
+    #[serde(rename = "dbt_model_types")]
+    _dbt_model_types: Option<IgnoredAny>,
+    #[serde(rename = "column_names")]
+    _column_names: Option<IgnoredAny>,
+    #[serde(rename = "time_gap_threshold_days")]
+    _time_gap_threshold_days: Option<IgnoredAny>,
+    #[serde(rename = "estimated_processing_time_minutes")]
+    _estimated_processing_time_minutes: Option<IgnoredAny>,
+    #[serde(rename = "memory_requirements_mb")]
+    _memory_requirements_mb: Option<IgnoredAny>,
+    #[serde(rename = "monitoring")]
+    _monitoring: Option<IgnoredAny>,
+    #[serde(rename = "schema_hash")]
+    _schema_hash: Option<IgnoredAny>,
+    #[serde(rename = "last_analyzed")]
+    _last_analyzed: Option<IgnoredAny>,
+    #[serde(rename = "lookback_resync")]
+    _lookback_resync: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(rename = "metadata")]
+    _metadata: Option<IgnoredAny>,
+    tables: Option<BTreeMap<String, RawTable>>,
+}
+
+/// One table's validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableConfig {
+    pub name: String,
+    pub extraction_strategy: ExtractionStrategy,
+    pub incremental_columns: Vec<String>,
+    /// `None` when the config says `none`/`null`: OR across `incremental_columns`.
+    pub primary_incremental_column: Option<String>,
+    pub primary_key: Vec<String>,
+    pub batch_size: u32,
+    pub quality: QualityBounds,
+    pub performance_category: Option<PerformanceCategory>,
+    pub processing_priority: ProcessingPriority,
+    pub lookback_seconds: u64,
+    pub lookback_keys: u64,
+    pub estimated_rows: Option<u64>,
+}
+
+impl TableConfig {
+    /// A table read in full, with defaults for everything else.
+    pub fn full_table(name: &str) -> TableConfig {
+        TableConfig {
+            name: name.to_string(),
+            extraction_strategy: ExtractionStrategy::FullTable,
+            incremental_columns: Vec::new(),
+            primary_incremental_column: None,
+            primary_key: Vec::new(),
+            batch_size: DEFAULT_BATCH_SIZE,
+            quality: QualityBounds::default(),
+            performance_category: None,
+            processing_priority: ProcessingPriority::Medium,
+            lookback_seconds: DEFAULT_LOOKBACK_SECONDS,
+            lookback_keys: DEFAULT_LOOKBACK_KEYS,
+            estimated_rows: None,
+        }
+    }
+
+    /// The watermark columns an incremental read uses: the primary column, or
+    /// every incremental column (OR) when there is none.
+    pub fn watermark_columns(&self) -> Vec<String> {
+        match &self.primary_incremental_column {
+            Some(column) => vec![column.clone()],
+            None => self.incremental_columns.clone(),
+        }
+    }
+}
+
+/// The whole table configuration, in name order.
+#[derive(Debug, Clone, Default)]
+pub struct TablesConfig {
+    tables: BTreeMap<String, TableConfig>,
+}
+
+fn parse_bound(table: &str, key: &str, text: &str) -> Result<DateTimeParts> {
+    let bad = || {
+        Error::config(format!(
+            "tables.{table}.data_quality_filters.{key}: `{text}` is not a date (use YYYY-MM-DD or YYYY-MM-DD HH:MM:SS)"
+        ))
+    };
+    let (date, time) = text
+        .trim()
+        .split_once([' ', 'T'])
+        .unwrap_or((text.trim(), "00:00:00"));
+    let mut d = date.split('-').map(|p| p.parse::<u32>());
+    let mut t = time.split(':').map(|p| p.parse::<u32>());
+    let next = |it: &mut dyn Iterator<Item = std::result::Result<u32, _>>| -> Result<u32> {
+        it.next().and_then(|r| r.ok()).ok_or_else(bad)
+    };
+    let (y, mo, da) = (next(&mut d)?, next(&mut d)?, next(&mut d)?);
+    let (h, mi, s) = (next(&mut t)?, next(&mut t)?, next(&mut t)?);
+    let narrow = |v: u32| u8::try_from(v).map_err(|_| bad());
+    let parts = check_date((
+        u16::try_from(y).map_err(|_| bad())?,
+        narrow(mo)?,
+        narrow(da)?,
+        narrow(h)?,
+        narrow(mi)?,
+        narrow(s)?,
+        0,
+    ))
+    .map_err(|_| bad())?;
+    parts.ok_or_else(bad)
+}
+
+impl TablesConfig {
+    /// Reads and validates a `tables.yml` file.
+    pub fn load(path: &Path) -> Result<TablesConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(format!(
+                "cannot read table config {}: {e}; generate one with `etl-pipeline analyze` or pass --tables FILE",
+                path.display()
+            ))
+        })?;
+        TablesConfig::parse(&text)
+            .map_err(|e| Error::config(format!("{}: {}", path.display(), e.message())))
+    }
+
+    /// Parses and validates `tables.yml` text.
+    pub fn parse(text: &str) -> Result<TablesConfig> {
+        if text.trim().is_empty() {
+            return Err(Error::config(
+                "the table config is empty; it needs a `tables:` map",
+            ));
+        }
+        let raw: RawFile =
+            serde_norway::from_str(text).map_err(|e| Error::config(e.to_string()))?;
+        let raw_tables = raw
+            .tables
+            .ok_or_else(|| Error::config("the table config has no `tables:` map"))?;
+        let mut tables = BTreeMap::new();
+        for (name, raw) in raw_tables {
+            let table = validate(&name, raw)?;
+            tables.insert(name, table);
+        }
+        Ok(TablesConfig { tables })
+    }
+
+    /// Builds a config from tables already validated (demo and tests).
+    pub fn from_tables(list: impl IntoIterator<Item = TableConfig>) -> TablesConfig {
+        TablesConfig {
+            tables: list.into_iter().map(|t| (t.name.clone(), t)).collect(),
+        }
+    }
+
+    /// One table, or an error naming it.
+    pub fn get(&self, name: &str) -> Result<&TableConfig> {
+        self.tables.get(name).ok_or_else(|| {
+            Error::config(format!(
+                "table `{name}` is not in the table config; add it to tables.yml (or regenerate it with `etl-pipeline analyze`)"
+            ))
+        })
+    }
+
+    /// Every table, in name order.
+    pub fn tables(&self) -> impl Iterator<Item = &TableConfig> {
+        self.tables.values()
+    }
+
+    /// Number of tables.
+    pub fn len(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// Whether no table is configured.
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+}
+
+fn validate(name: &str, raw: RawTable) -> Result<TableConfig> {
+    let err = |key: &str, why: String| Error::config(format!("tables.{name}.{key}: {why}"));
+    if let Some(table_name) = &raw.table_name
+        && table_name != name
+    {
+        return Err(err(
+            "table_name",
+            format!("`{table_name}` differs from the key `{name}`"),
+        ));
+    }
+    let primary_incremental_column = raw
+        .primary_incremental_column
+        .filter(|c| !c.eq_ignore_ascii_case("none") && !c.is_empty());
+    if let Some(column) = &primary_incremental_column
+        && raw.extraction_strategy != ExtractionStrategy::FullTable
+        && !raw.incremental_columns.is_empty()
+        && !raw.incremental_columns.contains(column)
+    {
+        return Err(err(
+            "primary_incremental_column",
+            format!(
+                "`{column}` is not one of incremental_columns {:?}",
+                raw.incremental_columns
+            ),
+        ));
+    }
+    if raw.extraction_strategy != ExtractionStrategy::FullTable
+        && primary_incremental_column.is_none()
+        && raw.incremental_columns.is_empty()
+    {
+        return Err(err(
+            "incremental_columns",
+            format!(
+                "extraction_strategy is {:?} but no incremental column is named; name one or use full_table",
+                raw.extraction_strategy
+            ),
+        ));
+    }
+    let batch_size = raw.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
+    if !(1..=MAX_BATCH_SIZE).contains(&batch_size) {
+        return Err(err(
+            "batch_size",
+            format!("{batch_size} is outside 1..={MAX_BATCH_SIZE}"),
+        ));
+    }
+    let filters = raw.data_quality_filters.unwrap_or_default();
+    let quality = QualityBounds {
+        min: filters
+            .min_date
+            .as_deref()
+            .map(|t| parse_bound(name, "min_date", t))
+            .transpose()?,
+        max: filters
+            .max_date
+            .as_deref()
+            .map(|t| parse_bound(name, "max_date", t))
+            .transpose()?,
+    };
+    if let (Some(min), Some(max)) = (quality.min, quality.max)
+        && min.pg_micros() >= max.pg_micros()
+    {
+        return Err(err(
+            "data_quality_filters",
+            "min_date must be before max_date".to_string(),
+        ));
+    }
+    let primary_key = match raw.primary_key {
+        None => Vec::new(),
+        Some(OneOrMany::One(k)) => vec![k],
+        Some(OneOrMany::Many(ks)) => ks,
+    };
+    Ok(TableConfig {
+        name: name.to_string(),
+        extraction_strategy: raw.extraction_strategy,
+        incremental_columns: raw.incremental_columns,
+        primary_incremental_column,
+        primary_key,
+        batch_size,
+        quality,
+        performance_category: raw.performance_category,
+        processing_priority: raw
+            .processing_priority
+            .unwrap_or(ProcessingPriority::Medium),
+        lookback_seconds: raw.lookback_seconds.unwrap_or(DEFAULT_LOOKBACK_SECONDS),
+        lookback_keys: raw.lookback_keys.unwrap_or(DEFAULT_LOOKBACK_KEYS),
+        estimated_rows: raw.estimated_rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = include_str!("../../../shared/fixtures/opendental/seed-system-tables.yml");
+
+    #[test]
+    fn the_old_systems_file_parses_as_is() {
+        let config = TablesConfig::parse(SEED).unwrap();
+        assert_eq!(config.len(), 446);
+        let procedurelog = config.get("procedurelog").unwrap();
+        assert_eq!(
+            procedurelog.primary_incremental_column.as_deref(),
+            Some("DateTStamp")
+        );
+        assert_eq!(procedurelog.primary_key, vec!["ProcNum"]);
+        assert_eq!(procedurelog.batch_size, 35_000);
+        let securitylog = config.get("securitylog").unwrap();
+        assert_eq!(
+            securitylog.extraction_strategy,
+            ExtractionStrategy::IncrementalChunked
+        );
+        assert_eq!(securitylog.watermark_columns(), vec!["SecurityLogNum"]);
+        let no_key = config.get("tmppatient").unwrap();
+        assert!(no_key.primary_key.is_empty());
+        assert_eq!(no_key.primary_incremental_column, None);
+    }
+
+    #[test]
+    fn a_wrong_type_names_table_key_line_and_column() {
+        let text = "tables:\n  patient:\n    extraction_strategy: incremental\n    incremental_columns: [DateTStamp]\n    batch_size: lots\n";
+        let err = TablesConfig::parse(text).unwrap_err().to_string();
+        assert!(err.contains("tables.patient.batch_size"), "{err}");
+        assert!(err.contains("line 5"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_required_key_names_table_and_key() {
+        let text = "tables:\n  patient:\n    batch_size: 10\n";
+        let err = TablesConfig::parse(text).unwrap_err().to_string();
+        assert!(err.contains("tables.patient"), "{err}");
+        assert!(err.contains("extraction_strategy"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        let text = "tables:\n  patient:\n    extraction_strategy: full_table\n    primary_incremantal_column: DateTStamp\n";
+        let err = TablesConfig::parse(text).unwrap_err().to_string();
+        assert!(err.contains("primary_incremantal_column"), "{err}");
+    }
+
+    #[test]
+    fn none_means_or_across_incremental_columns() {
+        let text = "tables:\n  claim:\n    extraction_strategy: incremental\n    incremental_columns: [SecDateTEdit, DateReceived]\n    primary_incremental_column: none\n";
+        let config = TablesConfig::parse(text).unwrap();
+        let claim = config.get("claim").unwrap();
+        assert_eq!(
+            claim.watermark_columns(),
+            vec!["SecDateTEdit", "DateReceived"]
+        );
+    }
+
+    #[test]
+    fn quality_filters_are_parsed_and_checked() {
+        let text = "tables:\n  t:\n    extraction_strategy: incremental\n    incremental_columns: [D]\n    data_quality_filters: {min_date: '2000-01-01', max_date: '2030-12-31 23:59:59'}\n";
+        let t = TablesConfig::parse(text).unwrap();
+        let q = t.get("t").unwrap().quality;
+        assert_eq!(q.min.unwrap().to_sql_string(), "2000-01-01 00:00:00");
+        assert_eq!(q.max.unwrap().to_sql_string(), "2030-12-31 23:59:59");
+        let bad = text.replace("2000-01-01", "2000-13-01");
+        let err = TablesConfig::parse(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("tables.t.data_quality_filters.min_date"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn empty_and_unknown_tables_are_clear_errors() {
+        assert!(
+            TablesConfig::parse("")
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        let config =
+            TablesConfig::parse("tables:\n  a:\n    extraction_strategy: full_table\n").unwrap();
+        assert!(
+            config
+                .get("b")
+                .unwrap_err()
+                .to_string()
+                .contains("`b` is not in the table config")
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! etl-pipeline: keeps a PostgreSQL analytics warehouse in step with an
+//! OpenDental MySQL/MariaDB database.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod load;
+pub mod mysql;
+pub mod pipeline;
+pub mod postgres;
+pub mod schema;
+pub mod tracking;
+
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,732 @@
+//! Phase 2: one table from the replica (MySQL) into the warehouse (PostgreSQL).
+//!
+//! A full load truncates and refills the table inside one transaction, so
+//! readers see the old or the new contents and the table (and every view over
+//! it) keeps its identity. An incremental load reads keyset pages past the
+//! watermarks; each page is copied into a temporary staging table and merged,
+//! and the watermark is written in the same transaction as the rows it covers.
+
+mod batch;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mysql_async::{Conn, Value};
+use tokio_postgres::Client;
+
+use crate::config::{
+    Decision, ExtractionStrategy, MySqlSettings, PgSettings, Strategy, TableConfig, TableFacts,
+    resolve,
+};
+use crate::error::{Error, ErrorKind, Result};
+use crate::mysql::{self as my, Bound, ReadRange, SourceTable};
+use crate::postgres::{self as pg, CopyIn, DestTable};
+use crate::schema::{
+    DataProfile, DateTimeParts, PgType, SourceType, compare_values, ident, map_type, step_back,
+    value_from_text, value_to_text,
+};
+use crate::tracking::{self, Progress, StoredWatermark};
+
+pub use batch::{Batch, CHANNEL_BATCHES, MAX_BATCH_BYTES, Plan, PlannedColumn};
+use batch::{Pass, ReadJob, spawn_reader};
+
+/// Where a load reads and writes.
+#[derive(Debug, Clone)]
+pub struct LoadContext {
+    pub replica: MySqlSettings,
+    pub warehouse: PgSettings,
+}
+
+/// How a load runs.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    pub force_full: bool,
+    pub run_id: String,
+}
+
+/// What a table's load did.
+#[derive(Debug, Clone)]
+pub struct TableReport {
+    pub table: String,
+    pub decision: Decision,
+    pub rows_read: u64,
+    pub rows_inserted: u64,
+    pub rows_updated: u64,
+    /// Rows whose watermark value lies outside the quality bounds (re-read, not moving the watermark).
+    pub rows_outside_bounds: u64,
+    /// Zero dates written as NULL, by column.
+    pub zero_dates: BTreeMap<String, u64>,
+    pub warnings: Vec<String>,
+    pub watermark_start: Option<String>,
+    pub watermark_end: Option<String>,
+    pub elapsed: Duration,
+}
+
+impl TableReport {
+    /// Rows read per second of wall time.
+    pub fn rows_per_second(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.rows_read as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+const STAGE_TABLE: &str = "etl_stage";
+
+struct Prepared {
+    source: SourceTable,
+    plan: Arc<Plan>,
+    key: Vec<String>,
+    dest_columns: Vec<(String, PgType)>,
+    decision: Decision,
+    stored: HashMap<String, StoredWatermark>,
+    warnings: Vec<String>,
+}
+
+fn mapped_alternatives(source: &crate::schema::SourceType) -> [PgType; 2] {
+    [
+        map_type(source, DataProfile::default()),
+        map_type(
+            source,
+            DataProfile {
+                non_boolean_values: true,
+                time_outside_day: true,
+            },
+        ),
+    ]
+}
+
+async fn prepare(
+    mysql: &mut Conn,
+    client: &Client,
+    ctx: &LoadContext,
+    cfg: &TableConfig,
+    opts: &LoadOptions,
+) -> Result<Prepared> {
+    let schema = &ctx.warehouse.schema;
+    let source = my::describe_table(mysql, &ctx.replica.database, &cfg.name).await?;
+    let mut warnings = Vec::new();
+    let key = if !source.primary_key.is_empty() {
+        if !cfg.primary_key.is_empty() && cfg.primary_key != source.primary_key {
+            warnings.push(format!(
+                "config primary_key {:?} differs from the table's primary key {:?}; using the table's",
+                cfg.primary_key, source.primary_key
+            ));
+        }
+        source.primary_key.clone()
+    } else if !cfg.primary_key.is_empty()
+        && cfg.primary_key.iter().all(|k| source.column(k).is_some())
+    {
+        warnings.push(format!(
+            "MySQL table has no primary key; using config primary_key {:?}, which must be unique",
+            cfg.primary_key
+        ));
+        cfg.primary_key.clone()
+    } else {
+        warnings.push("table has no primary key: loaded by full refresh every run".to_string());
+        Vec::new()
+    };
+
+    let mut destination_created = false;
+    let mut added_columns = Vec::new();
+    let dest = match pg::describe_table(client, schema, &cfg.name).await? {
+        None => {
+            let profile = my::profile_columns(mysql, &source).await?;
+            let columns: Vec<(String, PgType, bool)> = source
+                .columns
+                .iter()
+                .map(|c| {
+                    let ty = map_type(&c.ty, profile.get(&c.name).copied().unwrap_or_default());
+                    (c.name.clone(), ty, !key.contains(&c.name))
+                })
+                .collect();
+            pg::create_table(client, schema, &cfg.name, &columns, &key).await?;
+            destination_created = true;
+            describe_dest(client, schema, &cfg.name).await?
+        }
+        Some(existing) => {
+            let missing: Vec<_> = source
+                .columns
+                .iter()
+                .filter(|c| existing.column(&c.name).is_none())
+                .cloned()
+                .collect();
+            if !missing.is_empty() {
+                let subset = SourceTable {
+                    columns: missing.clone(),
+                    ..source.clone()
+                };
+                let profile = my::profile_columns(mysql, &subset).await?;
+                for column in &missing {
+                    let ty = map_type(
+                        &column.ty,
+                        profile.get(&column.name).copied().unwrap_or_default(),
+                    );
+                    pg::add_column(client, schema, &cfg.name, &column.name, &ty).await?;
+                    added_columns.push(column.name.clone());
+                }
+                describe_dest(client, schema, &cfg.name).await?
+            } else {
+                existing
+            }
+        }
+    };
+    for column in &dest.columns {
+        if source.column(&column.name).is_none() {
+            warnings.push(format!(
+                "column `{}` is no longer in the source; kept in the warehouse, new rows get NULL",
+                column.name
+            ));
+        }
+    }
+
+    let mut planned = Vec::with_capacity(source.columns.len());
+    for column in &source.columns {
+        let dest_column = dest.column(&column.name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Schema,
+                format!(
+                    "column {schema}.{}.{} vanished while loading",
+                    cfg.name, column.name
+                ),
+            )
+        })?;
+        let target = dest_column.ty.clone().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Schema,
+                format!(
+                    "column {schema}.{}.{} has PostgreSQL type {}, which this tool does not write; \
+                     change it to {} or drop the table so it is recreated",
+                    cfg.name,
+                    column.name,
+                    dest_column.type_name,
+                    map_type(&column.ty, DataProfile::default())
+                ),
+            )
+        })?;
+        if !mapped_alternatives(&column.ty).contains(&target) {
+            warnings.push(format!(
+                "column `{}` is {} in MySQL (maps to {}) but {} in the warehouse; values load while they fit, \
+                 and one that does not fails the table",
+                column.name,
+                column.column_type,
+                map_type(&column.ty, DataProfile::default()),
+                target
+            ));
+        }
+        planned.push(PlannedColumn {
+            name: column.name.clone(),
+            source: column.ty.clone(),
+            target,
+        });
+    }
+    if !key.is_empty() {
+        let key_set: HashSet<&String> = key.iter().collect();
+        let has_unique = dest
+            .unique_keys
+            .iter()
+            .any(|u| u.len() == key.len() && u.iter().all(|c| key_set.contains(c)));
+        if !has_unique {
+            return Err(Error::new(
+                ErrorKind::Schema,
+                format!(
+                    "{schema}.{} has no primary key or unique index on ({}), which the upsert needs; \
+                     add one: alter table {} add primary key ({})",
+                    cfg.name,
+                    key.join(", "),
+                    ident::pg_qualified(schema, &cfg.name),
+                    ident::pg_list(key.iter().map(String::as_str))
+                ),
+            ));
+        }
+    }
+    let key_positions = key
+        .iter()
+        .filter_map(|k| planned.iter().position(|c| &c.name == k))
+        .collect();
+    let plan = Arc::new(Plan {
+        table: cfg.name.clone(),
+        columns: planned,
+        key_positions,
+    });
+    let dest_columns = plan
+        .columns
+        .iter()
+        .map(|c| (c.name.clone(), c.target.clone()))
+        .collect();
+
+    let stored = tracking::load_watermarks(client, schema, &cfg.name).await?;
+    let facts = TableFacts {
+        force_full: opts.force_full,
+        key: key.clone(),
+        orderable_columns: source
+            .columns
+            .iter()
+            .filter(|c| c.ty.is_watermark_capable())
+            .map(|c| c.name.clone())
+            .collect(),
+        source_columns: source.columns.iter().map(|c| c.name.clone()).collect(),
+        watermarked_columns: stored.keys().cloned().collect(),
+        destination_created,
+        added_columns,
+    };
+    let decision = resolve(cfg, &facts);
+    if let Strategy::Incremental { columns } = &decision.strategy {
+        for column in columns {
+            if !source.indexed_first_columns.contains(column) {
+                warnings.push(format!(
+                    "no MySQL index starts with `{column}`: each incremental page scans the table; add one"
+                ));
+            }
+        }
+    }
+    Ok(Prepared {
+        source,
+        plan,
+        key,
+        dest_columns,
+        decision,
+        stored,
+        warnings,
+    })
+}
+
+async fn describe_dest(client: &Client, schema: &str, table: &str) -> Result<DestTable> {
+    pg::describe_table(client, schema, table)
+        .await?
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Schema,
+                format!("{schema}.{table} vanished while loading"),
+            )
+        })
+}
+
+/// The columns whose watermarks a full load records for the next run.
+fn trackable_columns(cfg: &TableConfig, prepared: &Prepared) -> Vec<String> {
+    if cfg.extraction_strategy == ExtractionStrategy::FullTable || prepared.key.is_empty() {
+        return Vec::new();
+    }
+    let columns = cfg.watermark_columns();
+    let usable = columns.iter().all(|c| {
+        prepared
+            .source
+            .column(c)
+            .is_some_and(|col| col.ty.is_watermark_capable())
+    });
+    if usable { columns } else { Vec::new() }
+}
+
+/// The range a MySQL `timestamp` can hold (1970-01-01 00:00:01 to
+/// 2038-01-19 03:14:07 UTC), narrowed by a day on each side for the session
+/// time zone. MySQL compares a `timestamp` column with a constant outside this
+/// range as false, so bounds beyond it are pulled in.
+const TIMESTAMP_FLOOR: DateTimeParts = DateTimeParts {
+    year: 1970,
+    month: 1,
+    day: 2,
+    hour: 0,
+    minute: 0,
+    second: 0,
+    micros: 0,
+};
+const TIMESTAMP_CEILING: DateTimeParts = DateTimeParts {
+    year: 2038,
+    month: 1,
+    day: 18,
+    hour: 0,
+    minute: 0,
+    second: 0,
+    micros: 0,
+};
+
+/// Quality bounds of a watermark column as MySQL values; dates and
+/// date-times only. The upper bound defaults to the server's clock plus a day.
+async fn column_bounds(
+    mysql: &mut Conn,
+    cfg: &TableConfig,
+    ty: &SourceType,
+) -> Result<(Bound, Bound)> {
+    if !ty.is_temporal() {
+        return Ok((Bound::Open, Bound::Open));
+    }
+    let is_timestamp = matches!(ty, SourceType::Timestamp { .. });
+    let mut min = cfg.quality.min;
+    if is_timestamp && min.is_some_and(|m| m.pg_micros() < TIMESTAMP_FLOOR.pg_micros()) {
+        min = Some(TIMESTAMP_FLOOR);
+    }
+    let max = match cfg.quality.max {
+        Some(p) if is_timestamp && p.pg_micros() > TIMESTAMP_CEILING.pg_micros() => {
+            TIMESTAMP_CEILING.to_mysql()
+        }
+        Some(p) => p.to_mysql(),
+        None => my::server_now_plus_day(mysql).await?,
+    };
+    Ok((
+        min.map(|p| Bound::At(p.to_mysql())).unwrap_or(Bound::Open),
+        Bound::At(max),
+    ))
+}
+
+fn key_json(values: &[Value]) -> Option<String> {
+    if values.is_empty() {
+        return None;
+    }
+    let texts: Vec<Option<String>> = values.iter().map(value_to_text).collect();
+    serde_json::to_string(&texts).ok()
+}
+
+fn describe_marks(marks: &[(String, StoredWatermark)]) -> Option<String> {
+    if marks.is_empty() {
+        return None;
+    }
+    Some(
+        marks
+            .iter()
+            .map(|(c, m)| format!("{c}={}", m.value))
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
+}
+
+fn add_zero_dates(report: &mut BTreeMap<String, u64>, plan: &Plan, counts: &[u64]) {
+    for (i, count) in counts.iter().enumerate() {
+        if *count > 0 {
+            *report.entry(plan.columns[i].name.clone()).or_default() += count;
+        }
+    }
+}
+
+/// Loads one table. The caller records the outcome in the run history.
+pub async fn load_table(
+    ctx: &LoadContext,
+    cfg: &TableConfig,
+    opts: &LoadOptions,
+) -> Result<TableReport> {
+    let started = Instant::now();
+    let mut mysql = my::connect(&ctx.replica).await?;
+    let mut client = pg::connect(&ctx.warehouse).await?;
+    let prepared = prepare(&mut mysql, &client, ctx, cfg, opts).await?;
+    let mut report = TableReport {
+        table: cfg.name.clone(),
+        decision: prepared.decision.clone(),
+        rows_read: 0,
+        rows_inserted: 0,
+        rows_updated: 0,
+        rows_outside_bounds: 0,
+        zero_dates: BTreeMap::new(),
+        warnings: prepared.warnings.clone(),
+        watermark_start: describe_marks(
+            &prepared
+                .stored
+                .iter()
+                .map(|(c, m)| (c.clone(), m.clone()))
+                .collect::<Vec<_>>(),
+        ),
+        watermark_end: None,
+        elapsed: Duration::ZERO,
+    };
+    tracing::info!(
+        table = %cfg.name,
+        strategy = prepared.decision.strategy.name(),
+        reason = %prepared.decision.reason,
+        "loading"
+    );
+    match &prepared.decision.strategy {
+        Strategy::Full => {
+            full_load(mysql, &mut client, ctx, cfg, opts, &prepared, &mut report).await?
+        }
+        Strategy::Incremental { columns } => {
+            incremental_load(
+                mysql,
+                &mut client,
+                ctx,
+                cfg,
+                opts,
+                &prepared,
+                columns,
+                &mut report,
+            )
+            .await?
+        }
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+async fn full_load(
+    mut mysql: Conn,
+    client: &mut Client,
+    ctx: &LoadContext,
+    cfg: &TableConfig,
+    opts: &LoadOptions,
+    prepared: &Prepared,
+    report: &mut TableReport,
+) -> Result<()> {
+    let schema = &ctx.warehouse.schema;
+    my::begin_snapshot(&mut mysql).await?;
+    // Watermarks first: for tables without snapshots (MyISAM) a row added
+    // between the two reads is then read again, never skipped.
+    let mut marks = Vec::new();
+    for column in trackable_columns(cfg, prepared) {
+        let Some(source_column) = prepared.source.column(&column) else {
+            continue;
+        };
+        let (min, max) = column_bounds(&mut mysql, cfg, &source_column.ty).await?;
+        if let Some(upper) = my::upper_bound(&mut mysql, &cfg.name, &column, &min, &max).await?
+            && let Some(value) = value_to_text(&upper)
+        {
+            marks.push((column, StoredWatermark { value, key: None }));
+        }
+    }
+    let (mut rx, reader) =
+        spawn_reader(mysql, prepared.plan.clone(), ReadJob::Full, cfg.batch_size);
+    let target = ident::pg_qualified(schema, &cfg.name);
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| Error::postgres(format!("starting the load of {target}"), e))?;
+    tx.batch_execute(&format!("truncate table {target}"))
+        .await
+        .map_err(|e| Error::postgres(format!("emptying {target} for a full refresh"), e))?;
+    let copy_sql = format!(
+        "copy {target} ({}) from stdin (format binary)",
+        ident::pg_list(prepared.dest_columns.iter().map(|(n, _)| n.as_str()))
+    );
+    let mut copy = CopyIn::start(&tx, &copy_sql, &target).await?;
+    while let Some(batch) = rx.recv().await {
+        let batch = batch?;
+        report.rows_read += batch.rows;
+        add_zero_dates(&mut report.zero_dates, &prepared.plan, &batch.zero_dates);
+        copy.send(batch.bytes).await?;
+    }
+    let copied = copy.finish().await?;
+    let mut mysql = reader.await.map_err(|e| {
+        Error::new(
+            ErrorKind::Interrupted,
+            format!("the reader of `{}` stopped: {e}", cfg.name),
+        )
+    })?;
+    my::end_snapshot(&mut mysql).await?;
+    if copied != report.rows_read {
+        return Err(Error::new(
+            ErrorKind::Database,
+            format!(
+                "{target}: PostgreSQL counted {copied} rows, {} were sent",
+                report.rows_read
+            ),
+        ));
+    }
+    let primary = marks.first().map(|(c, m)| (c.clone(), m.value.clone()));
+    let progress = Progress {
+        watermarks: marks.clone(),
+        replace_all: true,
+        primary,
+        rows_loaded: i64::try_from(copied).unwrap_or(i64::MAX),
+        status: "success",
+        strategy: "full",
+        run_id: opts.run_id.clone(),
+    };
+    tracking::save_progress(&tx, schema, &cfg.name, &progress).await?;
+    tx.commit()
+        .await
+        .map_err(|e| Error::postgres(format!("committing the full refresh of {target}"), e))?;
+    report.rows_inserted = copied;
+    report.watermark_end = describe_marks(&marks);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn incremental_load(
+    mut mysql: Conn,
+    client: &mut Client,
+    ctx: &LoadContext,
+    cfg: &TableConfig,
+    opts: &LoadOptions,
+    prepared: &Prepared,
+    columns: &[String],
+    report: &mut TableReport,
+) -> Result<()> {
+    let schema = &ctx.warehouse.schema;
+    let mut passes = Vec::new();
+    let mut current: HashMap<String, (Value, StoredWatermark)> = HashMap::new();
+    for column in columns {
+        let source_column = prepared.source.column(column).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Schema,
+                format!("watermark column `{column}` is not in `{}`", cfg.name),
+            )
+        })?;
+        let stored = prepared.stored.get(column).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Schema,
+                format!("no watermark for `{}`.`{column}`", cfg.name),
+            )
+        })?;
+        let stored_value = value_from_text(&source_column.ty, &stored.value).map_err(|e| {
+            Error::new(
+                ErrorKind::Schema,
+                format!(
+                    "{}; rerun `{}` with --force-full to rebuild it",
+                    e.0, cfg.name
+                ),
+            )
+        })?;
+        current.insert(column.clone(), (stored_value.clone(), stored.clone()));
+        let (min, max) = column_bounds(&mut mysql, cfg, &source_column.ty).await?;
+        let mut start = step_back(&stored_value, cfg.lookback_seconds, cfg.lookback_keys);
+        if let Bound::At(min_value) = &min
+            && compare_values(&start, min_value) == Some(std::cmp::Ordering::Less)
+        {
+            start = min_value.clone();
+        }
+        let mut order = vec![column.clone()];
+        order.extend(prepared.key.iter().filter(|k| *k != column).cloned());
+        if let Some(upper) = my::upper_bound(&mut mysql, &cfg.name, column, &min, &max).await? {
+            passes.push(Pass {
+                advances: Some(column.clone()),
+                range: ReadRange::Window { start, upper },
+                order: order.clone(),
+            });
+        }
+        if let Bound::At(max_value) = max {
+            passes.push(Pass {
+                advances: None,
+                range: ReadRange::Outside {
+                    min: match min {
+                        Bound::At(v) => Some(v),
+                        Bound::Open => None,
+                    },
+                    max: max_value,
+                },
+                order,
+            });
+        }
+    }
+
+    let target = ident::pg_qualified(schema, &cfg.name);
+    client
+        .batch_execute(&format!(
+            "create temporary table if not exists {} (like {target} including defaults) on commit delete rows",
+            ident::pg(STAGE_TABLE)
+        ))
+        .await
+        .map_err(|e| Error::postgres(format!("creating the staging table for {target}"), e))?;
+    let names = ident::pg_list(prepared.dest_columns.iter().map(|(n, _)| n.as_str()));
+    let copy_sql = format!(
+        "copy pg_temp.{} ({names}) from stdin (format binary)",
+        ident::pg(STAGE_TABLE)
+    );
+    let merge = pg::merge_sql(
+        schema,
+        &cfg.name,
+        STAGE_TABLE,
+        &prepared.dest_columns,
+        &prepared.key,
+    );
+    let primary_column = columns.first().cloned();
+
+    let (mut rx, reader) = spawn_reader(
+        mysql,
+        prepared.plan.clone(),
+        ReadJob::Passes(passes),
+        cfg.batch_size,
+    );
+    let progress_of = |current: &HashMap<String, (Value, StoredWatermark)>, rows: u64, status| {
+        let marks: Vec<(String, StoredWatermark)> = columns
+            .iter()
+            .filter_map(|c| current.get(c).map(|(_, m)| (c.clone(), m.clone())))
+            .collect();
+        Progress {
+            primary: primary_column
+                .as_ref()
+                .and_then(|c| current.get(c).map(|(_, m)| (c.clone(), m.value.clone()))),
+            watermarks: marks,
+            replace_all: false,
+            rows_loaded: i64::try_from(rows).unwrap_or(i64::MAX),
+            status,
+            strategy: "incremental",
+            run_id: opts.run_id.clone(),
+        }
+    };
+    while let Some(batch) = rx.recv().await {
+        let batch = batch?;
+        let mut next = current.clone();
+        match (&batch.watermark, &batch.last) {
+            (Some(column), Some(last)) => {
+                if let Some((value, mark)) = next.get_mut(column)
+                    && compare_values(&last[0], value) == Some(std::cmp::Ordering::Greater)
+                {
+                    *value = last[0].clone();
+                    *mark = StoredWatermark {
+                        value: value_to_text(&last[0]).unwrap_or_default(),
+                        key: key_json(&last[1..]),
+                    };
+                }
+            }
+            _ => report.rows_outside_bounds += batch.rows,
+        }
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| Error::postgres(format!("starting a batch of {target}"), e))?;
+        let mut copy = CopyIn::start(&tx, &copy_sql, &target).await?;
+        copy.send(batch.bytes).await?;
+        let copied = copy.finish().await?;
+        if copied != batch.rows {
+            return Err(Error::new(
+                ErrorKind::Database,
+                format!(
+                    "{target}: PostgreSQL staged {copied} rows, {} were sent",
+                    batch.rows
+                ),
+            ));
+        }
+        let counts = tx
+            .query_one(&merge, &[])
+            .await
+            .map_err(|e| Error::postgres(format!("merging a batch into {target}"), e))?;
+        let inserted = u64::try_from(counts.get::<_, i64>(0)).unwrap_or(0);
+        let updated = u64::try_from(counts.get::<_, i64>(1)).unwrap_or(0);
+        let rows_so_far = report.rows_inserted + report.rows_updated + inserted + updated;
+        tracking::save_progress(
+            &tx,
+            schema,
+            &cfg.name,
+            &progress_of(&next, rows_so_far, "running"),
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(|e| Error::postgres(format!("committing a batch of {target}"), e))?;
+        current = next;
+        report.rows_read += batch.rows;
+        report.rows_inserted += inserted;
+        report.rows_updated += updated;
+        add_zero_dates(&mut report.zero_dates, &prepared.plan, &batch.zero_dates);
+    }
+    reader.await.map_err(|e| {
+        Error::new(
+            ErrorKind::Interrupted,
+            format!("the reader of `{}` stopped: {e}", cfg.name),
+        )
+    })?;
+    let progress = progress_of(
+        &current,
+        report.rows_inserted + report.rows_updated,
+        "success",
+    );
+    tracking::save_progress(&*client, schema, &cfg.name, &progress).await?;
+    report.watermark_end = describe_marks(&progress.watermarks);
+    if report.rows_outside_bounds > 0 {
+        report.warnings.push(format!(
+            "{} row(s) have a watermark value outside the quality bounds; they are re-read every run",
+            report.rows_outside_bounds
+        ));
+    }
+    Ok(())
+}

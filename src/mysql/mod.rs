@@ -1,0 +1,92 @@
+//! MySQL/MariaDB: connections, table introspection, and the keyset reader.
+
+mod catalog;
+mod reader;
+
+pub use catalog::{SourceColumn, SourceTable, describe_table, profile_columns};
+pub use reader::{Bound, ReadRange, page_query, server_now_plus_day, upper_bound};
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder};
+
+use crate::config::MySqlSettings;
+use crate::error::{Error, Result};
+
+/// How long to wait for a TCP connection before giving up: a host that does
+/// not answer must fail the run, not hang it.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Seconds the server waits on a slow reader before dropping the stream:
+/// the warehouse may hold a batch for a while (a long merge), so well above
+/// the server's 60-second default.
+const NET_WRITE_TIMEOUT_SECONDS: u32 = 600;
+
+/// Where a connection goes, for messages (never the password).
+pub fn describe(settings: &MySqlSettings) -> String {
+    format!(
+        "MySQL {}@{}:{}/{}",
+        settings.user, settings.host, settings.port, settings.database
+    )
+}
+
+fn opts(settings: &MySqlSettings) -> Opts {
+    OptsBuilder::default()
+        .ip_or_hostname(settings.host.clone())
+        .tcp_port(settings.port)
+        .user(Some(settings.user.clone()))
+        .pass(Some(settings.password.expose().to_string()))
+        .db_name(Some(settings.database.clone()).filter(|d| !d.is_empty()))
+        .prefer_socket(false)
+        .stmt_cache_size(64)
+        .init(vec![
+            "SET NAMES utf8mb4".to_string(),
+            format!("SET SESSION net_write_timeout = {NET_WRITE_TIMEOUT_SECONDS}"),
+        ])
+        .into()
+}
+
+/// Opens a connection, within [`CONNECT_TIMEOUT`].
+pub async fn connect(settings: &MySqlSettings) -> Result<Conn> {
+    let what = describe(settings);
+    match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts(settings))).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(Error::mysql(
+            format!("cannot connect to {what}; check the host, port, user and password settings"),
+            e,
+        )),
+        Err(_) => Err(Error::new(
+            crate::ErrorKind::Connection,
+            format!(
+                "cannot connect to {what}: no answer within {}s",
+                CONNECT_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
+
+/// The server's version string.
+pub async fn server_version(conn: &mut Conn) -> Result<String> {
+    let version: Option<String> = conn
+        .query_first("SELECT VERSION()")
+        .await
+        .map_err(|e| Error::mysql("reading the server version", e))?;
+    Ok(version.unwrap_or_default())
+}
+
+/// Starts a read-only transaction whose reads all see one snapshot.
+pub async fn begin_snapshot(conn: &mut Conn) -> Result<()> {
+    conn.query_drop("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .map_err(|e| Error::mysql("setting the isolation level", e))?;
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await
+        .map_err(|e| Error::mysql("starting a consistent snapshot", e))
+}
+
+/// Ends the snapshot transaction.
+pub async fn end_snapshot(conn: &mut Conn) -> Result<()> {
+    conn.query_drop("COMMIT")
+        .await
+        .map_err(|e| Error::mysql("ending the snapshot", e))
+}

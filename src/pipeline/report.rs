@@ -1,0 +1,82 @@
+//! The run summary printed at the end of a run.
+
+use std::fmt::Write;
+
+use super::RunReport;
+use crate::error::chain;
+
+/// Peak resident memory of this process in KiB (`VmHWM`), where the OS tells.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// A table of per-table results, then totals.
+pub fn render_summary(report: &RunReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<28} {:<8} {:>8} {:>12} {:>12} {:>12} {:>9} {:>12}  why",
+        "table", "status", "strategy", "read", "inserted", "updated", "seconds", "rows/s"
+    );
+    for outcome in &report.outcomes {
+        match &outcome.result {
+            Ok(r) => {
+                let _ = writeln!(
+                    out,
+                    "{:<28} {:<8} {:>8} {:>12} {:>12} {:>12} {:>9.2} {:>12.0}  {}",
+                    r.table,
+                    "ok",
+                    r.decision.strategy.name(),
+                    r.rows_read,
+                    r.rows_inserted,
+                    r.rows_updated,
+                    r.elapsed.as_secs_f64(),
+                    r.rows_per_second(),
+                    r.decision.reason
+                );
+                for (column, count) in &r.zero_dates {
+                    let _ = writeln!(out, "    {column}: {count} zero date(s) loaded as NULL");
+                }
+                for warning in &r.warnings {
+                    let _ = writeln!(out, "    warning: {warning}");
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "{:<28} {:<8} {:>8} {:>12} {:>12} {:>12} {:>9.2} {:>12}",
+                    outcome.table,
+                    "FAILED",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    outcome.elapsed.as_secs_f64(),
+                    "-"
+                );
+                let _ = writeln!(out, "    error: {}", chain(e));
+            }
+        }
+    }
+    let failed = report.outcomes.iter().filter(|o| o.result.is_err()).count();
+    let secs = report.elapsed.as_secs_f64();
+    let rows = report.rows_read();
+    let _ = writeln!(
+        out,
+        "run {}: {} table(s), {} failed, {} rows in {:.2}s ({:.0} rows/s), peak memory {}",
+        report.run_id,
+        report.outcomes.len(),
+        failed,
+        rows,
+        secs,
+        if secs > 0.0 { rows as f64 / secs } else { 0.0 },
+        peak_rss_kib()
+            .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+            .unwrap_or_else(|| "unknown".into())
+    );
+    out
+}

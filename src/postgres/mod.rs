@@ -1,0 +1,69 @@
+//! PostgreSQL: connections, destination tables (DDL and catalog), binary
+//! `COPY` framing, and the upsert merge.
+
+mod copy;
+mod table;
+
+pub use copy::{COPY_HEADER, COPY_TRAILER, CopyIn};
+pub use table::{
+    DestColumn, DestTable, add_column, create_table, describe_table, ensure_schema, merge_sql,
+};
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::PgSettings;
+use crate::error::{Error, ErrorKind, Result};
+
+/// How long to wait for the warehouse to accept a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a connection goes, for messages (never the password).
+pub fn describe(settings: &PgSettings) -> String {
+    format!(
+        "PostgreSQL {}@{}:{}/{}",
+        settings.user, settings.host, settings.port, settings.database
+    )
+}
+
+/// Opens a connection and drives it on the runtime.
+pub async fn connect(settings: &PgSettings) -> Result<Client> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&settings.host)
+        .port(settings.port)
+        .dbname(&settings.database)
+        .user(&settings.user)
+        .application_name("etl-pipeline")
+        .connect_timeout(CONNECT_TIMEOUT);
+    if !settings.password.expose().is_empty() {
+        config.password(settings.password.expose());
+    }
+    let what = describe(settings);
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+        let mut err = Error::postgres(
+            format!("cannot connect to {what}; check the host, port, database, user and password settings"),
+            e,
+        );
+        if err.kind() == ErrorKind::Database {
+            err = Error::new(ErrorKind::Connection, err.message().to_string());
+        }
+        err
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "warehouse connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// The server's version string.
+pub async fn server_version(client: &Client) -> Result<String> {
+    let row = client
+        .query_one("SELECT version()", &[])
+        .await
+        .map_err(|e| Error::postgres("reading the server version", e))?;
+    Ok(row.get(0))
+}

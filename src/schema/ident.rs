@@ -1,0 +1,69 @@
+//! The one place identifiers from config or catalogs become SQL text.
+//!
+//! Every table and column name passes through [`pg`] or [`mysql`] before it
+//! reaches a statement; values never do (they are bound parameters).
+
+/// Quotes an identifier for PostgreSQL: `a"b` becomes `"a""b"`.
+pub fn pg(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for ch in name.chars() {
+        if ch == '"' {
+            out.push('"');
+        }
+        out.push(ch);
+    }
+    out.push('"');
+    out
+}
+
+/// Quotes a schema-qualified PostgreSQL name: `"schema"."table"`.
+pub fn pg_qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", pg(schema), pg(name))
+}
+
+/// Quotes an identifier for MySQL/MariaDB: ``a`b`` becomes ```a``b```.
+pub fn mysql(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('`');
+    for ch in name.chars() {
+        if ch == '`' {
+            out.push('`');
+        }
+        out.push(ch);
+    }
+    out.push('`');
+    out
+}
+
+/// Quotes a list of names for PostgreSQL and joins them with `, `.
+pub fn pg_list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    names.into_iter().map(pg).collect::<Vec<_>>().join(", ")
+}
+
+/// Quotes a list of names for MySQL and joins them with `, `.
+pub fn mysql_list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    names.into_iter().map(mysql).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pg_quotes_embedded_double_quotes() {
+        assert_eq!(pg("Sec\"Log"), "\"Sec\"\"Log\"");
+        assert_eq!(pg_qualified("raw", "a b"), "\"raw\".\"a b\"");
+    }
+
+    #[test]
+    fn mysql_quotes_embedded_backticks() {
+        assert_eq!(mysql("x`; drop table t; --"), "`x``; drop table t; --`");
+    }
+
+    #[test]
+    fn lists_are_joined_in_order() {
+        assert_eq!(pg_list(["A", "B"]), "\"A\", \"B\"");
+        assert_eq!(mysql_list(["A", "B"]), "`A`, `B`");
+    }
+}

@@ -1,0 +1,411 @@
+//! Tracking tables: their DDL (warehouse and replica) and the store behind
+//! one interface.
+//!
+//! The old system's tables keep their columns so existing dbt models and
+//! queries keep working; this tool only adds. `etl_load_watermark` holds one
+//! row per watermark column (the tie-safe pair: value and the key after the
+//! last row read at that value); `etl_run_history` one row per table per phase
+//! per run.
+
+use std::collections::HashMap;
+
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+use tokio_postgres::{Client, GenericClient};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::schema::ident;
+
+/// Tracking tables in the warehouse, in creation order.
+pub const WAREHOUSE_TABLES: [&str; 4] = [
+    "etl_load_status",
+    "etl_transform_status",
+    "etl_load_watermark",
+    "etl_run_history",
+];
+
+fn warehouse_ddl(schema: &str) -> Vec<String> {
+    let t = |name: &str| ident::pg_qualified(schema, name);
+    vec![
+        format!("create schema if not exists {}", ident::pg(schema)),
+        format!(
+            "create table if not exists {} (
+                id serial primary key,
+                table_name varchar(255) not null unique,
+                last_loaded timestamp not null default '1970-01-01 00:00:01',
+                last_primary_value varchar(255),
+                primary_column_name varchar(255),
+                rows_loaded bigint default 0,
+                load_status varchar(50) default 'pending',
+                _loaded_at timestamp default current_timestamp)",
+            t("etl_load_status")
+        ),
+        format!(
+            "alter table {}
+                add column if not exists _created_at timestamp default current_timestamp,
+                add column if not exists _updated_at timestamp default current_timestamp,
+                add column if not exists last_strategy varchar(20),
+                add column if not exists last_error text,
+                add column if not exists last_run_id varchar(64)",
+            t("etl_load_status")
+        ),
+        format!(
+            "create table if not exists {} (
+                id serial primary key,
+                table_name varchar(255) not null unique,
+                last_transformed timestamp not null default '1970-01-01 00:00:01',
+                last_primary_value varchar(255),
+                primary_column_name varchar(255),
+                rows_transformed bigint default 0,
+                transform_status varchar(50) default 'pending',
+                _transformed_at timestamp default current_timestamp,
+                _created_at timestamp default current_timestamp,
+                _updated_at timestamp default current_timestamp)",
+            t("etl_transform_status")
+        ),
+        format!(
+            "create table if not exists {} (
+                table_name varchar(255) not null,
+                column_name varchar(255) not null,
+                watermark_value text not null,
+                watermark_key text,
+                updated_at timestamptz not null default now(),
+                primary key (table_name, column_name))",
+            t("etl_load_watermark")
+        ),
+        format!(
+            "create table if not exists {} (
+                id bigserial primary key,
+                run_id varchar(64) not null,
+                table_name varchar(255) not null,
+                phase varchar(20) not null,
+                started_at timestamptz not null default now(),
+                finished_at timestamptz,
+                status varchar(20) not null,
+                strategy varchar(20),
+                strategy_reason text,
+                rows_read bigint not null default 0,
+                rows_inserted bigint not null default 0,
+                rows_updated bigint not null default 0,
+                rows_deleted bigint not null default 0,
+                watermark_start text,
+                watermark_end text,
+                zero_dates jsonb,
+                warnings jsonb,
+                error text)",
+            t("etl_run_history")
+        ),
+        format!(
+            "create index if not exists etl_run_history_table_started on {} (table_name, started_at)",
+            t("etl_run_history")
+        ),
+    ]
+}
+
+const REPLICA_DDL: &str = "CREATE TABLE IF NOT EXISTS `etl_copy_status` (
+    `id` int NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    `table_name` varchar(255) NOT NULL UNIQUE,
+    `last_copied` datetime NOT NULL DEFAULT '1970-01-01 00:00:01',
+    `last_primary_value` varchar(255) NULL,
+    `primary_column_name` varchar(255) NULL,
+    `rows_copied` bigint DEFAULT 0,
+    `copy_status` varchar(50) DEFAULT 'pending',
+    `_created_at` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    `_updated_at` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP
+) DEFAULT CHARSET = utf8mb4";
+
+/// Creates the warehouse tracking tables (idempotent; existing tables of the
+/// old system gain the new columns).
+pub async fn init_warehouse(client: &Client, schema: &str) -> Result<()> {
+    for sql in warehouse_ddl(schema) {
+        client.batch_execute(&sql).await.map_err(|e| {
+            Error::postgres(format!("creating tracking tables in schema {schema}"), e)
+        })?;
+    }
+    Ok(())
+}
+
+/// Creates the replica's `etl_copy_status` (idempotent).
+pub async fn init_replica(conn: &mut Conn) -> Result<()> {
+    conn.query_drop(REPLICA_DDL)
+        .await
+        .map_err(|e| Error::mysql("creating etl_copy_status in the replica", e))
+}
+
+/// Fails with a message to run `etl-pipeline init` if a tracking table is missing.
+pub async fn check_warehouse(client: &Client, schema: &str) -> Result<()> {
+    for table in WAREHOUSE_TABLES {
+        let row = client
+            .query_one(
+                "select to_regclass($1) is not null",
+                &[&ident::pg_qualified(schema, table)],
+            )
+            .await
+            .map_err(|e| Error::postgres("looking for the tracking tables", e))?;
+        if !row.get::<_, bool>(0) {
+            return Err(Error::new(
+                ErrorKind::NotInitialized,
+                format!(
+                    "tracking table {schema}.{table} does not exist; run `etl-pipeline init` first"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A stored watermark: the value (text form) and the key after which the
+/// next read at exactly that value continues (a JSON array), if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredWatermark {
+    pub value: String,
+    pub key: Option<String>,
+}
+
+/// The load watermarks of a table, by column.
+pub async fn load_watermarks(
+    client: &Client,
+    schema: &str,
+    table: &str,
+) -> Result<HashMap<String, StoredWatermark>> {
+    let sql = format!(
+        "select column_name::text, watermark_value, watermark_key from {} where table_name = $1",
+        ident::pg_qualified(schema, "etl_load_watermark")
+    );
+    let rows = client
+        .query(&sql, &[&table])
+        .await
+        .map_err(|e| Error::postgres(format!("reading the watermarks of {table}"), e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                StoredWatermark {
+                    value: r.get(1),
+                    key: r.get(2),
+                },
+            )
+        })
+        .collect())
+}
+
+/// What a committed batch (or a finished full load) moved.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// New watermarks by column (already the maximum of old and new).
+    pub watermarks: Vec<(String, StoredWatermark)>,
+    /// Forget watermarks of columns not in `watermarks` (a full load).
+    pub replace_all: bool,
+    /// The primary watermark column and value, for `etl_load_status`.
+    pub primary: Option<(String, String)>,
+    /// Rows written by this run so far.
+    pub rows_loaded: i64,
+    pub status: &'static str,
+    pub strategy: &'static str,
+    pub run_id: String,
+}
+
+/// Writes progress inside the caller's transaction, so it commits with the
+/// rows it covers.
+pub async fn save_progress(
+    tx: &impl GenericClient,
+    schema: &str,
+    table: &str,
+    progress: &Progress,
+) -> Result<()> {
+    let wm_table = ident::pg_qualified(schema, "etl_load_watermark");
+    let err = |e| Error::postgres(format!("recording the load progress of {table}"), e);
+    if progress.replace_all {
+        tx.execute(
+            &format!("delete from {wm_table} where table_name = $1"),
+            &[&table],
+        )
+        .await
+        .map_err(err)?;
+    }
+    for (column, mark) in &progress.watermarks {
+        tx.execute(
+            &format!(
+                "insert into {wm_table} (table_name, column_name, watermark_value, watermark_key, updated_at) \
+                 values ($1, $2, $3, $4, now()) \
+                 on conflict (table_name, column_name) do update set \
+                 watermark_value = excluded.watermark_value, watermark_key = excluded.watermark_key, updated_at = now()"
+            ),
+            &[&table, column, &mark.value, &mark.key],
+        )
+        .await
+        .map_err(err)?;
+    }
+    let (primary_column, primary_value) = match &progress.primary {
+        Some((c, v)) => (Some(c.as_str()), Some(v.as_str())),
+        None => (None, None),
+    };
+    tx.execute(
+        &format!(
+            "insert into {} as s (table_name, last_loaded, last_primary_value, primary_column_name, rows_loaded, \
+                                  load_status, _loaded_at, _created_at, _updated_at, last_strategy, last_error, last_run_id) \
+             values ($1, now(), $2, $3, $4::bigint, $5, now(), now(), now(), $6, null, $7) \
+             on conflict (table_name) do update set \
+               last_loaded = now(), \
+               last_primary_value = coalesce(excluded.last_primary_value, s.last_primary_value), \
+               primary_column_name = coalesce(excluded.primary_column_name, s.primary_column_name), \
+               rows_loaded = excluded.rows_loaded, load_status = excluded.load_status, \
+               _loaded_at = now(), _updated_at = now(), last_strategy = excluded.last_strategy, \
+               last_error = null, last_run_id = excluded.last_run_id",
+            ident::pg_qualified(schema, "etl_load_status")
+        ),
+        &[
+            &table,
+            &primary_value,
+            &primary_column,
+            &progress.rows_loaded,
+            &progress.status,
+            &progress.strategy,
+            &progress.run_id,
+        ],
+    )
+    .await
+    .map_err(err)?;
+    Ok(())
+}
+
+/// Sets a table's load status outside any data transaction (`running`,
+/// `failed` with its error). Watermarks and rows are not touched.
+pub async fn mark_status(
+    client: &Client,
+    schema: &str,
+    table: &str,
+    status: &str,
+    error: Option<&str>,
+    run_id: &str,
+) -> Result<()> {
+    client
+        .execute(
+            &format!(
+                "insert into {} as s (table_name, load_status, last_error, last_run_id, _created_at, _updated_at) \
+                 values ($1, $2, $3, $4, now(), now()) \
+                 on conflict (table_name) do update set load_status = excluded.load_status, \
+                 last_error = excluded.last_error, last_run_id = excluded.last_run_id, _updated_at = now()",
+                ident::pg_qualified(schema, "etl_load_status")
+            ),
+            &[&table, &status, &error, &run_id],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("recording the status of {table}"), e))?;
+    Ok(())
+}
+
+/// One run-history row's outcome.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryOutcome {
+    pub status: String,
+    pub strategy: Option<String>,
+    pub strategy_reason: Option<String>,
+    pub rows_read: i64,
+    pub rows_inserted: i64,
+    pub rows_updated: i64,
+    pub watermark_start: Option<String>,
+    pub watermark_end: Option<String>,
+    pub zero_dates: serde_json::Value,
+    pub warnings: serde_json::Value,
+    pub error: Option<String>,
+}
+
+/// Opens a run-history row for a table and phase; returns its id.
+pub async fn begin_history(
+    client: &Client,
+    schema: &str,
+    run_id: &str,
+    table: &str,
+    phase: &str,
+) -> Result<i64> {
+    let row = client
+        .query_one(
+            &format!(
+                "insert into {} (run_id, table_name, phase, status) values ($1, $2, $3, 'running') returning id",
+                ident::pg_qualified(schema, "etl_run_history")
+            ),
+            &[&run_id, &table, &phase],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("opening the run history of {table}"), e))?;
+    Ok(row.get(0))
+}
+
+/// Closes a run-history row.
+pub async fn finish_history(
+    client: &Client,
+    schema: &str,
+    id: i64,
+    outcome: &HistoryOutcome,
+) -> Result<()> {
+    let zero_dates = outcome.zero_dates.to_string();
+    let warnings = outcome.warnings.to_string();
+    client
+        .execute(
+            &format!(
+                "update {} set finished_at = now(), status = $2, strategy = $3, strategy_reason = $4, \
+                 rows_read = $5, rows_inserted = $6, rows_updated = $7, watermark_start = $8, \
+                 watermark_end = $9, zero_dates = $10::text::jsonb, warnings = $11::text::jsonb, error = $12 \
+                 where id = $1",
+                ident::pg_qualified(schema, "etl_run_history")
+            ),
+            &[
+                &id,
+                &outcome.status,
+                &outcome.strategy,
+                &outcome.strategy_reason,
+                &outcome.rows_read,
+                &outcome.rows_inserted,
+                &outcome.rows_updated,
+                &outcome.watermark_start,
+                &outcome.watermark_end,
+                &zero_dates,
+                &warnings,
+                &outcome.error,
+            ],
+        )
+        .await
+        .map_err(|e| Error::postgres("closing the run history", e))?;
+    Ok(())
+}
+
+/// One line of `etl-pipeline status`.
+#[derive(Debug, Clone)]
+pub struct StatusLine {
+    pub table: String,
+    pub status: String,
+    pub last_loaded: String,
+    pub strategy: String,
+    pub rows_loaded: i64,
+    pub watermark: String,
+    pub error: String,
+}
+
+/// Every table's load status, in name order.
+pub async fn status_lines(client: &Client, schema: &str) -> Result<Vec<StatusLine>> {
+    let sql = format!(
+        "select table_name::text, coalesce(load_status, ''), to_char(last_loaded, 'YYYY-MM-DD HH24:MI:SS'), \
+                coalesce(last_strategy, ''), coalesce(rows_loaded, 0)::bigint, \
+                coalesce(primary_column_name || ' = ' || last_primary_value, ''), coalesce(last_error, '') \
+         from {} order by table_name",
+        ident::pg_qualified(schema, "etl_load_status")
+    );
+    let rows = client
+        .query(&sql, &[])
+        .await
+        .map_err(|e| Error::postgres("reading etl_load_status", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| StatusLine {
+            table: r.get(0),
+            status: r.get(1),
+            last_loaded: r.get(2),
+            strategy: r.get(3),
+            rows_loaded: r.get(4),
+            watermark: r.get(5),
+            error: r.get(6),
+        })
+        .collect())
+}

@@ -1,0 +1,390 @@
+//! Throw-away databases for integration tests, and a value-by-value
+//! comparison of a MySQL table with its warehouse copy.
+//!
+//! Each test gets its own MySQL and PostgreSQL databases named after it, so
+//! tests run in parallel; the servers are taken from `ETL_TEST_MYSQL_*` and
+//! `ETL_TEST_PG_*` (defaults: this machine's MariaDB as root, PostgreSQL as
+//! postgres). A server that cannot be reached fails the test.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+
+use etl_pipeline::config::{MySqlSettings, PgSettings, Secret, TableConfig, TablesConfig};
+use etl_pipeline::load::{LoadContext, LoadOptions, TableReport, load_table};
+use etl_pipeline::pipeline::{self, RunPlan, RunReport};
+use etl_pipeline::schema::{DateTimeParts, check_date, ident};
+use etl_pipeline::{mysql as my, postgres as pg};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Row, Value};
+
+fn var(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// A test's own replica and warehouse databases.
+pub struct TestDb {
+    pub ctx: LoadContext,
+    pub mysql_admin: MySqlSettings,
+    pub pg_admin: PgSettings,
+}
+
+impl TestDb {
+    /// Creates empty databases `etl_t_<name>` on both servers (dropping
+    /// leftovers of an earlier run) and the tracking tables.
+    pub async fn new(name: &str) -> TestDb {
+        let db = format!("etl_t_{name}");
+        let mysql_admin = MySqlSettings {
+            host: var("ETL_TEST_MYSQL_HOST", "127.0.0.1"),
+            port: var("ETL_TEST_MYSQL_PORT", "3306").parse().unwrap(),
+            database: String::new(),
+            user: var("ETL_TEST_MYSQL_USER", "root"),
+            password: Secret::new(var("ETL_TEST_MYSQL_PASSWORD", "")),
+        };
+        let pg_admin = PgSettings {
+            host: var("ETL_TEST_PG_HOST", "127.0.0.1"),
+            port: var("ETL_TEST_PG_PORT", "5432").parse().unwrap(),
+            database: "postgres".into(),
+            schema: "raw".into(),
+            user: var("ETL_TEST_PG_USER", "postgres"),
+            password: Secret::new(var("ETL_TEST_PG_PASSWORD", "")),
+        };
+        let mut conn = my::connect(&mysql_admin)
+            .await
+            .expect("MariaDB must be reachable for the tests");
+        conn.query_drop(format!("DROP DATABASE IF EXISTS {}", ident::mysql(&db)))
+            .await
+            .unwrap();
+        conn.query_drop(format!(
+            "CREATE DATABASE {} CHARACTER SET utf8mb4",
+            ident::mysql(&db)
+        ))
+        .await
+        .unwrap();
+        drop(conn);
+        let client = pg::connect(&pg_admin)
+            .await
+            .expect("PostgreSQL must be reachable for the tests");
+        client
+            .batch_execute(&format!(
+                "drop database if exists {} with (force)",
+                ident::pg(&db)
+            ))
+            .await
+            .unwrap();
+        client
+            .batch_execute(&format!("create database {}", ident::pg(&db)))
+            .await
+            .unwrap();
+        let ctx = LoadContext {
+            replica: MySqlSettings {
+                database: db.clone(),
+                ..mysql_admin.clone()
+            },
+            warehouse: PgSettings {
+                database: db,
+                ..pg_admin.clone()
+            },
+        };
+        pipeline::init(&ctx).await.unwrap();
+        TestDb {
+            ctx,
+            mysql_admin,
+            pg_admin,
+        }
+    }
+
+    /// Runs statements in the replica (with `sql_mode` cleared, as OpenDental runs).
+    pub async fn mysql(&self, statements: &[&str]) {
+        let mut conn = my::connect(&self.ctx.replica).await.unwrap();
+        conn.query_drop("SET SESSION sql_mode = ''").await.unwrap();
+        for sql in statements {
+            conn.query_drop(*sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    }
+
+    /// A warehouse connection.
+    pub async fn pg(&self) -> tokio_postgres::Client {
+        pg::connect(&self.ctx.warehouse).await.unwrap()
+    }
+
+    /// Loads one table through the library.
+    pub async fn load(&self, cfg: &TableConfig) -> etl_pipeline::Result<TableReport> {
+        self.load_with(cfg, false).await
+    }
+
+    /// Loads one table, optionally forcing a full refresh.
+    pub async fn load_with(
+        &self,
+        cfg: &TableConfig,
+        force_full: bool,
+    ) -> etl_pipeline::Result<TableReport> {
+        let opts = LoadOptions {
+            force_full,
+            run_id: "test".into(),
+        };
+        load_table(&self.ctx, cfg, &opts).await
+    }
+
+    /// Runs tables through the pipeline (history, status, concurrency).
+    pub async fn run(&self, config: &TablesConfig) -> RunReport {
+        pipeline::run_load(
+            &self.ctx,
+            RunPlan {
+                tables: config.tables().cloned().collect(),
+                force_full: false,
+                max_workers: 2,
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Number of rows in a warehouse table.
+    pub async fn pg_count(&self, table: &str) -> i64 {
+        let client = self.pg().await;
+        let sql = format!("select count(*) from {}", ident::pg_qualified("raw", table));
+        client.query_one(&sql, &[]).await.unwrap().get(0)
+    }
+
+    /// The stored watermark value of a column.
+    pub async fn watermark(&self, table: &str, column: &str) -> Option<String> {
+        let client = self.pg().await;
+        client
+            .query_opt(
+                "select watermark_value from raw.etl_load_watermark where table_name = $1 and column_name = $2",
+                &[&table, &column],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0))
+    }
+
+    /// Asserts the warehouse table equals the replica table, row by row and
+    /// value by value (ordered by `key`).
+    pub async fn assert_same(&self, table: &str, key: &[&str]) {
+        let source = self.mysql_rows(table, key).await;
+        let warehouse = self.pg_rows(table, key).await;
+        assert_eq!(
+            source.len(),
+            warehouse.len(),
+            "{table}: {} rows in MySQL, {} in the warehouse",
+            source.len(),
+            warehouse.len()
+        );
+        for (i, (s, w)) in source.iter().zip(&warehouse).enumerate() {
+            assert_eq!(s, w, "{table}: row {i} differs");
+        }
+    }
+
+    async fn column_types(&self, table: &str) -> Vec<(String, String)> {
+        let client = self.pg().await;
+        client
+            .query(
+                "select a.attname::text, format_type(a.atttypid, a.atttypmod) from pg_attribute a \
+                 where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped order by a.attnum",
+                &[&ident::pg_qualified("raw", table)],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
+    /// Warehouse column types as `format_type` spells them.
+    pub async fn pg_types(&self, table: &str) -> HashMap<String, String> {
+        self.column_types(table).await.into_iter().collect()
+    }
+
+    async fn mysql_rows(&self, table: &str, key: &[&str]) -> Vec<Vec<Canon>> {
+        let columns = self.column_types(table).await;
+        let mut conn = my::connect(&self.ctx.replica).await.unwrap();
+        let sql = format!(
+            "SELECT {} FROM {} ORDER BY {}",
+            ident::mysql_list(columns.iter().map(|(n, _)| n.as_str())),
+            ident::mysql(table),
+            ident::mysql_list(key.iter().copied())
+        );
+        let rows: Vec<Row> = conn.exec(sql, ()).await.unwrap();
+        rows.into_iter()
+            .map(|row| {
+                columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, ty))| canon_mysql(row.as_ref(i).unwrap(), ty))
+                    .collect()
+            })
+            .collect()
+    }
+
+    async fn pg_rows(&self, table: &str, key: &[&str]) -> Vec<Vec<Canon>> {
+        let columns = self.column_types(table).await;
+        let exprs: Vec<String> = columns
+            .iter()
+            .map(|(n, ty)| pg_expr(&ident::pg(n), ty))
+            .collect();
+        let sql = format!(
+            "select {} from {} order by {}",
+            exprs.join(", "),
+            ident::pg_qualified("raw", table),
+            ident::pg_list(key.iter().copied())
+        );
+        let client = self.pg().await;
+        let rows = client.query(&sql, &[]).await.unwrap();
+        rows.iter()
+            .map(|row| {
+                columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, ty))| canon_pg(row, i, ty))
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// A value in a form both databases' values reduce to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Canon {
+    Null,
+    Int(i128),
+    Decimal(String),
+    F32(u32),
+    F64(u64),
+    Text(String),
+    Bytes(Vec<u8>),
+    Json(serde_json::Value),
+    Micros(i64),
+}
+
+fn normalize_decimal(text: &str) -> String {
+    let (neg, body) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    let int = if int.is_empty() { "0" } else { int };
+    let out = if frac.is_empty() {
+        int.to_string()
+    } else {
+        format!("{int}.{frac}")
+    };
+    if neg && out != "0" {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+fn pg_expr(col: &str, ty: &str) -> String {
+    let base = ty.split('(').next().unwrap_or(ty).trim();
+    match base {
+        "boolean" => format!("{col}::int::int8"),
+        "smallint" | "integer" | "bigint" => format!("{col}::int8"),
+        "numeric" | "text" | "character varying" | "character" | "json" | "jsonb" | "bit" => {
+            format!("{col}::text")
+        }
+        "date" => format!("({col} - date '2000-01-01')::int8 * 86400000000"),
+        "timestamp" | "timestamp without time zone" => {
+            format!("(extract(epoch from {col} - timestamp '2000-01-01') * 1000000)::int8")
+        }
+        "time" | "time without time zone" | "interval" => {
+            format!("(extract(epoch from {col}) * 1000000)::int8")
+        }
+        _ => col.to_string(),
+    }
+}
+
+fn canon_pg(row: &tokio_postgres::Row, i: usize, ty: &str) -> Canon {
+    let base = ty.split('(').next().unwrap_or(ty).trim();
+    match base {
+        "boolean" | "smallint" | "integer" | "bigint" => row
+            .get::<_, Option<i64>>(i)
+            .map_or(Canon::Null, |v| Canon::Int(v.into())),
+        "date"
+        | "timestamp"
+        | "timestamp without time zone"
+        | "time"
+        | "time without time zone"
+        | "interval" => row
+            .get::<_, Option<i64>>(i)
+            .map_or(Canon::Null, Canon::Micros),
+        "numeric" => row
+            .get::<_, Option<String>>(i)
+            .map_or(Canon::Null, |v| Canon::Decimal(normalize_decimal(&v))),
+        "real" => row
+            .get::<_, Option<f32>>(i)
+            .map_or(Canon::Null, |v| Canon::F32(v.to_bits())),
+        "double precision" => row
+            .get::<_, Option<f64>>(i)
+            .map_or(Canon::Null, |v| Canon::F64(v.to_bits())),
+        "json" | "jsonb" => row.get::<_, Option<String>>(i).map_or(Canon::Null, |v| {
+            Canon::Json(serde_json::from_str(&v).unwrap())
+        }),
+        "bit" => row.get::<_, Option<String>>(i).map_or(Canon::Null, |v| {
+            Canon::Int(i128::from_str_radix(&v, 2).unwrap())
+        }),
+        "bytea" => row
+            .get::<_, Option<Vec<u8>>>(i)
+            .map_or(Canon::Null, Canon::Bytes),
+        _ => row
+            .get::<_, Option<String>>(i)
+            .map_or(Canon::Null, Canon::Text),
+    }
+}
+
+fn date_micros(parts: (u16, u8, u8, u8, u8, u8, u32)) -> Canon {
+    match check_date(parts).unwrap() {
+        None => Canon::Null,
+        Some(p) => Canon::Micros(DateTimeParts::pg_micros(&p)),
+    }
+}
+
+fn canon_mysql(value: &Value, pg_type: &str) -> Canon {
+    let base = pg_type.split('(').next().unwrap_or(pg_type).trim();
+    match value {
+        Value::NULL => Canon::Null,
+        Value::Int(v) => match base {
+            "numeric" => Canon::Decimal(v.to_string()),
+            _ => Canon::Int((*v).into()),
+        },
+        Value::UInt(v) => match base {
+            "numeric" => Canon::Decimal(v.to_string()),
+            _ => Canon::Int((*v).into()),
+        },
+        Value::Float(v) => Canon::F32(v.to_bits()),
+        Value::Double(v) => Canon::F64(v.to_bits()),
+        Value::Date(y, mo, d, h, mi, s, us) => date_micros((*y, *mo, *d, *h, *mi, *s, *us)),
+        Value::Time(neg, d, h, m, s, us) => {
+            let micros =
+                ((i64::from(*d) * 24 + i64::from(*h)) * 3600 + i64::from(*m) * 60 + i64::from(*s))
+                    * 1_000_000
+                    + i64::from(*us);
+            Canon::Micros(if *neg { -micros } else { micros })
+        }
+        Value::Bytes(b) => match base {
+            "numeric" => Canon::Decimal(normalize_decimal(std::str::from_utf8(b).unwrap())),
+            "json" | "jsonb" => Canon::Json(serde_json::from_slice(b).unwrap()),
+            "bytea" => Canon::Bytes(b.clone()),
+            "bit" => Canon::Int(b.iter().fold(0i128, |acc, x| (acc << 8) | i128::from(*x))),
+            "character" => Canon::Text(
+                String::from_utf8(b.clone())
+                    .unwrap()
+                    .trim_end_matches(' ')
+                    .to_string(),
+            ),
+            _ => Canon::Text(String::from_utf8(b.clone()).unwrap()),
+        },
+    }
+}
+
+/// Parses a one-table config.
+pub fn table_config(yaml: &str) -> TableConfig {
+    let config = TablesConfig::parse(yaml).unwrap();
+    config.tables().next().unwrap().clone()
+}

@@ -175,3 +175,325 @@ async fn zero_dates_become_null_and_are_counted_per_column() {
     assert_eq!(row.get::<_, i64>(1), 2);
     assert_eq!(row.get::<_, String>(2), "0001-01-01");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_round_trips_value_by_value() {
+    let db = TestDb::new("all_types").await;
+    db.mysql(&[
+        "CREATE TABLE `types` (
+          `Id` int NOT NULL PRIMARY KEY,
+          `TinyS` tinyint(4), `TinyU` tinyint(3) unsigned, `Flag` tinyint(1), `NotFlag` tinyint(1),
+          `SmallS` smallint, `SmallU` smallint unsigned, `MediumS` mediumint, `MediumU` mediumint unsigned,
+          `IntS` int, `IntU` int unsigned, `BigS` bigint, `BigU` bigint unsigned,
+          `Money` decimal(10,2), `Wide` decimal(65,30), `Ratio` float, `Fee` double,
+          `Bit1` bit(1), `Bit13` bit(13), `Bit64` bit(64),
+          `Code` char(5), `Name` varchar(50), `Note` text, `Long` longtext,
+          `Latin` varchar(40) CHARACTER SET latin1,
+          `Bin` binary(4), `VarBin` varbinary(10), `Blob` longblob,
+          `Kind` enum('new','done','void'), `Tags` set('a','b','c'), `Doc` json,
+          `Day` date, `Moment` datetime(6), `Stamp` timestamp(3) NULL, `Span` time, `Yr` year
+        ) DEFAULT CHARSET=utf8mb4",
+        "INSERT INTO `types` VALUES
+          (1, -128, 255, 1, 2, -32768, 65535, -8388608, 16777215, -2147483648, 4294967295,
+           -9223372036854775808, 18446744073709551615, -12345678.90, 12345678901234567890123456789012345.123456789012345678901234567890,
+           3.25, -1234567.123456789, b'1', b'1010101010101', b'1111111111111111111111111111111111111111111111111111111111111111',
+           'ab', 'tooth 😁 𝄞 ñ', 'multi\nline\ttext', REPEAT('x', 70000), 'café naïve',
+           x'00FF10', x'DEADBEEF', x'000102', 'done', 'a,c', '{\"a\": [1, 2, {\"b\": null}], \"c\": \"ü\"}',
+           '0001-01-01', '2024-02-29 23:59:59.999999', '2038-01-19 03:14:07.123', '838:59:59', 2155),
+          (2, 127, 0, 0, 0, 32767, 0, 8388607, 0, 2147483647, 0, 9223372036854775807, 0, 0.01, -0.000000000000000000000000000001,
+           -0.5, 1e300, b'0', b'0', b'0', '', '', '', '', '', x'', x'', x'', 'new', '', '[]',
+           '9999-12-31', '1000-01-01 00:00:00', '1970-01-01 00:00:01', '-838:59:59', 1901),
+          (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+    ])
+    .await;
+    let cfg = table_config("tables:\n  types:\n    extraction_strategy: full_table\n");
+    let report = db.load(&cfg).await.unwrap();
+    assert_eq!(report.rows_inserted, 3);
+    let types = db.pg_types("types").await;
+    let expect = [
+        ("TinyS", "smallint"),
+        ("TinyU", "smallint"),
+        ("Flag", "boolean"),
+        ("NotFlag", "smallint"),
+        ("SmallU", "integer"),
+        ("MediumU", "integer"),
+        ("IntU", "bigint"),
+        ("BigU", "numeric(20,0)"),
+        ("Money", "numeric(10,2)"),
+        ("Wide", "numeric(65,30)"),
+        ("Ratio", "real"),
+        ("Fee", "double precision"),
+        ("Bit13", "bit(13)"),
+        ("Code", "character(5)"),
+        ("Name", "character varying(50)"),
+        ("Latin", "character varying(40)"),
+        ("Blob", "bytea"),
+        ("Kind", "text"),
+        ("Doc", "jsonb"),
+        ("Day", "date"),
+        ("Moment", "timestamp(6) without time zone"),
+        ("Stamp", "timestamp(3) without time zone"),
+        ("Span", "interval"),
+        ("Yr", "smallint"),
+    ];
+    for (column, ty) in expect {
+        assert_eq!(types.get(column).map(String::as_str), Some(ty), "{column}");
+    }
+    db.assert_same("types", &["Id"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_full_on_a_loaded_table_reloads_it() {
+    let db = TestDb::new("force_full").await;
+    db.mysql(&[
+        STAMPED,
+        "INSERT INTO `stamped` (`Note`) SELECT CONCAT('row ', seq) FROM seq_1_to_500",
+    ])
+    .await;
+    let cfg = stamped_config(100, 0);
+    db.load(&cfg).await.unwrap();
+    let client = db.pg().await;
+    client
+        .batch_execute("delete from raw.stamped where \"Num\" <= 10; update raw.stamped set \"Note\" = 'drift'")
+        .await
+        .unwrap();
+    let plain = db.load(&cfg).await.unwrap();
+    assert!(is_incremental(&plain));
+    let forced = db.load_with(&cfg, true).await.unwrap();
+    assert_eq!(forced.decision.strategy, Strategy::Full);
+    assert!(forced.decision.reason.contains("--force-full"));
+    assert_eq!(forced.rows_inserted, 500);
+    db.assert_same("stamped", &["Num"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_with_no_changes_changes_nothing() {
+    let db = TestDb::new("no_changes").await;
+    db.mysql(&[
+        STAMPED,
+        "INSERT INTO `stamped` (`Note`, `DateTStamp`) SELECT CONCAT('row ', seq), NOW() - INTERVAL seq SECOND FROM seq_1_to_300",
+    ])
+    .await;
+    let cfg = stamped_config(50, 3600);
+    db.load(&cfg).await.unwrap();
+    let client = db.pg().await;
+    let versions =
+        "select string_agg(xmin::text || ':' || ctid::text, ',' order by \"Num\") from raw.stamped";
+    let before: String = client.query_one(versions, &[]).await.unwrap().get(0);
+    let mark_before = db.watermark("stamped", "DateTStamp").await;
+    let report = db.load(&cfg).await.unwrap();
+    assert!(is_incremental(&report));
+    assert_eq!(
+        report.rows_read, 300,
+        "the look-back window re-reads every row"
+    );
+    assert_eq!((report.rows_inserted, report.rows_updated), (0, 0));
+    let after: String = client.query_one(versions, &[]).await.unwrap().get(0);
+    assert_eq!(before, after, "no row version was rewritten");
+    assert_eq!(mark_before, db.watermark("stamped", "DateTStamp").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_source_column_is_added_and_filled_on_the_next_run() {
+    let db = TestDb::new("new_column").await;
+    db.mysql(&[
+        STAMPED,
+        "INSERT INTO `stamped` (`Note`) SELECT CONCAT('row ', seq) FROM seq_1_to_100",
+    ])
+    .await;
+    let cfg = stamped_config(1000, 0);
+    db.load(&cfg).await.unwrap();
+    db.mysql(&["ALTER TABLE `stamped` ADD COLUMN `IsHidden` tinyint(4) NOT NULL DEFAULT 3, ADD COLUMN `Odd Name \"q\"` varchar(10) DEFAULT 'x'"])
+        .await;
+    let report = db.load(&cfg).await.unwrap();
+    assert_eq!(report.decision.strategy, Strategy::Full);
+    assert!(
+        report.decision.reason.contains("IsHidden"),
+        "{}",
+        report.decision.reason
+    );
+    let types = db.pg_types("stamped").await;
+    assert_eq!(types.get("IsHidden").map(String::as_str), Some("smallint"));
+    assert!(types.contains_key("Odd Name \"q\""));
+    db.assert_same("stamped", &["Num"]).await;
+    let next = db.load(&cfg).await.unwrap();
+    assert!(is_incremental(&next), "{:?}", next.decision);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dbt_view_over_a_raw_table_survives_a_full_refresh() {
+    let db = TestDb::new("view_survives").await;
+    db.mysql(&[
+        STAMPED,
+        "INSERT INTO `stamped` (`Note`, `Amount`) SELECT CONCAT('row ', seq), seq FROM seq_1_to_200",
+    ])
+    .await;
+    let cfg = stamped_config(1000, 0);
+    db.load(&cfg).await.unwrap();
+    let client = db.pg().await;
+    client
+        .batch_execute(
+            "create schema staging; \
+             create view staging.stg_stamped as select \"Num\" as num, \"Amount\" as amount from raw.stamped",
+        )
+        .await
+        .unwrap();
+    db.mysql(&["UPDATE `stamped` SET `Amount` = `Amount` * 2"])
+        .await;
+    db.load_with(&cfg, true).await.unwrap();
+    let total: f64 = client
+        .query_one("select sum(amount) from staging.stg_stamped", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 2.0 * (200.0 * 201.0 / 2.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_without_a_primary_key_is_refreshed_in_full_with_a_warning() {
+    let db = TestDb::new("no_key").await;
+    db.mysql(&[
+        "CREATE TABLE `tmppatient` (`PatNum` bigint, `LName` varchar(100), `SecDateTEdit` datetime)",
+        "INSERT INTO `tmppatient` SELECT seq, CONCAT('Smith', seq), NOW() FROM seq_1_to_40",
+        "INSERT INTO `tmppatient` SELECT seq, CONCAT('Smith', seq), NOW() FROM seq_1_to_5",
+    ])
+    .await;
+    let cfg = table_config(
+        "tables:\n  tmppatient:\n    extraction_strategy: incremental\n    incremental_columns: [SecDateTEdit]\n    primary_incremental_column: SecDateTEdit\n",
+    );
+    db.load(&cfg).await.unwrap();
+    db.mysql(&["DELETE FROM `tmppatient` WHERE `PatNum` > 30"])
+        .await;
+    let report = db.load(&cfg).await.unwrap();
+    assert_eq!(report.decision.strategy, Strategy::Full);
+    assert!(report.decision.reason.contains("no primary key"));
+    assert!(report.warnings.iter().any(|w| w.contains("no primary key")));
+    assert_eq!(db.pg_count("tmppatient").await, 35);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_that_cannot_be_carried_fails_the_table_naming_column_and_key() {
+    let db = TestDb::new("nul_bytes").await;
+    db.mysql(&[
+        "CREATE TABLE `commlog` (`CommlogNum` bigint NOT NULL PRIMARY KEY, `Note` text)",
+        "INSERT INTO `commlog` VALUES (1, 'fine'), (2, CONCAT('bad', CHAR(0), 'byte'))",
+    ])
+    .await;
+    let cfg = table_config("tables:\n  commlog:\n    extraction_strategy: full_table\n");
+    let err = db.load(&cfg).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Value);
+    let message = err.to_string();
+    assert!(
+        message.contains("table `commlog`, column `Note`, key CommlogNum=2"),
+        "{message}"
+    );
+    assert!(message.contains("NUL byte"), "{message}");
+    assert_eq!(db.pg_count("commlog").await, 0, "nothing half-loaded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn or_across_columns_catches_a_change_seen_by_either_column() {
+    let db = TestDb::new("or_columns").await;
+    db.mysql(&[
+        "CREATE TABLE `claimproc` (`ClaimProcNum` bigint NOT NULL PRIMARY KEY, `InsPayAmt` double NOT NULL,
+          `SecDateTEdit` datetime NOT NULL, `DateCP` date NOT NULL, KEY (`SecDateTEdit`), KEY (`DateCP`))",
+        "INSERT INTO `claimproc` SELECT seq, seq, '2024-01-01 00:00:00' + INTERVAL seq MINUTE, '2024-01-01' + INTERVAL seq DAY FROM seq_1_to_100",
+    ])
+    .await;
+    let cfg = table_config(
+        "tables:\n  claimproc:\n    extraction_strategy: incremental\n    incremental_columns: [SecDateTEdit, DateCP]\n    \
+         primary_incremental_column: none\n    primary_key: ClaimProcNum\n    lookback_seconds: 0\n    \
+         data_quality_filters: {min_date: '2000-01-01', max_date: '2100-01-01'}\n",
+    );
+    db.load(&cfg).await.unwrap();
+    // One row changes only its SecDateTEdit, another only its DateCP: AND
+    // would miss both, OR sees each through its own watermark.
+    db.mysql(&[
+        "UPDATE `claimproc` SET `InsPayAmt` = 1000, `SecDateTEdit` = '2025-01-01 00:00:00' WHERE `ClaimProcNum` = 5",
+        "UPDATE `claimproc` SET `InsPayAmt` = 2000, `DateCP` = '2025-06-01' WHERE `ClaimProcNum` = 6",
+    ])
+    .await;
+    let report = db.load(&cfg).await.unwrap();
+    assert!(is_incremental(&report), "{:?}", report.decision);
+    assert_eq!(report.rows_updated, 2);
+    assert_eq!(
+        db.watermark("claimproc", "DateCP").await.as_deref(),
+        Some("2025-06-01 00:00:00")
+    );
+    db.assert_same("claimproc", &["ClaimProcNum"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_table_fails_alone_and_the_run_history_says_why() {
+    let db = TestDb::new("missing_table").await;
+    db.mysql(&[STAMPED, "INSERT INTO `stamped` (`Note`) VALUES ('a')"])
+        .await;
+    let config = etl_pipeline::config::TablesConfig::parse(
+        "tables:\n  stamped:\n    extraction_strategy: full_table\n  ghost:\n    extraction_strategy: full_table\n",
+    )
+    .unwrap();
+    let report = db.run(&config).await;
+    assert!(!report.succeeded());
+    let ghost = report.outcomes.iter().find(|o| o.table == "ghost").unwrap();
+    let err = ghost.result.as_ref().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Schema);
+    assert!(
+        err.to_string().contains("table `ghost` does not exist"),
+        "{err}"
+    );
+    assert!(
+        report
+            .outcomes
+            .iter()
+            .any(|o| o.table == "stamped" && o.result.is_ok())
+    );
+    let client = db.pg().await;
+    let rows = client
+        .query("select table_name::text, status::text, coalesce(error, '') from raw.etl_run_history order by table_name", &[])
+        .await
+        .unwrap();
+    let statuses: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        statuses,
+        vec![
+            ("ghost".into(), "failed".into()),
+            ("stamped".into(), "success".into())
+        ]
+    );
+    let status: String = client
+        .query_one(
+            "select load_status::text from raw.etl_load_status where table_name = 'ghost'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_before_init_says_to_run_init() {
+    let db = TestDb::new("not_initialized").await;
+    let client = db.pg().await;
+    client
+        .batch_execute("drop table raw.etl_load_watermark")
+        .await
+        .unwrap();
+    let config = etl_pipeline::config::TablesConfig::parse(
+        "tables:\n  a:\n    extraction_strategy: full_table\n",
+    )
+    .unwrap();
+    let err = etl_pipeline::pipeline::run_load(
+        &db.ctx,
+        etl_pipeline::pipeline::RunPlan {
+            tables: config.tables().cloned().collect(),
+            force_full: false,
+            max_workers: 1,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotInitialized);
+    assert!(err.to_string().contains("run `etl-pipeline init`"), "{err}");
+}

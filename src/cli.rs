@@ -75,7 +75,7 @@ pub struct RunArgs {
         required_unless_present = "all",
         conflicts_with = "all"
     )]
-    pub tables: Vec<String>,
+    pub table: Vec<String>,
     /// Run every table in the config.
     #[arg(long)]
     pub all: bool,
@@ -187,7 +187,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run(args) => {
             let config = TablesConfig::load(&cli.tables)?;
-            let tables = pipeline::select_tables(&config, &args.tables, args.all)?;
+            let tables = pipeline::select_tables(&config, &args.table, args.all)?;
             let env = Env::load(cli.env_file.as_deref())?;
             let ctx = load_context(&env)?;
             let Phase::Load = args.phase;

@@ -231,7 +231,7 @@ impl TablesConfig {
     pub fn load(path: &Path) -> Result<TablesConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::config(format!(
-                "cannot read table config {}: {e}; generate one with `etl-pipeline analyze` or pass --tables FILE",
+                "cannot read table config {}: {e}; pass the right file with --tables FILE",
                 path.display()
             ))
         })?;

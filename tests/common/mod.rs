@@ -388,3 +388,56 @@ pub fn table_config(yaml: &str) -> TableConfig {
     let config = TablesConfig::parse(yaml).unwrap();
     config.tables().next().unwrap().clone()
 }
+
+impl TestDb {
+    /// Writes an env file for the binary pointing at this test's databases;
+    /// returns its path.
+    pub fn env_file(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let r = &self.ctx.replica;
+        let w = &self.ctx.warehouse;
+        let text = format!(
+            "ETL_ENVIRONMENT=test\nTEST_MYSQL_REPLICATION_HOST={}\nTEST_MYSQL_REPLICATION_PORT={}\n\
+             TEST_MYSQL_REPLICATION_DB={}\nTEST_MYSQL_REPLICATION_USER={}\nTEST_MYSQL_REPLICATION_PASSWORD={}\n\
+             TEST_POSTGRES_ANALYTICS_HOST={}\nTEST_POSTGRES_ANALYTICS_PORT={}\nTEST_POSTGRES_ANALYTICS_DB={}\n\
+             TEST_POSTGRES_ANALYTICS_USER={}\nTEST_POSTGRES_ANALYTICS_PASSWORD={}\n",
+            r.host,
+            r.port,
+            r.database,
+            r.user,
+            r.password.expose(),
+            w.host,
+            w.port,
+            w.database,
+            w.user,
+            w.password.expose()
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("test.env");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// A scratch folder for one test's files.
+pub fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("etl_t_{name}_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The binary under test, run with a clean environment (no `ETL_*`,
+/// `TEST_*` or production variables leak in from the caller).
+pub fn binary() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_etl-pipeline"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("ETL_")
+            || key.starts_with("TEST_")
+            || key.starts_with("MYSQL_REPLICATION_")
+            || key.starts_with("POSTGRES_ANALYTICS_")
+            || key.starts_with("OPENDENTAL_SOURCE_")
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}

@@ -1,0 +1,205 @@
+//! The binary as a user runs it: exit codes, messages, and secrets.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{TestDb, binary, scratch};
+
+fn run(env: &Path, tables: &Path, args: &[&str]) -> Output {
+    binary()
+        .args([
+            "--env-file",
+            env.to_str().unwrap(),
+            "--tables",
+            tables.to_str().unwrap(),
+        ])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+const TABLES: &str = "tables:\n  patient:\n    extraction_strategy: incremental\n    incremental_columns: [DateTStamp]\n    \
+                      primary_incremental_column: DateTStamp\n    primary_key: PatNum\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_run_status_and_test_connections_work_end_to_end() {
+    let db = TestDb::new("cli_flow").await;
+    db.mysql(&[
+        "CREATE TABLE `patient` (`PatNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, `LName` varchar(100) NOT NULL, \
+         `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP, KEY (`DateTStamp`))",
+        "INSERT INTO `patient` (`LName`) SELECT CONCAT('Lee', seq) FROM seq_1_to_250",
+    ])
+    .await;
+    let dir = scratch("cli_flow");
+    let env = db.env_file(&dir);
+    let tables = dir.join("tables.yml");
+    std::fs::write(&tables, TABLES).unwrap();
+
+    for _ in 0..2 {
+        let out = run(&env, &tables, &["init"]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = run(&env, &tables, &["run", "--phase", "load", "--all"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("first load: destination table created"),
+        "{}",
+        text(&out)
+    );
+    let out = run(
+        &env,
+        &tables,
+        &["run", "--phase", "load", "--table", "patient"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("watermark on (DateTStamp, PatNum)"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&env, &tables, &["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = text(&out);
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("patient"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("success") && line.contains("incremental") && line.contains("DateTStamp = "),
+        "{status}"
+    );
+    let out = run(&env, &tables, &["test-connections"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("MariaDB") && text(&out).contains("PostgreSQL 1"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&env, &tables, &["validate"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("1 table(s), valid"), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_table_makes_the_exit_code_non_zero_and_is_named() {
+    let db = TestDb::new("cli_failure").await;
+    let dir = scratch("cli_failure");
+    let env = db.env_file(&dir);
+    let tables = dir.join("tables.yml");
+    std::fs::write(&tables, TABLES).unwrap();
+    let out = run(&env, &tables, &["run", "--phase", "load", "--all"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("table `patient` does not exist in MySQL database"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_exit_code_two() {
+    let dir = scratch("cli_bad_input");
+    let env = dir.join("partial.env");
+    std::fs::write(&env, "ETL_ENVIRONMENT=test\nTEST_MYSQL_REPLICATION_HOST=127.0.0.1\nTEST_MYSQL_REPLICATION_DB=x\nTEST_MYSQL_REPLICATION_USER=root\n").unwrap();
+    let tables = dir.join("tables.yml");
+    std::fs::write(&tables, TABLES).unwrap();
+
+    let out = run(&env, &tables, &["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("TEST_POSTGRES_ANALYTICS_HOST is not set"),
+        "{}",
+        text(&out)
+    );
+
+    let out = run(
+        &env,
+        &tables,
+        &["run", "--phase", "load", "--table", "nope"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("table `nope` is not in the table config"),
+        "{}",
+        text(&out)
+    );
+
+    let broken = dir.join("broken.yml");
+    std::fs::write(
+        &broken,
+        "tables:\n  patient:\n    extraction_strategy: [full_table\n",
+    )
+    .unwrap();
+    let out = run(&env, &broken, &["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("line 3"), "{}", text(&out));
+
+    let no_env = dir.join("no-environment.env");
+    std::fs::write(&no_env, "TEST_MYSQL_REPLICATION_HOST=127.0.0.1\n").unwrap();
+    let out = run(&no_env, &tables, &["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("ETL_ENVIRONMENT is not set"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn passwords_never_appear_in_output_even_when_connections_fail() {
+    let secret = "Zq9-distinctive-S3cret-pw";
+    let dir = scratch("cli_secrets");
+    let env = dir.join("secret.env");
+    // MariaDB refuses root with this password; nothing listens on port 1.
+    std::fs::write(
+        &env,
+        format!(
+            "ETL_ENVIRONMENT=production\nMYSQL_REPLICATION_HOST=127.0.0.1\nMYSQL_REPLICATION_DB=mysql\n\
+             MYSQL_REPLICATION_USER=root\nMYSQL_REPLICATION_PASSWORD={secret}\n\
+             OPENDENTAL_SOURCE_HOST=127.0.0.1\nOPENDENTAL_SOURCE_PORT=1\nOPENDENTAL_SOURCE_DB=od\n\
+             OPENDENTAL_SOURCE_USER=reader\nOPENDENTAL_SOURCE_PASSWORD={secret}\n\
+             POSTGRES_ANALYTICS_HOST=127.0.0.1\nPOSTGRES_ANALYTICS_PORT=1\nPOSTGRES_ANALYTICS_DB=analytics\n\
+             POSTGRES_ANALYTICS_USER=etl\nPOSTGRES_ANALYTICS_PASSWORD={secret}\n"
+        ),
+    )
+    .unwrap();
+    let tables = dir.join("tables.yml");
+    std::fs::write(&tables, TABLES).unwrap();
+    for args in [
+        vec!["validate"],
+        vec!["test-connections"],
+        vec!["init"],
+        vec!["status"],
+        vec!["-v", "run", "--phase", "load", "--all"],
+    ] {
+        let started = Instant::now();
+        let out = run(&env, &tables, &args);
+        let all = text(&out);
+        assert!(
+            !all.contains(secret),
+            "{args:?} printed the password: {all}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(30), "{args:?} hung");
+        if args != ["validate"] {
+            assert!(!out.status.success(), "{args:?}: {all}");
+        }
+    }
+    let out = run(&env, &tables, &["test-connections"]);
+    let all = text(&out);
+    assert!(all.contains("replica") && all.contains("FAILED"), "{all}");
+    assert!(
+        all.contains("127.0.0.1:1"),
+        "names the unreachable address: {all}"
+    );
+}

@@ -260,40 +260,32 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 mysql_targets.insert(0, ("source", Ok(source)));
             }
             for (role, settings) in mysql_targets {
-                let outcome = match settings {
-                    Ok(s) => {
-                        let started = Instant::now();
-                        match my::connect(&s).await {
-                            Ok(mut conn) => my::server_version(&mut conn).await.map(|v| {
-                                format!(
-                                    "{} ok, {v}, {} ms",
-                                    my::describe(&s),
-                                    started.elapsed().as_millis()
-                                )
-                            }),
-                            Err(e) => Err(e),
-                        }
-                    }
-                    Err(e) => Err(e),
-                };
+                let outcome = async {
+                    let s = settings?;
+                    let started = Instant::now();
+                    let mut conn = my::connect(&s).await?;
+                    let version = my::server_version(&mut conn).await?;
+                    Ok(format!(
+                        "{} ok, {version}, {} ms",
+                        my::describe(&s),
+                        started.elapsed().as_millis()
+                    ))
+                }
+                .await;
                 ok &= report_connection(role, outcome);
             }
-            let outcome = match env.warehouse() {
-                Ok(s) => {
-                    let started = Instant::now();
-                    match pg::connect(&s).await {
-                        Ok(client) => pg::server_version(&client).await.map(|v| {
-                            format!(
-                                "{} ok, {v}, {} ms",
-                                pg::describe(&s),
-                                started.elapsed().as_millis()
-                            )
-                        }),
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(e),
-            };
+            let outcome = async {
+                let s = env.warehouse()?;
+                let started = Instant::now();
+                let client = pg::connect(&s).await?;
+                let version = pg::server_version(&client).await?;
+                Ok(format!(
+                    "{} ok, {version}, {} ms",
+                    pg::describe(&s),
+                    started.elapsed().as_millis()
+                ))
+            }
+            .await;
             ok &= report_connection("warehouse", outcome);
             Ok(if ok {
                 ExitCode::SUCCESS

@@ -31,6 +31,26 @@ async fn setup(name: &str) -> TestDb {
     db
 }
 
+/// Starts the binary on `visit` with this test's databases and config.
+fn spawn_run(db: &TestDb, name: &str, batch: u32, extra: &[&str]) -> std::process::Child {
+    let dir = scratch(name);
+    let env = db.env_file(&dir);
+    let tables = dir.join("tables.yml");
+    std::fs::write(&tables, config_yaml(batch)).unwrap();
+    binary()
+        .args([
+            "--env-file",
+            env.to_str().unwrap(),
+            "--tables",
+            tables.to_str().unwrap(),
+        ])
+        .args(["run", "--phase", "load", "--table", "visit"])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 async fn poll<F, Fut>(deadline: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
@@ -58,21 +78,7 @@ async fn an_incremental_run_killed_between_batches_converges_on_rerun() {
     ])
     .await;
 
-    let dir = scratch("kill_incremental");
-    let env = db.env_file(&dir);
-    let tables = dir.join("tables.yml");
-    std::fs::write(&tables, config_yaml(300)).unwrap();
-    let mut child = binary()
-        .args([
-            "--env-file",
-            env.to_str().unwrap(),
-            "--tables",
-            tables.to_str().unwrap(),
-        ])
-        .args(["run", "--phase", "load", "--table", "visit"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&db, "kill_incremental", 300, &[]);
     let moved = poll(Duration::from_secs(60), || async {
         db.watermark("visit", "DateTStamp").await.as_deref() != Some(first_mark.as_str())
     })
@@ -119,21 +125,7 @@ async fn a_full_refresh_killed_mid_copy_leaves_the_old_contents_then_converges()
     ])
     .await;
 
-    let dir = scratch("kill_full");
-    let env = db.env_file(&dir);
-    let tables = dir.join("tables.yml");
-    std::fs::write(&tables, config_yaml(5000)).unwrap();
-    let mut child = binary()
-        .args([
-            "--env-file",
-            env.to_str().unwrap(),
-            "--tables",
-            tables.to_str().unwrap(),
-        ])
-        .args(["run", "--phase", "load", "--table", "visit", "--force-full"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&db, "kill_full", 5000, &["--force-full"]);
     let client = db.pg().await;
     let database = db.ctx.warehouse.database.clone();
     let copying = poll(Duration::from_secs(60), || async {

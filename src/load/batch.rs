@@ -16,8 +16,10 @@ use crate::schema::{Encoded, PgType, SourceType, encode_field, value_to_text};
 /// being read. More would only add memory.
 pub const CHANNEL_BATCHES: usize = 2;
 /// A full load's batch is also cut at this many bytes, so wide rows
-/// (16 MB blobs) keep memory bounded by batch, not by table.
-pub const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
+/// (16 MB blobs) keep memory bounded by batch, not by table. A full load
+/// commits once, so its batches are only the unit of hand-over between reader
+/// and writer: 4 MiB keeps both busy while holding little.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// One column as it is read and written.
 #[derive(Debug, Clone)]

@@ -436,37 +436,42 @@ pub async fn load_table(
         reason = %prepared.decision.reason,
         "loading"
     );
+    let job = Job {
+        ctx,
+        cfg,
+        opts,
+        prepared: &prepared,
+    };
     match &prepared.decision.strategy {
-        Strategy::Full => {
-            full_load(mysql, &mut client, ctx, cfg, opts, &prepared, &mut report).await?
-        }
+        Strategy::Full => full_load(&job, mysql, &mut client, &mut report).await?,
         Strategy::Incremental { columns } => {
-            incremental_load(
-                mysql,
-                &mut client,
-                ctx,
-                cfg,
-                opts,
-                &prepared,
-                columns,
-                &mut report,
-            )
-            .await?
+            incremental_load(&job, mysql, &mut client, columns, &mut report).await?
         }
     }
     report.elapsed = started.elapsed();
     Ok(report)
 }
 
+/// What a strategy's load works from.
+struct Job<'a> {
+    ctx: &'a LoadContext,
+    cfg: &'a TableConfig,
+    opts: &'a LoadOptions,
+    prepared: &'a Prepared,
+}
+
 async fn full_load(
+    job: &Job<'_>,
     mut mysql: Conn,
     client: &mut Client,
-    ctx: &LoadContext,
-    cfg: &TableConfig,
-    opts: &LoadOptions,
-    prepared: &Prepared,
     report: &mut TableReport,
 ) -> Result<()> {
+    let Job {
+        ctx,
+        cfg,
+        opts,
+        prepared,
+    } = *job;
     let schema = &ctx.warehouse.schema;
     my::begin_snapshot(&mut mysql).await?;
     // Watermarks first: for tables without snapshots (MyISAM) a row added
@@ -540,17 +545,19 @@ async fn full_load(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn incremental_load(
+    job: &Job<'_>,
     mut mysql: Conn,
     client: &mut Client,
-    ctx: &LoadContext,
-    cfg: &TableConfig,
-    opts: &LoadOptions,
-    prepared: &Prepared,
     columns: &[String],
     report: &mut TableReport,
 ) -> Result<()> {
+    let Job {
+        ctx,
+        cfg,
+        opts,
+        prepared,
+    } = *job;
     let schema = &ctx.warehouse.schema;
     let mut passes = Vec::new();
     let mut current: HashMap<String, (Value, StoredWatermark)> = HashMap::new();

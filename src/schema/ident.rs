@@ -3,18 +3,23 @@
 //! Every table and column name passes through [`pg`] or [`mysql`] before it
 //! reaches a statement; values never do (they are bound parameters).
 
-/// Quotes an identifier for PostgreSQL: `a"b` becomes `"a""b"`.
-pub fn pg(name: &str) -> String {
+/// Wraps `name` in `quote`, doubling any `quote` inside it.
+fn quote(name: &str, quote: char) -> String {
     let mut out = String::with_capacity(name.len() + 2);
-    out.push('"');
+    out.push(quote);
     for ch in name.chars() {
-        if ch == '"' {
-            out.push('"');
+        if ch == quote {
+            out.push(quote);
         }
         out.push(ch);
     }
-    out.push('"');
+    out.push(quote);
     out
+}
+
+/// Quotes an identifier for PostgreSQL: `a"b` becomes `"a""b"`.
+pub fn pg(name: &str) -> String {
+    quote(name, '"')
 }
 
 /// Quotes a schema-qualified PostgreSQL name: `"schema"."table"`.
@@ -24,16 +29,7 @@ pub fn pg_qualified(schema: &str, name: &str) -> String {
 
 /// Quotes an identifier for MySQL/MariaDB: ``a`b`` becomes ```a``b```.
 pub fn mysql(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 2);
-    out.push('`');
-    for ch in name.chars() {
-        if ch == '`' {
-            out.push('`');
-        }
-        out.push(ch);
-    }
-    out.push('`');
-    out
+    quote(name, '`')
 }
 
 /// Quotes a list of names for PostgreSQL and joins them with `, `.

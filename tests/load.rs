@@ -497,3 +497,98 @@ async fn a_run_before_init_says_to_run_init() {
     assert_eq!(err.kind(), ErrorKind::NotInitialized);
     assert!(err.to_string().contains("run `etl-pipeline init`"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_mysql_connection_is_retried_and_the_load_converges() {
+    let db = TestDb::new("dropped_connection").await;
+    db.mysql(&[
+        STAMPED,
+        "INSERT INTO `stamped` (`Note`, `Amount`) SELECT REPEAT('n', 90), seq FROM seq_1_to_300000",
+    ])
+    .await;
+    let config = etl_pipeline::config::TablesConfig::parse(
+        "tables:\n  stamped:\n    extraction_strategy: incremental\n    incremental_columns: [DateTStamp]\n    \
+         primary_incremental_column: DateTStamp\n    primary_key: Num\n",
+    )
+    .unwrap();
+    let database = db.ctx.replica.database.clone();
+    let killer = {
+        let admin = db.mysql_admin.clone();
+        tokio::spawn(async move {
+            use mysql_async::prelude::Queryable;
+            let mut conn = etl_pipeline::mysql::connect(&admin).await.unwrap();
+            for _ in 0..4000 {
+                let ids: Vec<u64> = conn
+                    .exec(
+                        "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND INFO LIKE 'SELECT %`stamped`%'",
+                        (database.as_str(),),
+                    )
+                    .await
+                    .unwrap();
+                if let Some(id) = ids.first() {
+                    conn.query_drop(format!("KILL CONNECTION {id}"))
+                        .await
+                        .unwrap();
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            false
+        })
+    };
+    let report = db.run(&config).await;
+    assert!(
+        killer.await.unwrap(),
+        "the load's MySQL connection was never seen"
+    );
+    let outcome = &report.outcomes[0];
+    let table = outcome.result.as_ref().expect("the retry succeeds");
+    assert!(
+        table
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("retried after")),
+        "{:?}",
+        table.warnings
+    );
+    db.assert_same("stamped", &["Num"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_widened_source_column_is_widened_in_the_warehouse_and_reloaded() {
+    let db = TestDb::new("widened_column").await;
+    db.mysql(&[
+        "CREATE TABLE `fee` (`FeeNum` bigint NOT NULL PRIMARY KEY, `Amount` int NOT NULL, `Code` varchar(10) NOT NULL, \
+         `SecDateTEdit` datetime NOT NULL)",
+        "INSERT INTO `fee` VALUES (1, 10, 'D0120', '2024-01-01 00:00:00'), (2, 20, 'D0140', '2024-01-01 00:00:01')",
+    ])
+    .await;
+    let cfg = table_config(
+        "tables:\n  fee:\n    extraction_strategy: incremental\n    incremental_columns: [SecDateTEdit]\n    \
+         primary_incremental_column: SecDateTEdit\n",
+    );
+    db.load(&cfg).await.unwrap();
+    // An upgrade widens both columns; MySQL's ALTER does not touch SecDateTEdit.
+    db.mysql(&[
+        "ALTER TABLE `fee` MODIFY `Amount` bigint NOT NULL, MODIFY `Code` varchar(40) NOT NULL",
+        "UPDATE `fee` SET `Amount` = 9000000000, `Code` = 'D0120-with-a-much-longer-code', \
+         `SecDateTEdit` = '2024-02-01 00:00:00' WHERE `FeeNum` = 1",
+    ])
+    .await;
+    let report = db.load(&cfg).await.unwrap();
+    assert_eq!(
+        report.decision.strategy,
+        Strategy::Full,
+        "{:?}",
+        report.warnings
+    );
+    assert!(
+        report.decision.reason.contains("Amount, Code"),
+        "{}",
+        report.decision.reason
+    );
+    let types = db.pg_types("fee").await;
+    assert_eq!(types["Amount"], "bigint");
+    assert_eq!(types["Code"], "character varying(40)");
+    db.assert_same("fee", &["FeeNum"]).await;
+}

@@ -48,6 +48,8 @@ pub struct TableFacts {
     pub destination_created: bool,
     /// Source columns the destination lacked (added by this run).
     pub added_columns: Vec<String>,
+    /// Destination columns widened by this run because their source type grew.
+    pub altered_columns: Vec<String>,
 }
 
 fn full(reason: impl Into<String>) -> Decision {
@@ -90,6 +92,12 @@ pub fn resolve(config: &TableConfig, facts: &TableFacts) -> Decision {
         return full(format!(
             "source added column(s) {}: existing rows need their values",
             facts.added_columns.join(", ")
+        ));
+    }
+    if !facts.altered_columns.is_empty() {
+        return full(format!(
+            "source changed the type of column(s) {}: a type change rewrites rows without touching their watermark",
+            facts.altered_columns.join(", ")
         ));
     }
     if let Some(missing) = columns
@@ -189,6 +197,13 @@ mod tests {
                     ..ready()
                 },
                 "no watermark",
+            ),
+            (
+                TableFacts {
+                    altered_columns: vec!["Fee".into()],
+                    ..ready()
+                },
+                "changed the type of column(s) Fee",
             ),
             (
                 TableFacts {

@@ -23,8 +23,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::mysql::{self as my, Bound, ReadRange, SourceTable};
 use crate::postgres::{self as pg, CopyIn, DestTable};
 use crate::schema::{
-    DataProfile, DateTimeParts, PgType, SourceType, compare_values, ident, map_type, step_back,
-    value_from_text, value_to_text,
+    DataProfile, DateTimeParts, PgType, SourceType, compare_values, ident, is_widening, map_type,
+    step_back, value_from_text, value_to_text,
 };
 use crate::tracking::{self, Progress, StoredWatermark};
 
@@ -175,6 +175,31 @@ async fn prepare(
             }
         }
     };
+    let mut altered_columns = Vec::new();
+    for column in &source.columns {
+        let Some(current) = dest.column(&column.name).and_then(|c| c.ty.clone()) else {
+            continue;
+        };
+        let wanted = map_type(&column.ty, DataProfile::default());
+        if mapped_alternatives(&column.ty).contains(&current) || !is_widening(&current, &wanted) {
+            continue;
+        }
+        match pg::alter_column_type(client, schema, &cfg.name, &column.name, &wanted).await {
+            Ok(()) => altered_columns.push(column.name.clone()),
+            Err(e) => warnings.push(format!(
+                "column `{}` is now {} in MySQL; widening it from {current} to {wanted} failed ({}); \
+                 drop or change what blocks it (a view selecting it, for example) and rerun",
+                column.name,
+                column.column_type,
+                crate::error::chain(&e)
+            )),
+        }
+    }
+    let dest = if altered_columns.is_empty() {
+        dest
+    } else {
+        describe_dest(client, schema, &cfg.name).await?
+    };
     for column in &dest.columns {
         if source.column(&column.name).is_none() {
             warnings.push(format!(
@@ -273,6 +298,7 @@ async fn prepare(
         watermarked_columns: stored.keys().cloned().collect(),
         destination_created,
         added_columns,
+        altered_columns,
     };
     let decision = resolve(cfg, &facts);
     if let Strategy::Incremental { columns } = &decision.strategy {

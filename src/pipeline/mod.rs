@@ -92,6 +92,51 @@ fn order_tables(tables: &mut [TableConfig]) {
     });
 }
 
+/// Times a table is tried again after a dropped connection or a transient
+/// server error (deadlock, lock wait timeout, restart). Each retry resumes
+/// from the last committed batch.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// Wait before the first retry; doubled for each further one.
+const RETRY_BACKOFF: Duration = Duration::from_secs(1);
+
+async fn load_with_retries(
+    ctx: &LoadContext,
+    cfg: &TableConfig,
+    opts: &LoadOptions,
+) -> Result<TableReport> {
+    let mut retried = Vec::new();
+    let mut wait = RETRY_BACKOFF;
+    loop {
+        match load_table(ctx, cfg, opts).await {
+            Ok(mut report) => {
+                report.warnings.extend(retried);
+                return Ok(report);
+            }
+            Err(e)
+                if e.kind().is_retryable()
+                    && retried.len() < usize::try_from(DEFAULT_RETRIES).unwrap_or(0) =>
+            {
+                tracing::warn!(table = %cfg.name, error = %chain(&e), wait_s = wait.as_secs(), "retrying");
+                retried.push(format!("retried after: {}", chain(&e)));
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) if e.kind().is_retryable() => {
+                return Err(Error::new(
+                    e.kind(),
+                    format!(
+                        "{} (gave up after {} retries; batches already committed are complete and the next \
+                         run resumes after them)",
+                        chain(&e),
+                        retried.len()
+                    ),
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 async fn load_one(
     control: &Client,
     ctx: &LoadContext,
@@ -102,7 +147,7 @@ async fn load_one(
     let started = Instant::now();
     let history = tracking::begin_history(control, schema, &opts.run_id, &cfg.name, "load").await;
     let _ = tracking::mark_status(control, schema, &cfg.name, "running", None, &opts.run_id).await;
-    let result = load_table(ctx, cfg, opts).await;
+    let result = load_with_retries(ctx, cfg, opts).await;
     let outcome = match &result {
         Ok(report) => HistoryOutcome {
             status: "success".into(),

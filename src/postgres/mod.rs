@@ -6,7 +6,8 @@ mod table;
 
 pub use copy::{COPY_HEADER, COPY_TRAILER, CopyIn};
 pub use table::{
-    DestColumn, DestTable, add_column, create_table, describe_table, ensure_schema, merge_sql,
+    DestColumn, DestTable, add_column, alter_column_type, create_table, describe_table,
+    ensure_schema, merge_sql,
 };
 
 use std::time::Duration;

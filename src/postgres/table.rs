@@ -171,6 +171,29 @@ pub async fn add_column(
     Ok(())
 }
 
+/// Changes a column's type in place (a widening the caller checked).
+pub async fn alter_column_type(
+    client: &Client,
+    schema: &str,
+    table: &str,
+    name: &str,
+    ty: &PgType,
+) -> Result<()> {
+    let sql = format!(
+        "alter table {} alter column {col} type {ty} using {col}::{ty}",
+        ident::pg_qualified(schema, table),
+        col = ident::pg(name)
+    );
+    execute(
+        client,
+        &sql,
+        &[],
+        &format!("changing the type of {schema}.{table}.{name} to {ty}"),
+    )
+    .await?;
+    Ok(())
+}
+
 /// The upsert of a staged batch: insert new keys, update changed rows (only
 /// where a value differs, so re-read rows write nothing), and count both.
 /// Returns one row: (inserted, updated).

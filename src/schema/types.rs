@@ -335,6 +335,29 @@ pub fn map_type(source: &SourceType, profile: DataProfile) -> PgType {
     }
 }
 
+/// Whether every value of PostgreSQL type `from` converts to `to` without
+/// change, so a column can be altered in place when its source type grew.
+pub fn is_widening(from: &PgType, to: &PgType) -> bool {
+    use PgType::*;
+    match (from, to) {
+        (Int2, Int4 | Int8 | Numeric(None)) | (Int4, Int8 | Numeric(None)) => true,
+        (Int8, Numeric(None)) => true,
+        (Int2, Numeric(Some((p, s)))) => p - s >= 5,
+        (Int4, Numeric(Some((p, s)))) => p - s >= 10,
+        (Int8, Numeric(Some((p, s)))) => p - s >= 19,
+        (Numeric(Some(_)), Numeric(None)) => true,
+        (Numeric(Some((p1, s1))), Numeric(Some((p2, s2)))) => s2 >= s1 && p2 - s2 >= p1 - s1,
+        (Float4, Float8) => true,
+        (VarChar(Some(_)), VarChar(None) | Text) => true,
+        (VarChar(Some(a)), VarChar(Some(b))) => b > a,
+        (Time(_), Interval) => true,
+        (Timestamp(Some(a)), Timestamp(Some(b))) => b > a,
+        (Timestamp(Some(_)), Timestamp(None)) => true,
+        (Time(Some(a)), Time(Some(b))) => b > a,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,6 +438,32 @@ mod tests {
     fn unknown_types_are_refused_not_guessed() {
         let err = SourceType::parse("vector", "vector(3)", None, None, None, None, false);
         assert!(err.is_err());
+    }
+
+    #[test]
+    fn only_lossless_type_changes_count_as_widening() {
+        assert!(is_widening(&PgType::Int4, &PgType::Int8));
+        assert!(is_widening(&PgType::Int8, &PgType::Numeric(Some((20, 0)))));
+        assert!(!is_widening(&PgType::Int8, &PgType::Numeric(Some((18, 0)))));
+        assert!(is_widening(
+            &PgType::VarChar(Some(10)),
+            &PgType::VarChar(Some(50))
+        ));
+        assert!(!is_widening(
+            &PgType::VarChar(Some(50)),
+            &PgType::VarChar(Some(10))
+        ));
+        assert!(is_widening(
+            &PgType::Numeric(Some((10, 2))),
+            &PgType::Numeric(Some((12, 4)))
+        ));
+        assert!(!is_widening(
+            &PgType::Numeric(Some((10, 2))),
+            &PgType::Numeric(Some((10, 4)))
+        ));
+        assert!(!is_widening(&PgType::Int8, &PgType::Int4));
+        assert!(!is_widening(&PgType::Text, &PgType::Bytea));
+        assert!(is_widening(&PgType::Time(Some(0)), &PgType::Interval));
     }
 
     #[test]

@@ -592,3 +592,40 @@ async fn a_widened_source_column_is_widened_in_the_warehouse_and_reloaded() {
     assert_eq!(types["Code"], "character varying(40)");
     db.assert_same("fee", &["FeeNum"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_of_a_small_table_keep_the_old_rows_during_a_full_refresh_without_waiting() {
+    let db = TestDb::new("reader_not_blocked").await;
+    db.mysql(&[
+        STAMPED,
+        "INSERT INTO `stamped` (`Note`, `Amount`) SELECT 'old', seq FROM seq_1_to_200",
+    ])
+    .await;
+    let cfg = stamped_config(1000, 0);
+    db.load(&cfg).await.unwrap();
+    let mut reader = db.pg().await;
+    let tx = reader
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await
+        .unwrap();
+    let old_sum = "select count(*), count(*) filter (where \"Note\" = 'old') from raw.stamped";
+    let before = tx.query_one(old_sum, &[]).await.unwrap();
+    assert_eq!(
+        (before.get::<_, i64>(0), before.get::<_, i64>(1)),
+        (200, 200)
+    );
+    db.mysql(&["UPDATE `stamped` SET `Note` = 'new'"]).await;
+    let refresh =
+        tokio::time::timeout(std::time::Duration::from_secs(20), db.load_with(&cfg, true)).await;
+    assert!(refresh.expect("the refresh waited on the reader").is_ok());
+    let during = tx.query_one(old_sum, &[]).await.unwrap();
+    assert_eq!(
+        (during.get::<_, i64>(0), during.get::<_, i64>(1)),
+        (200, 200),
+        "the reader's snapshot still holds every old row"
+    );
+    tx.commit().await.unwrap();
+    db.assert_same("stamped", &["Num"]).await;
+}

@@ -140,8 +140,11 @@ fn take_batch(
     watermark: Option<String>,
     last: Option<Vec<Value>>,
 ) -> Batch {
+    let bytes = buf.split().freeze();
+    // The next batch is about as large: one allocation instead of a doubling series.
+    buf.reserve(bytes.len());
     let batch = Batch {
-        bytes: buf.split().freeze(),
+        bytes,
         rows: *rows,
         watermark,
         last,

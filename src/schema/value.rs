@@ -264,7 +264,10 @@ fn put_bytes(buf: &mut BytesMut, bytes: &[u8]) -> Result<(), ValueError> {
 fn text_of(bytes: &[u8]) -> Result<&str, ValueError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| ValueError(format!("text is not valid UTF-8 ({e})")))?;
-    if let Some(pos) = text.find('\0') {
+    // A byte scan (memchr) first: the char search costs a tenth of a load's CPU.
+    if bytes.contains(&0)
+        && let Some(pos) = text.find('\0')
+    {
         return fail(format!(
             "text holds a NUL byte at character {}, which PostgreSQL text cannot store; \
              map the column to bytea to carry it",

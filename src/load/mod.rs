@@ -12,24 +12,20 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mysql_async::{Conn, Value};
+use mysql_async::Conn;
 use tokio_postgres::Client;
 
 use crate::config::{
-    Decision, ExtractionStrategy, MySqlSettings, PgSettings, Strategy, TableConfig, TableFacts,
-    resolve,
+    Decision, MySqlSettings, PgSettings, Strategy, TableConfig, TableFacts, resolve,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::mysql::{self as my, Bound, ReadRange, SourceTable};
+use crate::incremental::{self, Marks};
+use crate::mysql::{self as my, ReadJob, ReadSpec, SourceTable, spawn_reader};
 use crate::postgres::{self as pg, CopyIn, DestTable};
-use crate::schema::{
-    DataProfile, DateTimeParts, PgType, SourceType, compare_values, ident, is_widening, map_type,
-    step_back, value_from_text, value_to_text,
-};
+use crate::schema::{DataProfile, PgType, ident, is_widening, map_type};
 use crate::tracking::{self, Progress, StoredWatermark};
 
-pub use batch::{Batch, CHANNEL_BATCHES, MAX_BATCH_BYTES, Plan, PlannedColumn};
-use batch::{Pass, ReadJob, spawn_reader};
+pub use batch::{CopyEncoder, MAX_BATCH_BYTES, Plan, PlannedColumn};
 
 /// Where a load reads and writes.
 #[derive(Debug, Clone)]
@@ -332,93 +328,6 @@ async fn describe_dest(client: &Client, schema: &str, table: &str) -> Result<Des
         })
 }
 
-/// The columns whose watermarks a full load records for the next run.
-fn trackable_columns(cfg: &TableConfig, prepared: &Prepared) -> Vec<String> {
-    if cfg.extraction_strategy == ExtractionStrategy::FullTable || prepared.key.is_empty() {
-        return Vec::new();
-    }
-    let columns = cfg.watermark_columns();
-    let usable = columns.iter().all(|c| {
-        prepared
-            .source
-            .column(c)
-            .is_some_and(|col| col.ty.is_watermark_capable())
-    });
-    if usable { columns } else { Vec::new() }
-}
-
-/// The range a MySQL `timestamp` can hold (1970-01-01 00:00:01 to
-/// 2038-01-19 03:14:07 UTC), narrowed by a day on each side for the session
-/// time zone. MySQL compares a `timestamp` column with a constant outside this
-/// range as false, so bounds beyond it are pulled in.
-const TIMESTAMP_FLOOR: DateTimeParts = DateTimeParts {
-    year: 1970,
-    month: 1,
-    day: 2,
-    hour: 0,
-    minute: 0,
-    second: 0,
-    micros: 0,
-};
-const TIMESTAMP_CEILING: DateTimeParts = DateTimeParts {
-    year: 2038,
-    month: 1,
-    day: 18,
-    hour: 0,
-    minute: 0,
-    second: 0,
-    micros: 0,
-};
-
-/// Quality bounds of a watermark column as MySQL values; dates and
-/// date-times only. The upper bound defaults to the server's clock plus a day.
-async fn column_bounds(
-    mysql: &mut Conn,
-    cfg: &TableConfig,
-    ty: &SourceType,
-) -> Result<(Bound, Bound)> {
-    if !ty.is_temporal() {
-        return Ok((Bound::Open, Bound::Open));
-    }
-    let is_timestamp = matches!(ty, SourceType::Timestamp { .. });
-    let mut min = cfg.quality.min;
-    if is_timestamp && min.is_some_and(|m| m.pg_micros() < TIMESTAMP_FLOOR.pg_micros()) {
-        min = Some(TIMESTAMP_FLOOR);
-    }
-    let max = match cfg.quality.max {
-        Some(p) if is_timestamp && p.pg_micros() > TIMESTAMP_CEILING.pg_micros() => {
-            TIMESTAMP_CEILING.to_mysql()
-        }
-        Some(p) => p.to_mysql(),
-        None => my::server_now_plus_day(mysql).await?,
-    };
-    Ok((
-        min.map(|p| Bound::At(p.to_mysql())).unwrap_or(Bound::Open),
-        Bound::At(max),
-    ))
-}
-
-fn key_json(values: &[Value]) -> Option<String> {
-    if values.is_empty() {
-        return None;
-    }
-    let texts: Vec<Option<String>> = values.iter().map(value_to_text).collect();
-    serde_json::to_string(&texts).ok()
-}
-
-fn describe_marks(marks: &[(String, StoredWatermark)]) -> Option<String> {
-    if marks.is_empty() {
-        return None;
-    }
-    Some(
-        marks
-            .iter()
-            .map(|(c, m)| format!("{c}={}", m.value))
-            .collect::<Vec<_>>()
-            .join("; "),
-    )
-}
-
 fn add_zero_dates(report: &mut BTreeMap<String, u64>, plan: &Plan, counts: &[u64]) {
     for (i, count) in counts.iter().enumerate() {
         if *count > 0 {
@@ -446,7 +355,7 @@ pub async fn load_table(
         rows_outside_bounds: 0,
         zero_dates: BTreeMap::new(),
         warnings: prepared.warnings.clone(),
-        watermark_start: describe_marks(
+        watermark_start: incremental::describe_marks(
             &prepared
                 .stored
                 .iter()
@@ -508,6 +417,16 @@ async fn empty_statement(
     })
 }
 
+fn read_spec(cfg: &TableConfig, prepared: &Prepared) -> ReadSpec {
+    ReadSpec {
+        table: cfg.name.clone(),
+        columns: prepared.plan.names(),
+        batch_rows: cfg.batch_size,
+        batch_bytes: MAX_BATCH_BYTES,
+        max_rows_per_second: None,
+    }
+}
+
 /// What a strategy's load works from.
 struct Job<'a> {
     ctx: &'a LoadContext,
@@ -530,22 +449,14 @@ async fn full_load(
     } = *job;
     let schema = &ctx.warehouse.schema;
     my::begin_snapshot(&mut mysql).await?;
-    // Watermarks first: for tables without snapshots (MyISAM) a row added
-    // between the two reads is then read again, never skipped.
-    let mut marks = Vec::new();
-    for column in trackable_columns(cfg, prepared) {
-        let Some(source_column) = prepared.source.column(&column) else {
-            continue;
-        };
-        let (min, max) = column_bounds(&mut mysql, cfg, &source_column.ty).await?;
-        if let Some(upper) = my::upper_bound(&mut mysql, &cfg.name, &column, &min, &max).await?
-            && let Some(value) = value_to_text(&upper)
-        {
-            marks.push((column, StoredWatermark { value, key: None }));
-        }
-    }
-    let (mut rx, reader) =
-        spawn_reader(mysql, prepared.plan.clone(), ReadJob::Full, cfg.batch_size);
+    let marks =
+        incremental::full_read_marks(&mut mysql, cfg, &prepared.source, &prepared.key).await?;
+    let (mut rx, reader) = spawn_reader(
+        mysql,
+        read_spec(cfg, prepared),
+        ReadJob::Full,
+        CopyEncoder::new(prepared.plan.clone()),
+    );
     let target = ident::pg_qualified(schema, &cfg.name);
     let tx = client
         .transaction()
@@ -564,7 +475,7 @@ async fn full_load(
         let batch = batch?;
         report.rows_read += batch.rows;
         add_zero_dates(&mut report.zero_dates, &prepared.plan, &batch.zero_dates);
-        copy.send(batch.bytes).await?;
+        copy.send(batch.payload).await?;
     }
     let copied = copy.finish().await?;
     let mut mysql = reader.await.map_err(|e| {
@@ -598,7 +509,7 @@ async fn full_load(
         .await
         .map_err(|e| Error::postgres(format!("committing the full refresh of {target}"), e))?;
     report.rows_inserted = copied;
-    report.watermark_end = describe_marks(&marks);
+    report.watermark_end = incremental::describe_marks(&marks);
     Ok(())
 }
 
@@ -616,61 +527,15 @@ async fn incremental_load(
         prepared,
     } = *job;
     let schema = &ctx.warehouse.schema;
-    let mut passes = Vec::new();
-    let mut current: HashMap<String, (Value, StoredWatermark)> = HashMap::new();
-    for column in columns {
-        let source_column = prepared.source.column(column).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Schema,
-                format!("watermark column `{column}` is not in `{}`", cfg.name),
-            )
-        })?;
-        let stored = prepared.stored.get(column).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Schema,
-                format!("no watermark for `{}`.`{column}`", cfg.name),
-            )
-        })?;
-        let stored_value = value_from_text(&source_column.ty, &stored.value).map_err(|e| {
-            Error::new(
-                ErrorKind::Schema,
-                format!(
-                    "{}; rerun `{}` with --force-full to rebuild it",
-                    e.0, cfg.name
-                ),
-            )
-        })?;
-        current.insert(column.clone(), (stored_value.clone(), stored.clone()));
-        let (min, max) = column_bounds(&mut mysql, cfg, &source_column.ty).await?;
-        let mut start = step_back(&stored_value, cfg.lookback_seconds, cfg.lookback_keys);
-        if let Bound::At(min_value) = &min
-            && compare_values(&start, min_value) == Some(std::cmp::Ordering::Less)
-        {
-            start = min_value.clone();
-        }
-        let mut order = vec![column.clone()];
-        order.extend(prepared.key.iter().filter(|k| *k != column).cloned());
-        if let Some(upper) = my::upper_bound(&mut mysql, &cfg.name, column, &min, &max).await? {
-            passes.push(Pass {
-                advances: Some(column.clone()),
-                range: ReadRange::Window { start, upper },
-                order: order.clone(),
-            });
-        }
-        if let Bound::At(max_value) = max {
-            passes.push(Pass {
-                advances: None,
-                range: ReadRange::Outside {
-                    min: match min {
-                        Bound::At(v) => Some(v),
-                        Bound::Open => None,
-                    },
-                    max: max_value,
-                },
-                order,
-            });
-        }
-    }
+    let (passes, mut marks) = incremental::plan_passes(
+        &mut mysql,
+        cfg,
+        &prepared.source,
+        &prepared.key,
+        &prepared.stored,
+        columns,
+    )
+    .await?;
 
     let target = ident::pg_qualified(schema, &cfg.name);
     client
@@ -692,54 +557,33 @@ async fn incremental_load(
         &prepared.dest_columns,
         &prepared.key,
     );
-    let primary_column = columns.first().cloned();
-
     let (mut rx, reader) = spawn_reader(
         mysql,
-        prepared.plan.clone(),
+        read_spec(cfg, prepared),
         ReadJob::Passes(passes),
-        cfg.batch_size,
+        CopyEncoder::new(prepared.plan.clone()),
     );
-    let progress_of = |current: &HashMap<String, (Value, StoredWatermark)>, rows: u64, status| {
-        let marks: Vec<(String, StoredWatermark)> = columns
-            .iter()
-            .filter_map(|c| current.get(c).map(|(_, m)| (c.clone(), m.clone())))
-            .collect();
-        Progress {
-            primary: primary_column
-                .as_ref()
-                .and_then(|c| current.get(c).map(|(_, m)| (c.clone(), m.value.clone()))),
-            watermarks: marks,
-            replace_all: false,
-            rows_loaded: i64::try_from(rows).unwrap_or(i64::MAX),
-            status,
-            strategy: "incremental",
-            run_id: opts.run_id.clone(),
-        }
+    let progress_of = |marks: &Marks, rows: u64, status| Progress {
+        primary: marks.primary(),
+        watermarks: marks.stored(),
+        replace_all: false,
+        rows_loaded: i64::try_from(rows).unwrap_or(i64::MAX),
+        status,
+        strategy: "incremental",
+        run_id: opts.run_id.clone(),
     };
     while let Some(batch) = rx.recv().await {
         let batch = batch?;
-        let mut next = current.clone();
-        match (&batch.watermark, &batch.last) {
-            (Some(column), Some(last)) => {
-                if let Some((value, mark)) = next.get_mut(column)
-                    && compare_values(&last[0], value) == Some(std::cmp::Ordering::Greater)
-                {
-                    *value = last[0].clone();
-                    *mark = StoredWatermark {
-                        value: value_to_text(&last[0]).unwrap_or_default(),
-                        key: key_json(&last[1..]),
-                    };
-                }
-            }
-            _ => report.rows_outside_bounds += batch.rows,
+        let next = marks.advanced(batch.watermark.as_deref(), batch.last.as_deref());
+        if batch.watermark.is_none() {
+            report.rows_outside_bounds += batch.rows;
         }
         let tx = client
             .transaction()
             .await
             .map_err(|e| Error::postgres(format!("starting a batch of {target}"), e))?;
         let mut copy = CopyIn::start(&tx, &copy_sql, &target).await?;
-        copy.send(batch.bytes).await?;
+        copy.send(batch.payload).await?;
         let copied = copy.finish().await?;
         if copied != batch.rows {
             return Err(Error::new(
@@ -767,7 +611,7 @@ async fn incremental_load(
         tx.commit()
             .await
             .map_err(|e| Error::postgres(format!("committing a batch of {target}"), e))?;
-        current = next;
+        marks = next;
         report.rows_read += batch.rows;
         report.rows_inserted += inserted;
         report.rows_updated += updated;
@@ -780,12 +624,12 @@ async fn incremental_load(
         )
     })?;
     let progress = progress_of(
-        &current,
+        &marks,
         report.rows_inserted + report.rows_updated,
         "success",
     );
     tracking::save_progress(&*client, schema, &cfg.name, &progress).await?;
-    report.watermark_end = describe_marks(&progress.watermarks);
+    report.watermark_end = incremental::describe_marks(&progress.watermarks);
     if report.rows_outside_bounds > 0 {
         report.warnings.push(format!(
             "{} row(s) have a watermark value outside the quality bounds; they are re-read every run",

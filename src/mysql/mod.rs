@@ -2,9 +2,11 @@
 
 mod catalog;
 mod reader;
+mod stream;
 
 pub use catalog::{SourceColumn, SourceTable, describe_table, profile_columns};
 pub use reader::{Bound, ReadRange, page_query, server_now_plus_day, upper_bound};
+pub use stream::{Batch, CHANNEL_BATCHES, Encoder, Pass, ReadJob, ReadSpec, spawn_reader};
 
 use std::time::Duration;
 

@@ -19,6 +19,8 @@ pub enum ReadRange {
     /// `column > max OR column < min`: rows outside the quality bounds,
     /// re-read every run so they arrive without moving the watermark.
     Outside { min: Option<Value>, max: Value },
+    /// Every row (a full copy paged by the key).
+    All,
 }
 
 /// A lower or upper limit on the watermark column.
@@ -81,15 +83,20 @@ pub fn page_query(
                 params.push(max.clone());
             }
         },
+        ReadRange::All => {}
     }
     if let Some(cursor) = cursor {
         conditions.push(cursor_predicate(order, &mut params, cursor));
     }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
     let sql = format!(
-        "SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT {limit}",
+        "SELECT {} FROM {}{filter} ORDER BY {} LIMIT {limit}",
         ident::mysql_list(select.iter().map(String::as_str)),
         ident::mysql(table),
-        conditions.join(" AND "),
         ident::mysql_list(order.iter().map(String::as_str)),
     );
     (sql, params)
@@ -178,6 +185,26 @@ mod tests {
             })
             .collect();
         assert_eq!(ints, vec![1, 9, 5, 5, 6, 6, 7]);
+    }
+
+    #[test]
+    fn a_full_keyset_read_has_only_the_cursor() {
+        let order = vec!["PatNum".to_string()];
+        let (sql, params) = page_query("patient", &order, &order, &ReadRange::All, None, 5);
+        assert_eq!(
+            sql,
+            "SELECT `PatNum` FROM `patient` ORDER BY `PatNum` LIMIT 5"
+        );
+        assert!(params.is_empty());
+        let (sql, _) = page_query(
+            "patient",
+            &order,
+            &order,
+            &ReadRange::All,
+            Some(&[Value::Int(3)]),
+            5,
+        );
+        assert!(sql.contains("WHERE (`PatNum` > ?) ORDER BY"), "{sql}");
     }
 
     #[test]

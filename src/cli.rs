@@ -9,11 +9,17 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{Env, TablesConfig};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::config::{Env, Mode, TablesConfig};
 use crate::demo::{self, DemoOptions};
 use crate::error::{Error, ErrorKind, Result, chain};
+use crate::extract::ExtractContext;
 use crate::load::LoadContext;
-use crate::pipeline::{self, DEFAULT_MAX_WORKERS, RunPlan, render_summary};
+use crate::mysql::RateLimit;
+use crate::pipeline::{self, DEFAULT_MAX_WORKERS, Phases, RunContext, RunPlan, render_summary};
 use crate::{mysql as my, postgres as pg, tracking};
 
 /// Keeps a PostgreSQL analytics warehouse in step with an OpenDental MySQL/MariaDB database.
@@ -55,18 +61,31 @@ pub enum Command {
     Demo(DemoArgs),
 }
 
-/// Which phase `run` performs.
+/// Which phases `run` performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Phase {
-    /// Replica (MySQL) → warehouse (PostgreSQL).
+    /// Extract then load, per table (in direct mode: load from the source).
+    All,
+    /// Source (MySQL) → replica (MySQL) only.
+    Extract,
+    /// Replica (MySQL) → warehouse (PostgreSQL) only.
     Load,
+}
+
+impl Phase {
+    fn phases(self) -> Phases {
+        Phases {
+            extract: matches!(self, Phase::All | Phase::Extract),
+            load: matches!(self, Phase::All | Phase::Load),
+        }
+    }
 }
 
 /// Arguments of `run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Phase to run.
-    #[arg(long, value_enum, default_value = "load")]
+    #[arg(long, value_enum, default_value = "all")]
     pub phase: Phase,
     /// Table to run (repeatable).
     #[arg(
@@ -85,6 +104,10 @@ pub struct RunArgs {
     /// Tables loaded at once.
     #[arg(long, default_value_t = DEFAULT_MAX_WORKERS, value_parser = parse_workers)]
     pub max_workers: usize,
+    /// Rows per second read from the source, across all tables (default:
+    /// OPENDENTAL_SOURCE_MAX_ROWS_PER_SECOND, else unlimited).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_rows_per_second: Option<u32>,
 }
 
 fn parse_workers(text: &str) -> std::result::Result<usize, String> {
@@ -118,6 +141,9 @@ pub struct DemoArgs {
     pub pg_port: u16,
     #[arg(long, default_value = "postgres")]
     pub pg_user: String,
+    /// Demo source database (dropped and re-created).
+    #[arg(long, default_value = "etl_demo_source")]
+    pub source_db: String,
     /// Demo replica database (dropped and re-created).
     #[arg(long, default_value = "etl_demo_replica")]
     pub replica_db: String,
@@ -142,11 +168,65 @@ pub fn exit_code(err: &Error) -> ExitCode {
     })
 }
 
-fn load_context(env: &Env) -> Result<LoadContext> {
-    Ok(LoadContext {
-        replica: env.replica()?,
-        warehouse: env.warehouse()?,
-    })
+/// The databases a run with these phases needs, read from the environment
+/// (only the variables those databases need).
+fn run_context(env: &Env, phases: Phases, max_rows_per_second: Option<u32>) -> Result<RunContext> {
+    let mode = env.mode()?;
+    let rate = match max_rows_per_second {
+        Some(n) => Some(n),
+        None if phases.extract || mode == Mode::Direct => env.source_max_rows_per_second()?,
+        None => None,
+    }
+    .map(|n| Arc::new(RateLimit::new(n)));
+    let warehouse = if phases.load {
+        Some(env.warehouse()?)
+    } else {
+        env.warehouse().ok()
+    };
+    match mode {
+        Mode::Direct => {
+            if phases.extract && !phases.load {
+                return Err(Error::config(
+                    "ETL_MODE is direct: there is no replica to extract into; run --phase load or --phase all",
+                ));
+            }
+            let source = env.source()?;
+            Ok(RunContext {
+                extract: None,
+                load: warehouse.clone().map(|w| LoadContext {
+                    replica: source,
+                    warehouse: w,
+                    rate,
+                }),
+                warehouse,
+            })
+        }
+        Mode::Replica => {
+            let replica = env.replica()?;
+            let extract = if phases.extract {
+                Some(ExtractContext {
+                    source: env.source()?,
+                    replica: replica.clone(),
+                    rate: rate.clone(),
+                    source_slots: Arc::new(Semaphore::new(env.source_max_connections()?)),
+                })
+            } else {
+                None
+            };
+            Ok(RunContext {
+                extract,
+                load: warehouse
+                    .clone()
+                    .filter(|_| phases.load)
+                    .map(|w| LoadContext {
+                        replica,
+                        warehouse: w,
+                        rate: None,
+                    }),
+                warehouse,
+            })
+        }
+    }
 }
 
 /// Runs a parsed command line.
@@ -160,6 +240,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 pg_host: args.pg_host,
                 pg_port: args.pg_port,
                 pg_user: args.pg_user,
+                source_database: args.source_db,
                 replica_database: args.replica_db,
                 warehouse_database: args.warehouse_db,
                 rows: args.rows,
@@ -175,28 +256,35 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
         }
         Command::Init => {
             let env = Env::load(cli.env_file.as_deref())?;
-            let ctx = load_context(&env)?;
-            pipeline::init(&ctx).await?;
+            let warehouse = env.warehouse()?;
+            let replica = match env.mode()? {
+                Mode::Replica => Some(env.replica()?),
+                Mode::Direct => None,
+            };
+            pipeline::init(Some(&warehouse), replica.as_ref()).await?;
             println!(
-                "tracking tables ready in {} (schema {}) and {}",
-                pg::describe(&ctx.warehouse),
-                ctx.warehouse.schema,
-                my::describe(&ctx.replica)
+                "tracking tables ready in {} (schema {})",
+                pg::describe(&warehouse),
+                warehouse.schema
             );
+            if let Some(r) = &replica {
+                println!("tracking tables ready in {}", my::describe(r));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
             let config = TablesConfig::load(&cli.tables)?;
             let tables = pipeline::select_tables(&config, &args.table, args.all)?;
             let env = Env::load(cli.env_file.as_deref())?;
-            let ctx = load_context(&env)?;
-            let Phase::Load = args.phase;
-            let report = pipeline::run_load(
+            let phases = args.phase.phases();
+            let ctx = run_context(&env, phases, args.max_rows_per_second)?;
+            let report = pipeline::run(
                 &ctx,
                 RunPlan {
                     tables,
                     force_full: args.force_full,
                     max_workers: args.max_workers,
+                    phases,
                 },
             )
             .await?;

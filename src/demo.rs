@@ -1,16 +1,24 @@
-//! A self-contained demo on this machine's servers: creates a replica
-//! database with two OpenDental-shaped tables, a warehouse database, a
-//! config and an env file, then loads in full, changes rows, and loads
-//! incrementally. The benchmark builds its data the same way.
+//! A self-contained demo on this machine's servers: creates a source
+//! database with two OpenDental-shaped tables, an empty replica, a warehouse,
+//! a config and an env file, then runs both phases in full, changes rows at
+//! the source, and runs them incrementally. The benchmark builds its data the
+//! same way.
 
 use std::path::{Path, PathBuf};
 
 use mysql_async::prelude::Queryable;
 
-use crate::config::{MySqlSettings, PgSettings, Secret, TablesConfig};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::config::{
+    DEFAULT_SOURCE_CONNECTIONS, MySqlSettings, PgSettings, Secret, SslMode, TablesConfig,
+};
 use crate::error::{Error, Result};
+use crate::extract::ExtractContext;
 use crate::load::LoadContext;
-use crate::pipeline::{self, DEFAULT_MAX_WORKERS, RunPlan, render_summary};
+use crate::pipeline::{self, DEFAULT_MAX_WORKERS, Phases, RunContext, RunPlan, render_summary};
 use crate::schema::ident;
 use crate::{mysql as my, postgres as pg};
 
@@ -23,6 +31,7 @@ pub struct DemoOptions {
     pub pg_host: String,
     pub pg_port: u16,
     pub pg_user: String,
+    pub source_database: String,
     pub replica_database: String,
     pub warehouse_database: String,
     pub rows: u64,
@@ -125,6 +134,13 @@ pub const DEMO_TABLES_YML: &str = "tables:
 ";
 
 impl DemoOptions {
+    fn source(&self) -> MySqlSettings {
+        MySqlSettings {
+            database: self.source_database.clone(),
+            ..self.replica()
+        }
+    }
+
     fn replica(&self) -> MySqlSettings {
         MySqlSettings {
             host: self.mysql_host.clone(),
@@ -132,6 +148,8 @@ impl DemoOptions {
             database: self.replica_database.clone(),
             user: self.mysql_user.clone(),
             password: Secret::default(),
+            ssl_mode: SslMode::Disabled,
+            ssl_ca: None,
         }
     }
 
@@ -149,10 +167,12 @@ impl DemoOptions {
     fn env_text(&self) -> String {
         format!(
             "ETL_ENVIRONMENT=test\n\
-             TEST_MYSQL_REPLICATION_HOST={}\nTEST_MYSQL_REPLICATION_PORT={}\nTEST_MYSQL_REPLICATION_DB={}\n\
-             TEST_MYSQL_REPLICATION_USER={}\nTEST_MYSQL_REPLICATION_PASSWORD=\n\
-             TEST_POSTGRES_ANALYTICS_HOST={}\nTEST_POSTGRES_ANALYTICS_PORT={}\nTEST_POSTGRES_ANALYTICS_DB={}\n\
-             TEST_POSTGRES_ANALYTICS_SCHEMA=raw\nTEST_POSTGRES_ANALYTICS_USER={}\nTEST_POSTGRES_ANALYTICS_PASSWORD=\n",
+             TEST_OPENDENTAL_SOURCE_HOST={0}\nTEST_OPENDENTAL_SOURCE_PORT={1}\nTEST_OPENDENTAL_SOURCE_DB={8}\n\
+             TEST_OPENDENTAL_SOURCE_USER={3}\nTEST_OPENDENTAL_SOURCE_PASSWORD=\n\
+             TEST_MYSQL_REPLICATION_HOST={0}\nTEST_MYSQL_REPLICATION_PORT={1}\nTEST_MYSQL_REPLICATION_DB={2}\n\
+             TEST_MYSQL_REPLICATION_USER={3}\nTEST_MYSQL_REPLICATION_PASSWORD=\n\
+             TEST_POSTGRES_ANALYTICS_HOST={4}\nTEST_POSTGRES_ANALYTICS_PORT={5}\nTEST_POSTGRES_ANALYTICS_DB={6}\n\
+             TEST_POSTGRES_ANALYTICS_SCHEMA=raw\nTEST_POSTGRES_ANALYTICS_USER={7}\nTEST_POSTGRES_ANALYTICS_PASSWORD=\n",
             self.mysql_host,
             self.mysql_port,
             self.replica_database,
@@ -160,13 +180,36 @@ impl DemoOptions {
             self.pg_host,
             self.pg_port,
             self.warehouse_database,
-            self.pg_user
+            self.pg_user,
+            self.source_database
         )
     }
 }
 
+/// Creates (or re-creates) an empty MySQL database.
+pub async fn create_empty(settings: &MySqlSettings) -> Result<()> {
+    let admin = MySqlSettings {
+        database: String::new(),
+        ..settings.clone()
+    };
+    let mut conn = my::connect(&admin).await?;
+    let db = ident::mysql(&settings.database);
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {db}"),
+        format!("CREATE DATABASE {db} CHARACTER SET utf8mb4"),
+    ] {
+        conn.query_drop(&sql).await.map_err(|e| {
+            Error::mysql(
+                format!("creating the demo database `{}`", settings.database),
+                e,
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// Creates (or re-creates) a MySQL database with the demo tables filled.
-pub async fn create_replica(settings: &MySqlSettings, rows: u64) -> Result<()> {
+pub async fn create_source(settings: &MySqlSettings, rows: u64) -> Result<()> {
     let admin = MySqlSettings {
         database: String::new(),
         ..settings.clone()
@@ -186,7 +229,7 @@ pub async fn create_replica(settings: &MySqlSettings, rows: u64) -> Result<()> {
     for sql in statements {
         conn.query_drop(&sql).await.map_err(|e| {
             Error::mysql(
-                format!("creating the demo replica `{}`", settings.database),
+                format!("creating the demo source `{}`", settings.database),
                 e,
             )
         })?;
@@ -221,45 +264,63 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
         .map_err(|e| Error::config(format!("cannot write {}: {e}", path.display())))
 }
 
-/// Runs the demo; returns whether every load succeeded.
+/// Runs the demo; returns whether every table succeeded in every phase.
 pub async fn run(opts: &DemoOptions) -> Result<bool> {
-    let ctx = LoadContext {
-        replica: opts.replica(),
-        warehouse: opts.warehouse(),
-    };
+    let source = opts.source();
+    let replica = opts.replica();
+    let warehouse = opts.warehouse();
     println!(
-        "creating demo replica `{}` ({} rows in procedurelog and in securitylog) and warehouse `{}`",
-        opts.replica_database, opts.rows, opts.warehouse_database
+        "creating demo source `{}` ({} rows in procedurelog and in securitylog), replica `{}` and warehouse `{}`",
+        opts.source_database, opts.rows, opts.replica_database, opts.warehouse_database
     );
-    create_replica(&ctx.replica, opts.rows).await?;
-    create_warehouse(&ctx.warehouse).await?;
+    create_source(&source, opts.rows).await?;
+    create_empty(&replica).await?;
+    create_warehouse(&warehouse).await?;
     std::fs::create_dir_all(&opts.dir)
         .map_err(|e| Error::config(format!("cannot create {}: {e}", opts.dir.display())))?;
     let env_file = opts.dir.join("demo.env");
     let tables_file = opts.dir.join("tables.yml");
     write_file(&env_file, &opts.env_text())?;
     write_file(&tables_file, DEMO_TABLES_YML)?;
-    pipeline::init(&ctx).await?;
+    pipeline::init(Some(&warehouse), Some(&replica)).await?;
     let hint = format!(
         "etl-pipeline --env-file {} --tables {}",
         env_file.display(),
         tables_file.display()
     );
     if opts.setup_only {
-        println!("demo data ready; load it with: {hint} run --phase load --all");
+        println!("demo data ready; run it with: {hint} run --all");
         return Ok(true);
     }
+    let ctx = RunContext {
+        extract: Some(ExtractContext {
+            source: source.clone(),
+            replica: replica.clone(),
+            rate: None,
+            source_slots: Arc::new(Semaphore::new(DEFAULT_SOURCE_CONNECTIONS)),
+        }),
+        load: Some(LoadContext {
+            replica,
+            warehouse: warehouse.clone(),
+            rate: None,
+        }),
+        warehouse: Some(warehouse),
+    };
     let config = TablesConfig::parse(DEMO_TABLES_YML)?;
     let plan = RunPlan {
         tables: config.tables().cloned().collect(),
         force_full: false,
         max_workers: DEFAULT_MAX_WORKERS,
+        phases: Phases {
+            extract: true,
+            load: true,
+        },
     };
-    println!("\n1. first load (full):");
-    let first = pipeline::run_load(&ctx, plan.clone()).await?;
+    println!("\n1. first run (source → replica → warehouse, in full):");
+    let first = pipeline::run(&ctx, plan.clone()).await?;
     print!("{}", render_summary(&first));
 
-    let mut conn = my::connect(&ctx.replica).await?;
+    let mut conn = my::connect(&source).await?;
     for sql in [
         "UPDATE `procedurelog` SET `ProcFee` = `ProcFee` + 10 WHERE `ProcNum` % 100 = 7",
         "INSERT INTO `securitylog` (`PermType`, `UserNum`, `LogDateTime`, `LogText`, `PatNum`, `CompName`, `FKey`, \
@@ -270,9 +331,9 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
             .map_err(|e| Error::mysql("changing demo rows", e))?;
     }
     println!(
-        "\n2. changed 1% of procedurelog and appended 500 securitylog rows; incremental load:"
+        "\n2. changed 1% of procedurelog and appended 500 securitylog rows at the source; incremental run:"
     );
-    let second = pipeline::run_load(&ctx, plan).await?;
+    let second = pipeline::run(&ctx, plan).await?;
     print!("{}", render_summary(&second));
     println!(
         "\nThe warehouse is `{}` (schema raw). Carry on with:\n  {hint} status",

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod extract;
 pub mod incremental;
 pub mod load;
 pub mod mysql;

@@ -490,6 +490,10 @@ async fn a_run_before_init_says_to_run_init() {
             tables: config.tables().cloned().collect(),
             force_full: false,
             max_workers: 1,
+            phases: etl_pipeline::pipeline::Phases {
+                extract: false,
+                load: true,
+            },
         },
     )
     .await

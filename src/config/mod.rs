@@ -4,7 +4,10 @@ mod settings;
 mod strategy;
 mod tables;
 
-pub use settings::{DEFAULT_SCHEMA, Env, Environment, MySqlSettings, PgSettings, Secret};
+pub use settings::{
+    DEFAULT_SCHEMA, DEFAULT_SOURCE_CONNECTIONS, Env, Environment, Mode, MySqlSettings, PgSettings,
+    Secret, SslMode,
+};
 pub use strategy::{Decision, Strategy, TableFacts, resolve};
 pub use tables::{
     DEFAULT_BATCH_SIZE, DEFAULT_LOOKBACK_KEYS, DEFAULT_LOOKBACK_SECONDS, ExtractionStrategy,

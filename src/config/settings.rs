@@ -72,6 +72,39 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// TLS to a MySQL server, as MySQL's own `--ssl-mode` names it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP.
+    #[default]
+    Disabled,
+    /// TLS when the server offers it, else plain.
+    Preferred,
+    /// TLS or fail; the certificate is not checked.
+    Required,
+    /// TLS with the server certificate checked against the CA.
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate must name the host.
+    VerifyIdentity,
+}
+
+impl SslMode {
+    fn parse(variable: &str, text: &str) -> Result<SslMode> {
+        Ok(match text.trim().to_ascii_lowercase().as_str() {
+            "" | "disabled" => SslMode::Disabled,
+            "preferred" => SslMode::Preferred,
+            "required" => SslMode::Required,
+            "verify_ca" => SslMode::VerifyCa,
+            "verify_identity" => SslMode::VerifyIdentity,
+            other => {
+                return Err(Error::config(format!(
+                    "{variable} is `{other}`; use disabled, preferred, required, verify_ca or verify_identity"
+                )));
+            }
+        })
+    }
+}
+
 /// How to reach one MySQL/MariaDB database.
 #[derive(Debug, Clone)]
 pub struct MySqlSettings {
@@ -80,7 +113,24 @@ pub struct MySqlSettings {
     pub database: String,
     pub user: String,
     pub password: Secret,
+    pub ssl_mode: SslMode,
+    /// CA certificate file (PEM) for `verify_ca` / `verify_identity`.
+    pub ssl_ca: Option<PathBuf>,
 }
+
+/// Where the load phase reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Source → replica (extract), replica → warehouse (load).
+    Replica,
+    /// No replica: the load reads the source directly.
+    Direct,
+}
+
+/// Tables read from the source at once unless `OPENDENTAL_SOURCE_MAX_CONNECTIONS`
+/// says otherwise: a clinic's server also serves the front desk, so two
+/// connections at most.
+pub const DEFAULT_SOURCE_CONNECTIONS: usize = 2;
 
 /// How to reach the PostgreSQL warehouse.
 #[derive(Debug, Clone)]
@@ -205,6 +255,22 @@ impl Env {
     }
 
     fn mysql(&self, prefix: &str) -> Result<MySqlSettings> {
+        let ssl_var = format!("{prefix}_SSL_MODE");
+        let ssl_mode = SslMode::parse(
+            &self.name(&ssl_var),
+            &self.optional(&ssl_var).unwrap_or_default(),
+        )?;
+        let ssl_ca = self
+            .optional(&format!("{prefix}_SSL_CA"))
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        if matches!(ssl_mode, SslMode::VerifyCa | SslMode::VerifyIdentity) && ssl_ca.is_none() {
+            return Err(Error::config(format!(
+                "{} needs {} (the CA certificate file, PEM)",
+                self.name(&ssl_var),
+                self.name(&format!("{prefix}_SSL_CA"))
+            )));
+        }
         Ok(MySqlSettings {
             host: self.required(&format!("{prefix}_HOST"))?,
             port: self.port(&format!("{prefix}_PORT"), 3306)?,
@@ -214,12 +280,56 @@ impl Env {
                 self.optional(&format!("{prefix}_PASSWORD"))
                     .unwrap_or_default(),
             ),
+            ssl_mode,
+            ssl_ca,
         })
     }
 
     /// The clinic's OpenDental server (`OPENDENTAL_SOURCE_*`).
     pub fn source(&self) -> Result<MySqlSettings> {
         self.mysql("OPENDENTAL_SOURCE")
+    }
+
+    /// `ETL_MODE`: `replica` (default) or `direct`.
+    pub fn mode(&self) -> Result<Mode> {
+        match self
+            .vars
+            .get("ETL_MODE")
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("") | Some("replica") => Ok(Mode::Replica),
+            Some("direct") => Ok(Mode::Direct),
+            Some(other) => Err(Error::config(format!(
+                "ETL_MODE is `{other}`; use `replica` or `direct`"
+            ))),
+        }
+    }
+
+    fn positive(&self, base: &str) -> Result<Option<u32>> {
+        match self.optional(base).filter(|v| !v.trim().is_empty()) {
+            None => Ok(None),
+            Some(text) => match text.trim().parse::<u32>() {
+                Ok(n) if n > 0 => Ok(Some(n)),
+                _ => Err(Error::config(format!(
+                    "{} is `{text}`, not a positive whole number",
+                    self.name(base)
+                ))),
+            },
+        }
+    }
+
+    /// `OPENDENTAL_SOURCE_MAX_ROWS_PER_SECOND`: the extract's default rate limit.
+    pub fn source_max_rows_per_second(&self) -> Result<Option<u32>> {
+        self.positive("OPENDENTAL_SOURCE_MAX_ROWS_PER_SECOND")
+    }
+
+    /// `OPENDENTAL_SOURCE_MAX_CONNECTIONS`: tables read from the source at once.
+    pub fn source_max_connections(&self) -> Result<usize> {
+        Ok(self
+            .positive("OPENDENTAL_SOURCE_MAX_CONNECTIONS")?
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(DEFAULT_SOURCE_CONNECTIONS))
     }
 
     /// The local replication database (`MYSQL_REPLICATION_*`).
@@ -357,6 +467,38 @@ mod tests {
             err.to_string().contains("POSTGRES_ANALYTICS_PORT is `54x`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn ssl_mode_and_mode_are_validated() {
+        let e = env(&[
+            ("ETL_ENVIRONMENT", "production"),
+            ("OPENDENTAL_SOURCE_HOST", "clinic"),
+            ("OPENDENTAL_SOURCE_DB", "opendental"),
+            ("OPENDENTAL_SOURCE_USER", "reader"),
+            ("OPENDENTAL_SOURCE_SSL_MODE", "verify_ca"),
+            ("ETL_MODE", "sideways"),
+        ])
+        .unwrap();
+        let err = e.source().unwrap_err().to_string();
+        assert!(err.contains("OPENDENTAL_SOURCE_SSL_CA"), "{err}");
+        assert!(e.mode().unwrap_err().to_string().contains("`sideways`"));
+        let e = env(&[
+            ("ETL_ENVIRONMENT", "production"),
+            ("OPENDENTAL_SOURCE_HOST", "clinic"),
+            ("OPENDENTAL_SOURCE_DB", "opendental"),
+            ("OPENDENTAL_SOURCE_USER", "reader"),
+            ("OPENDENTAL_SOURCE_SSL_MODE", "Required"),
+            ("OPENDENTAL_SOURCE_MAX_ROWS_PER_SECOND", "5000"),
+        ])
+        .unwrap();
+        assert_eq!(e.source().unwrap().ssl_mode, SslMode::Required);
+        assert_eq!(e.source_max_rows_per_second().unwrap(), Some(5000));
+        assert_eq!(
+            e.source_max_connections().unwrap(),
+            DEFAULT_SOURCE_CONNECTIONS
+        );
+        assert_eq!(e.mode().unwrap(), Mode::Replica);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::config::{
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::incremental::{self, Marks};
-use crate::mysql::{self as my, ReadJob, ReadSpec, SourceTable, spawn_reader};
+use crate::mysql::{self as my, RateLimit, ReadJob, ReadSpec, SourceTable, spawn_reader};
 use crate::postgres::{self as pg, CopyIn, DestTable};
 use crate::schema::{DataProfile, PgType, ident, is_widening, map_type};
 use crate::tracking::{self, Progress, StoredWatermark};
@@ -30,8 +30,11 @@ pub use batch::{CopyEncoder, MAX_BATCH_BYTES, Plan, PlannedColumn};
 /// Where a load reads and writes.
 #[derive(Debug, Clone)]
 pub struct LoadContext {
+    /// The MySQL database the load reads: the replica, or the source in direct mode.
     pub replica: MySqlSettings,
     pub warehouse: PgSettings,
+    /// Rows-per-second budget on what the load reads (direct mode reads the source).
+    pub rate: Option<Arc<RateLimit>>,
 }
 
 /// How a load runs.
@@ -41,7 +44,7 @@ pub struct LoadOptions {
     pub run_id: String,
 }
 
-/// What a table's load did.
+/// What one phase (extract or load) did to a table.
 #[derive(Debug, Clone)]
 pub struct TableReport {
     pub table: String,
@@ -417,13 +420,13 @@ async fn empty_statement(
     })
 }
 
-fn read_spec(cfg: &TableConfig, prepared: &Prepared) -> ReadSpec {
+fn read_spec(ctx: &LoadContext, cfg: &TableConfig, prepared: &Prepared) -> ReadSpec {
     ReadSpec {
         table: cfg.name.clone(),
         columns: prepared.plan.names(),
         batch_rows: cfg.batch_size,
         batch_bytes: MAX_BATCH_BYTES,
-        max_rows_per_second: None,
+        rate: ctx.rate.clone(),
     }
 }
 
@@ -453,7 +456,7 @@ async fn full_load(
         incremental::full_read_marks(&mut mysql, cfg, &prepared.source, &prepared.key).await?;
     let (mut rx, reader) = spawn_reader(
         mysql,
-        read_spec(cfg, prepared),
+        read_spec(ctx, cfg, prepared),
         ReadJob::Full,
         CopyEncoder::new(prepared.plan.clone()),
     );
@@ -559,7 +562,7 @@ async fn incremental_load(
     );
     let (mut rx, reader) = spawn_reader(
         mysql,
-        read_spec(cfg, prepared),
+        read_spec(ctx, cfg, prepared),
         ReadJob::Passes(passes),
         CopyEncoder::new(prepared.plan.clone()),
     );

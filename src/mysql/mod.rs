@@ -6,15 +6,17 @@ mod stream;
 
 pub use catalog::{SourceColumn, SourceTable, describe_table, profile_columns};
 pub use reader::{Bound, ReadRange, page_query, server_now_plus_day, upper_bound};
-pub use stream::{Batch, CHANNEL_BATCHES, Encoder, Pass, ReadJob, ReadSpec, spawn_reader};
+pub use stream::{
+    Batch, CHANNEL_BATCHES, Encoder, Pass, RateLimit, ReadJob, ReadSpec, spawn_reader,
+};
 
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder};
+use mysql_async::{Conn, DriverError, Opts, OptsBuilder, SslOpts};
 
-use crate::config::MySqlSettings;
-use crate::error::{Error, Result};
+use crate::config::{MySqlSettings, SslMode};
+use crate::error::{Error, ErrorKind, Result};
 
 /// How long to wait for a TCP connection before giving up: a host that does
 /// not answer must fail the run, not hang it.
@@ -32,8 +34,27 @@ pub fn describe(settings: &MySqlSettings) -> String {
     )
 }
 
-fn opts(settings: &MySqlSettings) -> Opts {
+fn ssl_opts(settings: &MySqlSettings) -> Option<SslOpts> {
+    let base = SslOpts::default();
+    match settings.ssl_mode {
+        SslMode::Disabled => None,
+        SslMode::Preferred | SslMode::Required => Some(
+            base.with_danger_accept_invalid_certs(true)
+                .with_danger_skip_domain_validation(true),
+        ),
+        SslMode::VerifyCa | SslMode::VerifyIdentity => {
+            let ca = settings.ssl_ca.clone().map(Into::into);
+            Some(
+                base.with_root_certs(ca.into_iter().collect())
+                    .with_danger_skip_domain_validation(settings.ssl_mode == SslMode::VerifyCa),
+            )
+        }
+    }
+}
+
+fn opts(settings: &MySqlSettings, ssl: Option<SslOpts>) -> Opts {
     OptsBuilder::default()
+        .ssl_opts(ssl)
         .ip_or_hostname(settings.host.clone())
         .tcp_port(settings.port)
         .user(Some(settings.user.clone()))
@@ -48,22 +69,43 @@ fn opts(settings: &MySqlSettings) -> Opts {
         .into()
 }
 
-/// Opens a connection, within [`CONNECT_TIMEOUT`].
-pub async fn connect(settings: &MySqlSettings) -> Result<Conn> {
+async fn open(settings: &MySqlSettings, ssl: Option<SslOpts>) -> Result<Conn> {
     let what = describe(settings);
-    match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts(settings))).await {
+    match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts(settings, ssl))).await {
         Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer))) => {
+            Err(Error::new(
+                ErrorKind::Access,
+                format!(
+                    "{what} does not offer TLS, but its SSL mode is {:?}; enable TLS on the server \
+                 or lower the SSL_MODE setting",
+                    settings.ssl_mode
+                ),
+            ))
+        }
         Ok(Err(e)) => Err(Error::mysql(
             format!("cannot connect to {what}; check the host, port, user and password settings"),
             e,
         )),
         Err(_) => Err(Error::new(
-            crate::ErrorKind::Connection,
+            ErrorKind::Connection,
             format!(
                 "cannot connect to {what}: no answer within {}s",
                 CONNECT_TIMEOUT.as_secs()
             ),
         )),
+    }
+}
+
+/// Opens a connection, within [`CONNECT_TIMEOUT`], with the settings' TLS
+/// mode (`preferred` falls back to plain TCP when the server has no TLS).
+pub async fn connect(settings: &MySqlSettings) -> Result<Conn> {
+    match open(settings, ssl_opts(settings)).await {
+        Err(e) if settings.ssl_mode == SslMode::Preferred && e.kind() == ErrorKind::Access => {
+            tracing::info!(server = %describe(settings), "no TLS offered; connecting without");
+            open(settings, None).await
+        }
+        other => other,
     }
 }
 

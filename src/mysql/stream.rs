@@ -3,6 +3,7 @@
 //! replica), cut into batches and sent to the writer through a bounded
 //! channel. Memory is bounded by batch size, never by table size.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
@@ -71,27 +72,45 @@ pub struct ReadSpec {
     pub batch_rows: u32,
     /// A full read's batch is also cut at this many bytes.
     pub batch_bytes: usize,
-    /// At most this many rows per second (gentle on a production source).
-    pub max_rows_per_second: Option<u32>,
+    /// The run's rate limit, shared by every table it reads.
+    pub rate: Option<Arc<RateLimit>>,
 }
 
-struct Pace {
-    started: Instant,
-    rows: u64,
-    limit: Option<u32>,
+/// A rows-per-second budget shared by all readers of a run, so a run with
+/// several tables in flight is as gentle on the source as one.
+#[derive(Debug)]
+pub struct RateLimit {
+    per_second: u32,
+    next: Mutex<Instant>,
 }
 
-impl Pace {
-    async fn wait(&mut self, rows: u64) {
-        self.rows += rows;
-        let Some(limit) = self.limit.filter(|l| *l > 0) else {
-            return;
-        };
-        let due = Duration::from_secs_f64(self.rows as f64 / f64::from(limit));
-        let elapsed = self.started.elapsed();
-        if due > elapsed {
-            tokio::time::sleep(due - elapsed).await;
+impl RateLimit {
+    /// At most `per_second` rows per second across all readers.
+    pub fn new(per_second: u32) -> RateLimit {
+        RateLimit {
+            per_second: per_second.max(1),
+            next: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Accounts for `rows` just read and waits until the budget allows more.
+    /// Unused budget carries over for at most the cost of this batch.
+    pub async fn pay(&self, rows: u64) {
+        let cost = Duration::from_secs_f64(rows as f64 / f64::from(self.per_second));
+        let until = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let floor = now.checked_sub(cost).unwrap_or(now);
+            *next = (*next).max(floor) + cost;
+            *next
+        };
+        tokio::time::sleep_until(until.into()).await;
+    }
+}
+
+async fn pace(rate: &Option<Arc<RateLimit>>, rows: u64) {
+    if let Some(rate) = rate {
+        rate.pay(rows).await;
     }
 }
 
@@ -125,11 +144,6 @@ async fn read_full<E: Encoder>(
         ident::mysql(&spec.table)
     );
     let ctx = || format!("reading MySQL table `{}`", spec.table);
-    let mut pace = Pace {
-        started: Instant::now(),
-        rows: 0,
-        limit: spec.max_rows_per_second,
-    };
     let mut result = conn
         .exec_iter(sql, ())
         .await
@@ -144,12 +158,14 @@ async fn read_full<E: Encoder>(
             if tx.send(Ok(batch)).await.is_err() {
                 return Ok(());
             }
-            pace.wait(count).await;
+            pace(&spec.rate, count).await;
         }
     }
     if rows > 0 {
+        let count = rows;
         let batch = take_batch(encoder, &mut rows, None, None);
         let _ = tx.send(Ok(batch)).await;
+        pace(&spec.rate, count).await;
     }
     Ok(())
 }
@@ -161,11 +177,6 @@ async fn read_passes<E: Encoder>(
     encoder: &mut E,
     tx: &mpsc::Sender<Result<Batch<E::Payload>>>,
 ) -> Result<()> {
-    let mut pace = Pace {
-        started: Instant::now(),
-        rows: 0,
-        limit: spec.max_rows_per_second,
-    };
     for pass in passes {
         let order_positions: Vec<usize> = pass
             .order
@@ -195,6 +206,7 @@ async fn read_passes<E: Encoder>(
                 .await
                 .map_err(|e| Error::mysql(ctx(), e))?;
             let mut rows = 0u64;
+            let mut page_rows = 0u64;
             let mut last: Option<Vec<Value>> = None;
             while let Some(row) = result.next().await.map_err(|e| Error::mysql(ctx(), e))? {
                 last = Some(
@@ -205,16 +217,29 @@ async fn read_passes<E: Encoder>(
                 );
                 encoder.encode(row)?;
                 rows += 1;
+                page_rows += 1;
+                // Wide rows: hand over part of the page; its last row is still a valid cursor.
+                if encoder.held_bytes() >= spec.batch_bytes {
+                    let count = rows;
+                    let batch = take_batch(encoder, &mut rows, pass.advances.clone(), last.clone());
+                    if tx.send(Ok(batch)).await.is_err() {
+                        return Ok(());
+                    }
+                    pace(&spec.rate, count).await;
+                }
             }
             drop(result);
             let Some(last) = last else { break };
             cursor = Some(last.clone());
-            let count = rows;
-            let batch = take_batch(encoder, &mut rows, pass.advances.clone(), Some(last));
-            if tx.send(Ok(batch)).await.is_err() {
-                return Ok(());
+            if rows > 0 {
+                let count = rows;
+                let batch = take_batch(encoder, &mut rows, pass.advances.clone(), Some(last));
+                if tx.send(Ok(batch)).await.is_err() {
+                    return Ok(());
+                }
+                pace(&spec.rate, count).await;
             }
-            pace.wait(count).await;
+            let count = page_rows;
             if count < u64::from(spec.batch_rows) {
                 break;
             }

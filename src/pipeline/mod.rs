@@ -1,15 +1,19 @@
-//! Runs a set of tables: ordering, a cap on concurrent tables, the run
-//! history and tracking status around each table, and the run report.
+//! Runs a set of tables through the phases: ordering, a cap on concurrent
+//! tables, retries, the run history and tracking status around each table,
+//! and the run report.
 
 mod report;
 
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use tokio_postgres::Client;
 
-use crate::config::TableConfig;
-use crate::error::{Error, Result, chain};
+use crate::config::{PgSettings, TableConfig};
+use crate::error::{Error, ErrorKind, Result, chain};
+use crate::extract::{self, ExtractContext};
 use crate::load::{LoadContext, LoadOptions, TableReport, load_table};
 use crate::postgres as pg;
 use crate::schema::{DateTimeParts, days_since_pg_epoch};
@@ -17,9 +21,36 @@ use crate::tracking::{self, HistoryOutcome};
 
 pub use report::{peak_rss_kib, render_summary};
 
-/// Tables loaded at once unless `--max-workers` says otherwise: this
+/// Tables processed at once unless `--max-workers` says otherwise: this
 /// machine class has two cores, and MySQL, PostgreSQL and this process share them.
 pub const DEFAULT_MAX_WORKERS: usize = 2;
+
+/// Which phases a run performs, per table in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Phases {
+    pub extract: bool,
+    pub load: bool,
+}
+
+/// The databases a run touches. `extract` is `None` in direct mode (the
+/// load then reads the source); `warehouse` is where the run history goes.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub extract: Option<ExtractContext>,
+    pub load: Option<LoadContext>,
+    pub warehouse: Option<PgSettings>,
+}
+
+impl RunContext {
+    /// A context that only loads (replica or source → warehouse).
+    pub fn load_only(load: LoadContext) -> RunContext {
+        RunContext {
+            warehouse: Some(load.warehouse.clone()),
+            extract: None,
+            load: Some(load),
+        }
+    }
+}
 
 /// What one `run` does.
 #[derive(Debug, Clone)]
@@ -27,12 +58,14 @@ pub struct RunPlan {
     pub tables: Vec<TableConfig>,
     pub force_full: bool,
     pub max_workers: usize,
+    pub phases: Phases,
 }
 
-/// One table's outcome.
+/// One table's outcome in one phase.
 #[derive(Debug)]
 pub struct TableOutcome {
     pub table: String,
+    pub phase: &'static str,
     pub result: Result<TableReport>,
     pub elapsed: Duration,
 }
@@ -46,18 +79,25 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// Whether every requested table succeeded.
+    /// Whether every requested table succeeded in every phase.
     pub fn succeeded(&self) -> bool {
         self.outcomes.iter().all(|o| o.result.is_ok())
     }
 
-    /// Rows read over all tables.
+    /// Rows read over all tables and phases.
     pub fn rows_read(&self) -> u64 {
         self.outcomes
             .iter()
             .filter_map(|o| o.result.as_ref().ok())
             .map(|r| r.rows_read)
             .sum()
+    }
+
+    /// The outcome of a table in a phase.
+    pub fn outcome(&self, table: &str, phase: &str) -> Option<&TableOutcome> {
+        self.outcomes
+            .iter()
+            .find(|o| o.table == table && o.phase == phase)
     }
 }
 
@@ -99,15 +139,15 @@ pub const DEFAULT_RETRIES: u32 = 2;
 /// Wait before the first retry; doubled for each further one.
 const RETRY_BACKOFF: Duration = Duration::from_secs(1);
 
-async fn load_with_retries(
-    ctx: &LoadContext,
-    cfg: &TableConfig,
-    opts: &LoadOptions,
-) -> Result<TableReport> {
+async fn with_retries<F, Fut>(table: &str, mut attempt: F) -> Result<TableReport>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<TableReport>>,
+{
     let mut retried = Vec::new();
     let mut wait = RETRY_BACKOFF;
     loop {
-        match load_table(ctx, cfg, opts).await {
+        match attempt().await {
             Ok(mut report) => {
                 report.warnings.extend(retried);
                 return Ok(report);
@@ -116,7 +156,7 @@ async fn load_with_retries(
                 if e.kind().is_retryable()
                     && retried.len() < usize::try_from(DEFAULT_RETRIES).unwrap_or(0) =>
             {
-                tracing::warn!(table = %cfg.name, error = %chain(&e), wait_s = wait.as_secs(), "retrying");
+                tracing::warn!(table = %table, error = %chain(&e), wait_s = wait.as_secs(), "retrying");
                 retried.push(format!("retried after: {}", chain(&e)));
                 tokio::time::sleep(wait).await;
                 wait *= 2;
@@ -137,18 +177,8 @@ async fn load_with_retries(
     }
 }
 
-async fn load_one(
-    control: &Client,
-    ctx: &LoadContext,
-    cfg: &TableConfig,
-    opts: &LoadOptions,
-) -> TableOutcome {
-    let schema = &ctx.warehouse.schema;
-    let started = Instant::now();
-    let history = tracking::begin_history(control, schema, &opts.run_id, &cfg.name, "load").await;
-    let _ = tracking::mark_status(control, schema, &cfg.name, "running", None, &opts.run_id).await;
-    let result = load_with_retries(ctx, cfg, opts).await;
-    let outcome = match &result {
+fn history_outcome(result: &Result<TableReport>) -> HistoryOutcome {
+    match result {
         Ok(report) => HistoryOutcome {
             status: "success".into(),
             strategy: Some(report.decision.strategy.name().into()),
@@ -169,49 +199,172 @@ async fn load_one(
             warnings: serde_json::json!([]),
             ..HistoryOutcome::default()
         },
-    };
-    if let Err(e) = &result {
-        tracing::error!(table = %cfg.name, error = %chain(e), "load failed");
-        let _ = tracking::mark_status(
-            control,
-            schema,
-            &cfg.name,
-            "failed",
-            Some(&chain(e)),
-            &opts.run_id,
-        )
-        .await;
     }
-    if let Ok(id) = history
-        && let Err(e) = tracking::finish_history(control, schema, id, &outcome).await
-    {
-        tracing::warn!(table = %cfg.name, error = %chain(&e), "run history not written");
+}
+
+struct Shared<'a> {
+    ctx: &'a RunContext,
+    control: Option<&'a Client>,
+    schema: &'a str,
+    run_id: &'a str,
+    force_full: bool,
+    phases: Phases,
+}
+
+async fn extract_one(shared: &Shared<'_>, ctx: &ExtractContext, cfg: &TableConfig) -> TableOutcome {
+    let started = Instant::now();
+    let history = match shared.control {
+        Some(c) => tracking::begin_history(c, shared.schema, shared.run_id, &cfg.name, "extract")
+            .await
+            .ok(),
+        None => None,
+    };
+    let resume = Arc::new(Mutex::new(None));
+    let result = with_retries(&cfg.name, || {
+        extract::copy_table(ctx, cfg, shared.force_full, shared.run_id, resume.clone())
+    })
+    .await;
+    if let Err(e) = &result {
+        tracing::error!(table = %cfg.name, error = %chain(e), "copy failed");
+        if let Ok(mut replica) = crate::mysql::connect(&ctx.replica).await {
+            let _ = tracking::mark_copy_status(&mut replica, &cfg.name, "failed").await;
+        }
+    }
+    if let (Some(control), Some(id)) = (shared.control, history) {
+        let _ =
+            tracking::finish_history(control, shared.schema, id, &history_outcome(&result)).await;
     }
     TableOutcome {
         table: cfg.name.clone(),
+        phase: "extract",
         result,
         elapsed: started.elapsed(),
     }
 }
 
-/// Loads the planned tables, at most `max_workers` at once. Fails as a whole
-/// only when the warehouse cannot be reached or is not initialised; a failing
-/// table is reported in its outcome and does not stop the others.
-pub async fn run_load(ctx: &LoadContext, mut plan: RunPlan) -> Result<RunReport> {
+async fn load_one(shared: &Shared<'_>, ctx: &LoadContext, cfg: &TableConfig) -> TableOutcome {
+    let schema = &ctx.warehouse.schema;
     let started = Instant::now();
-    let control = pg::connect(&ctx.warehouse).await?;
-    tracking::check_warehouse(&control, &ctx.warehouse.schema).await?;
+    let opts = LoadOptions {
+        force_full: shared.force_full,
+        run_id: shared.run_id.to_string(),
+    };
+    let control = shared.control;
+    let history = match control {
+        Some(c) => {
+            let id = tracking::begin_history(c, schema, shared.run_id, &cfg.name, "load")
+                .await
+                .ok();
+            let _ =
+                tracking::mark_status(c, schema, &cfg.name, "running", None, shared.run_id).await;
+            id
+        }
+        None => None,
+    };
+    let result = with_retries(&cfg.name, || load_table(ctx, cfg, &opts)).await;
+    if let Err(e) = &result {
+        tracing::error!(table = %cfg.name, error = %chain(e), "load failed");
+        if let Some(c) = control {
+            let _ = tracking::mark_status(
+                c,
+                schema,
+                &cfg.name,
+                "failed",
+                Some(&chain(e)),
+                shared.run_id,
+            )
+            .await;
+        }
+    }
+    if let (Some(c), Some(id)) = (control, history)
+        && let Err(e) = tracking::finish_history(c, schema, id, &history_outcome(&result)).await
+    {
+        tracing::warn!(table = %cfg.name, error = %chain(&e), "run history not written");
+    }
+    TableOutcome {
+        table: cfg.name.clone(),
+        phase: "load",
+        result,
+        elapsed: started.elapsed(),
+    }
+}
+
+async fn process_table(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutcome> {
+    let mut outcomes = Vec::new();
+    if shared.phases.extract
+        && let Some(ctx) = &shared.ctx.extract
+    {
+        let outcome = extract_one(shared, ctx, cfg).await;
+        let failed = outcome.result.is_err();
+        outcomes.push(outcome);
+        if failed {
+            return outcomes;
+        }
+    }
+    if shared.phases.load
+        && let Some(ctx) = &shared.ctx.load
+    {
+        outcomes.push(load_one(shared, ctx, cfg).await);
+    }
+    outcomes
+}
+
+/// Runs the planned tables through the planned phases, at most
+/// `max_workers` tables at once. Fails as a whole only when a database
+/// cannot be reached or is not initialised; a failing table is reported in
+/// its outcome and does not stop the others (its load is skipped when its
+/// copy failed).
+pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
+    let started = Instant::now();
+    if plan.phases.extract && ctx.extract.is_none() {
+        return Err(Error::config(
+            "the extract phase needs a replica: ETL_MODE is direct, so run --phase load (or --phase all)",
+        ));
+    }
+    if let Some(extract) = ctx.extract.as_ref().filter(|_| plan.phases.extract) {
+        let mut replica = crate::mysql::connect(&extract.replica).await?;
+        tracking::check_replica(&mut replica, &extract.replica.database).await?;
+    }
+    let control = match (&ctx.warehouse, plan.phases.load) {
+        (Some(w), true) => {
+            let client = pg::connect(w).await?;
+            tracking::check_warehouse(&client, &w.schema).await?;
+            Some(client)
+        }
+        (Some(w), false) => match pg::connect(w).await {
+            Ok(client) if tracking::check_warehouse(&client, &w.schema).await.is_ok() => {
+                Some(client)
+            }
+            _ => None,
+        },
+        (None, true) => {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "the load phase needs the warehouse settings",
+            ));
+        }
+        (None, false) => None,
+    };
     let run_id = new_run_id();
     order_tables(&mut plan.tables);
-    let opts = LoadOptions {
+    let schema = ctx
+        .warehouse
+        .as_ref()
+        .map(|w| w.schema.clone())
+        .unwrap_or_default();
+    let shared = Shared {
+        ctx,
+        control: control.as_ref(),
+        schema: &schema,
+        run_id: &run_id,
         force_full: plan.force_full,
-        run_id: run_id.clone(),
+        phases: plan.phases,
     };
-    let control = &control;
-    let opts = &opts;
+    let shared = &shared;
     let outcomes: Vec<TableOutcome> = futures_util::stream::iter(plan.tables.iter())
-        .map(|cfg| load_one(control, ctx, cfg, opts))
+        .map(|cfg| process_table(shared, cfg))
         .buffer_unordered(plan.max_workers.max(1))
+        .flat_map(futures_util::stream::iter)
         .collect()
         .await;
     Ok(RunReport {
@@ -221,12 +374,35 @@ pub async fn run_load(ctx: &LoadContext, mut plan: RunPlan) -> Result<RunReport>
     })
 }
 
-/// Creates the tracking tables in the warehouse and the replica.
-pub async fn init(ctx: &LoadContext) -> Result<()> {
-    let client = pg::connect(&ctx.warehouse).await?;
-    tracking::init_warehouse(&client, &ctx.warehouse.schema).await?;
-    let mut mysql = crate::mysql::connect(&ctx.replica).await?;
-    tracking::init_replica(&mut mysql).await?;
+/// Loads the planned tables (replica → warehouse only).
+pub async fn run_load(ctx: &LoadContext, plan: RunPlan) -> Result<RunReport> {
+    run(
+        &RunContext::load_only(ctx.clone()),
+        RunPlan {
+            phases: Phases {
+                extract: false,
+                load: true,
+            },
+            ..plan
+        },
+    )
+    .await
+}
+
+/// Creates the tracking tables: in the warehouse, and in the replica when
+/// there is one (never in the source).
+pub async fn init(
+    warehouse: Option<&PgSettings>,
+    replica: Option<&crate::config::MySqlSettings>,
+) -> Result<()> {
+    if let Some(w) = warehouse {
+        let client = pg::connect(w).await?;
+        tracking::init_warehouse(&client, &w.schema).await?;
+    }
+    if let Some(r) = replica {
+        let mut mysql = crate::mysql::connect(r).await?;
+        tracking::init_replica(&mut mysql).await?;
+    }
     Ok(())
 }
 

@@ -19,16 +19,17 @@ pub fn render_summary(report: &RunReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<28} {:<8} {:>8} {:>12} {:>12} {:>12} {:>9} {:>12}  why",
-        "table", "status", "strategy", "read", "inserted", "updated", "seconds", "rows/s"
+        "{:<28} {:<7} {:<8} {:>8} {:>12} {:>12} {:>12} {:>9} {:>12}  why",
+        "table", "phase", "status", "strategy", "read", "inserted", "updated", "seconds", "rows/s"
     );
     for outcome in &report.outcomes {
         match &outcome.result {
             Ok(r) => {
                 let _ = writeln!(
                     out,
-                    "{:<28} {:<8} {:>8} {:>12} {:>12} {:>12} {:>9.2} {:>12.0}  {}",
+                    "{:<28} {:<7} {:<8} {:>8} {:>12} {:>12} {:>12} {:>9.2} {:>12.0}  {}",
                     r.table,
+                    outcome.phase,
                     "ok",
                     r.decision.strategy.name(),
                     r.rows_read,
@@ -48,8 +49,9 @@ pub fn render_summary(report: &RunReport) -> String {
             Err(e) => {
                 let _ = writeln!(
                     out,
-                    "{:<28} {:<8} {:>8} {:>12} {:>12} {:>12} {:>9.2} {:>12}",
+                    "{:<28} {:<7} {:<8} {:>8} {:>12} {:>12} {:>12} {:>9.2} {:>12}",
                     outcome.table,
+                    outcome.phase,
                     "FAILED",
                     "-",
                     "-",

@@ -125,11 +125,120 @@ pub async fn init_warehouse(client: &Client, schema: &str) -> Result<()> {
     Ok(())
 }
 
-/// Creates the replica's `etl_copy_status` (idempotent).
+const REPLICA_WATERMARK_DDL: &str = "CREATE TABLE IF NOT EXISTS `etl_copy_watermark` (
+    `table_name` varchar(255) NOT NULL,
+    `column_name` varchar(255) NOT NULL,
+    `watermark_value` text NOT NULL,
+    `watermark_key` text NULL,
+    `updated_at` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,
+    PRIMARY KEY (`table_name`, `column_name`)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4";
+
+/// Tracking tables in the replica.
+pub const REPLICA_TABLES: [&str; 2] = ["etl_copy_status", "etl_copy_watermark"];
+
+/// Creates the replica's `etl_copy_status` and `etl_copy_watermark` (idempotent).
 pub async fn init_replica(conn: &mut Conn) -> Result<()> {
-    conn.query_drop(REPLICA_DDL)
+    for ddl in [REPLICA_DDL, REPLICA_WATERMARK_DDL] {
+        conn.query_drop(ddl)
+            .await
+            .map_err(|e| Error::mysql("creating the tracking tables in the replica", e))?;
+    }
+    Ok(())
+}
+
+/// Fails with a message to run `etl-pipeline init` if a replica tracking table is missing.
+pub async fn check_replica(conn: &mut Conn, database: &str) -> Result<()> {
+    for table in REPLICA_TABLES {
+        let found: Option<u64> = conn
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (database, table),
+            )
+            .await
+            .map_err(|e| Error::mysql("looking for the replica's tracking tables", e))?;
+        if found.unwrap_or(0) == 0 {
+            return Err(Error::new(
+                ErrorKind::NotInitialized,
+                format!(
+                    "tracking table `{database}`.`{table}` does not exist; run `etl-pipeline init` first"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The copy watermarks of a table, by column.
+pub async fn load_copy_watermarks(
+    conn: &mut Conn,
+    table: &str,
+) -> Result<HashMap<String, StoredWatermark>> {
+    let rows: Vec<(String, String, Option<String>)> = conn
+        .exec(
+            "SELECT `column_name`, `watermark_value`, `watermark_key` FROM `etl_copy_watermark` WHERE `table_name` = ?",
+            (table,),
+        )
         .await
-        .map_err(|e| Error::mysql("creating etl_copy_status in the replica", e))
+        .map_err(|e| Error::mysql(format!("reading the copy watermarks of {table}"), e))?;
+    Ok(rows
+        .into_iter()
+        .map(|(column, value, key)| (column, StoredWatermark { value, key }))
+        .collect())
+}
+
+/// Writes copy progress with the caller's connection or transaction, after
+/// (or with) the rows it covers.
+pub async fn save_copy_progress(
+    conn: &mut impl Queryable,
+    table: &str,
+    progress: &Progress,
+) -> Result<()> {
+    let err = |e| Error::mysql(format!("recording the copy progress of {table}"), e);
+    if progress.replace_all {
+        conn.exec_drop(
+            "DELETE FROM `etl_copy_watermark` WHERE `table_name` = ?",
+            (table,),
+        )
+        .await
+        .map_err(err)?;
+    }
+    for (column, mark) in &progress.watermarks {
+        conn.exec_drop(
+            "INSERT INTO `etl_copy_watermark` (`table_name`, `column_name`, `watermark_value`, `watermark_key`) \
+             VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE `watermark_value` = VALUES(`watermark_value`), \
+             `watermark_key` = VALUES(`watermark_key`)",
+            (table, column, &mark.value, &mark.key),
+        )
+        .await
+        .map_err(err)?;
+    }
+    let (primary_column, primary_value) = match &progress.primary {
+        Some((c, v)) => (Some(c.as_str()), Some(v.as_str())),
+        None => (None, None),
+    };
+    conn.exec_drop(
+        "INSERT INTO `etl_copy_status` (`table_name`, `last_copied`, `last_primary_value`, `primary_column_name`, \
+                                        `rows_copied`, `copy_status`) VALUES (?, NOW(), ?, ?, ?, ?) \
+         ON DUPLICATE KEY UPDATE `last_copied` = NOW(), \
+           `last_primary_value` = COALESCE(VALUES(`last_primary_value`), `last_primary_value`), \
+           `primary_column_name` = COALESCE(VALUES(`primary_column_name`), `primary_column_name`), \
+           `rows_copied` = VALUES(`rows_copied`), `copy_status` = VALUES(`copy_status`)",
+        (table, primary_value, primary_column, progress.rows_loaded, progress.status),
+    )
+    .await
+    .map_err(err)
+}
+
+/// Sets a table's copy status outside any data transaction.
+pub async fn mark_copy_status(conn: &mut Conn, table: &str, status: &str) -> Result<()> {
+    conn.exec_drop(
+        "INSERT INTO `etl_copy_status` (`table_name`, `copy_status`) VALUES (?, ?) \
+         ON DUPLICATE KEY UPDATE `copy_status` = VALUES(`copy_status`)",
+        (table, status),
+    )
+    .await
+    .map_err(|e| Error::mysql(format!("recording the copy status of {table}"), e))
 }
 
 /// Fails with a message to run `etl-pipeline init` if a tracking table is missing.

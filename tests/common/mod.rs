@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use etl_pipeline::config::{MySqlSettings, PgSettings, Secret, TableConfig, TablesConfig};
+use etl_pipeline::config::{MySqlSettings, PgSettings, Secret, SslMode, TableConfig, TablesConfig};
 use etl_pipeline::load::{LoadContext, LoadOptions, TableReport, load_table};
 use etl_pipeline::pipeline::{self, RunPlan, RunReport};
 use etl_pipeline::schema::{DateTimeParts, check_date, ident};
@@ -40,6 +40,8 @@ impl TestDb {
             database: String::new(),
             user: var("ETL_TEST_MYSQL_USER", "root"),
             password: Secret::new(var("ETL_TEST_MYSQL_PASSWORD", "")),
+            ssl_mode: SslMode::Disabled,
+            ssl_ca: None,
         };
         let pg_admin = PgSettings {
             host: var("ETL_TEST_PG_HOST", "127.0.0.1"),
@@ -85,8 +87,11 @@ impl TestDb {
                 database: db,
                 ..pg_admin.clone()
             },
+            rate: None,
         };
-        pipeline::init(&ctx).await.unwrap();
+        pipeline::init(Some(&ctx.warehouse), Some(&ctx.replica))
+            .await
+            .unwrap();
         TestDb {
             ctx,
             mysql_admin,
@@ -136,6 +141,10 @@ impl TestDb {
                 tables: config.tables().cloned().collect(),
                 force_full: false,
                 max_workers: 2,
+                phases: pipeline::Phases {
+                    extract: false,
+                    load: true,
+                },
             },
         )
         .await

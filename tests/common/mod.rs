@@ -11,7 +11,9 @@
 use std::collections::HashMap;
 
 use etl_pipeline::config::{MySqlSettings, PgSettings, Secret, SslMode, TableConfig, TablesConfig};
+use etl_pipeline::extract::ExtractContext;
 use etl_pipeline::load::{LoadContext, LoadOptions, TableReport, load_table};
+use etl_pipeline::mysql::RateLimit;
 use etl_pipeline::pipeline::{self, RunPlan, RunReport};
 use etl_pipeline::schema::{DateTimeParts, check_date, ident};
 use etl_pipeline::{mysql as my, postgres as pg};
@@ -22,9 +24,11 @@ fn var(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
-/// A test's own replica and warehouse databases.
+/// A test's own source, replica and warehouse databases.
 pub struct TestDb {
     pub ctx: LoadContext,
+    /// The "clinic" database (`etl_t_<name>_src`) the extract phase reads.
+    pub source: MySqlSettings,
     pub mysql_admin: MySqlSettings,
     pub pg_admin: PgSettings,
 }
@@ -51,18 +55,21 @@ impl TestDb {
             user: var("ETL_TEST_PG_USER", "postgres"),
             password: Secret::new(var("ETL_TEST_PG_PASSWORD", "")),
         };
+        let source_db = format!("{db}_src");
         let mut conn = my::connect(&mysql_admin)
             .await
             .expect("MariaDB must be reachable for the tests");
-        conn.query_drop(format!("DROP DATABASE IF EXISTS {}", ident::mysql(&db)))
+        for name in [&db, &source_db] {
+            conn.query_drop(format!("DROP DATABASE IF EXISTS {}", ident::mysql(name)))
+                .await
+                .unwrap();
+            conn.query_drop(format!(
+                "CREATE DATABASE {} CHARACTER SET utf8mb4",
+                ident::mysql(name)
+            ))
             .await
             .unwrap();
-        conn.query_drop(format!(
-            "CREATE DATABASE {} CHARACTER SET utf8mb4",
-            ident::mysql(&db)
-        ))
-        .await
-        .unwrap();
+        }
         drop(conn);
         let client = pg::connect(&pg_admin)
             .await
@@ -94,6 +101,10 @@ impl TestDb {
             .unwrap();
         TestDb {
             ctx,
+            source: MySqlSettings {
+                database: source_db,
+                ..mysql_admin.clone()
+            },
             mysql_admin,
             pg_admin,
         }
@@ -101,15 +112,83 @@ impl TestDb {
 
     /// Runs statements in the replica (with `sql_mode` cleared, as OpenDental runs).
     pub async fn mysql(&self, statements: &[&str]) {
-        let mut conn = my::connect(&self.ctx.replica).await.unwrap();
-        conn.query_drop("SET SESSION sql_mode = ''").await.unwrap();
-        for sql in statements {
-            conn.query_drop(*sql)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        exec(&self.ctx.replica, statements).await;
+    }
+
+    /// Runs statements in the source.
+    pub async fn source_sql(&self, statements: &[&str]) {
+        exec(&self.source, statements).await;
+    }
+
+    /// An extract context from this test's source into its replica.
+    pub fn extract_ctx(&self, rate: Option<u32>) -> ExtractContext {
+        ExtractContext {
+            source: self.source.clone(),
+            replica: self.ctx.replica.clone(),
+            rate: rate.map(|n| std::sync::Arc::new(RateLimit::new(n))),
+            source_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(2)),
         }
     }
 
+    /// Runs tables through both phases (source → replica → warehouse).
+    pub async fn run_two_hop(&self, config: &TablesConfig, rate: Option<u32>) -> RunReport {
+        let ctx = pipeline::RunContext {
+            extract: Some(self.extract_ctx(rate)),
+            load: Some(self.ctx.clone()),
+            warehouse: Some(self.ctx.warehouse.clone()),
+        };
+        let plan = RunPlan {
+            tables: config.tables().cloned().collect(),
+            force_full: false,
+            max_workers: 2,
+            phases: pipeline::Phases {
+                extract: true,
+                load: true,
+            },
+        };
+        pipeline::run(&ctx, plan).await.unwrap()
+    }
+
+    /// Asserts the replica table equals the source table, value by value.
+    pub async fn assert_replica_same(&self, table: &str, key: &[&str]) {
+        let fetch = |settings: MySqlSettings| async move {
+            let mut conn = my::connect(&settings).await.unwrap();
+            let sql = format!(
+                "SELECT * FROM {} ORDER BY {}",
+                ident::mysql(table),
+                ident::mysql_list(key.iter().copied())
+            );
+            let rows: Vec<Row> = conn.exec(sql, ()).await.unwrap();
+            rows.into_iter()
+                .map(Row::unwrap)
+                .collect::<Vec<Vec<Value>>>()
+        };
+        let source = fetch(self.source.clone()).await;
+        let replica = fetch(self.ctx.replica.clone()).await;
+        assert_eq!(
+            source.len(),
+            replica.len(),
+            "{table}: {} rows at the source, {} in the replica",
+            source.len(),
+            replica.len()
+        );
+        for (i, (s, r)) in source.iter().zip(&replica).enumerate() {
+            assert_eq!(s, r, "{table}: row {i} differs between source and replica");
+        }
+    }
+}
+
+async fn exec(settings: &MySqlSettings, statements: &[&str]) {
+    let mut conn = my::connect(settings).await.unwrap();
+    conn.query_drop("SET SESSION sql_mode = ''").await.unwrap();
+    for sql in statements {
+        conn.query_drop(*sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+impl TestDb {
     /// A warehouse connection.
     pub async fn pg(&self) -> tokio_postgres::Client {
         pg::connect(&self.ctx.warehouse).await.unwrap()

@@ -1,0 +1,349 @@
+//! The extract phase and the two-hop run: a source database ("the clinic")
+//! and a replica on the real MariaDB, the warehouse on PostgreSQL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestDb;
+use etl_pipeline::ErrorKind;
+use etl_pipeline::config::{SslMode, Strategy, TablesConfig};
+use mysql_async::prelude::Queryable;
+
+const VISIT: &str = "CREATE TABLE `visit` (
+  `VisitNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  `PatNum` bigint NOT NULL,
+  `Note` varchar(100) NOT NULL DEFAULT '',
+  `Fee` double NOT NULL DEFAULT 0,
+  `VisitDate` date NOT NULL DEFAULT '0000-00-00',
+  `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,
+  KEY `DateTStamp` (`DateTStamp`)
+) ENGINE=InnoDB DEFAULT CHARSET=latin1";
+
+const SECURITYLOG: &str = "CREATE TABLE `securitylog` (
+  `SecurityLogNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  `PermType` tinyint(3) unsigned NOT NULL DEFAULT 0,
+  `LogDateTime` datetime NOT NULL DEFAULT '0000-00-00 00:00:00',
+  `LogText` text
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
+
+fn config(batch: u32) -> TablesConfig {
+    TablesConfig::parse(&format!(
+        "tables:\n  visit:\n    extraction_strategy: incremental\n    incremental_columns: [DateTStamp]\n    \
+         primary_incremental_column: DateTStamp\n    primary_key: VisitNum\n    batch_size: {batch}\n    lookback_seconds: 0\n  \
+         securitylog:\n    extraction_strategy: incremental_chunked\n    incremental_columns: [SecurityLogNum]\n    \
+         primary_incremental_column: SecurityLogNum\n    primary_key: SecurityLogNum\n    batch_size: {batch}\n    lookback_keys: 0\n"
+    ))
+    .unwrap()
+}
+
+fn fill_visits(rows: u32) -> String {
+    format!(
+        "INSERT INTO `visit` (`PatNum`, `Note`, `Fee`, `VisitDate`, `DateTStamp`) \
+         SELECT seq % 977, CONCAT('café visit ', seq), seq / 4, IF(seq % 10 = 0, '0000-00-00', '2020-01-01' + INTERVAL seq % 900 DAY), \
+         '2024-01-01 00:00:00' + INTERVAL (seq DIV 5) SECOND FROM seq_1_to_{rows}"
+    )
+}
+
+async fn assert_all_same(db: &TestDb) {
+    db.assert_replica_same("visit", &["VisitNum"]).await;
+    db.assert_same("visit", &["VisitNum"]).await;
+    db.assert_replica_same("securitylog", &["SecurityLogNum"])
+        .await;
+    db.assert_same("securitylog", &["SecurityLogNum"]).await;
+}
+
+fn report<'a>(
+    run: &'a etl_pipeline::pipeline::RunReport,
+    table: &str,
+    phase: &str,
+) -> &'a etl_pipeline::load::TableReport {
+    run.outcome(table, phase)
+        .unwrap_or_else(|| panic!("no {phase} outcome for {table}"))
+        .result
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{table} {phase}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hop_runs_keep_the_warehouse_equal_to_the_source() {
+    let db = TestDb::new("two_hop").await;
+    db.source_sql(&[
+        VISIT,
+        &fill_visits(2000),
+        SECURITYLOG,
+        "INSERT INTO `securitylog` (`PermType`, `LogDateTime`, `LogText`) SELECT seq % 200, NOW(), CONCAT('log ', seq) FROM seq_1_to_1500",
+    ])
+    .await;
+    let cfg = config(300);
+    let first = db.run_two_hop(&cfg, None).await;
+    assert!(first.succeeded(), "{first:?}");
+    assert_eq!(
+        report(&first, "visit", "extract").decision.strategy,
+        Strategy::Full
+    );
+    assert_all_same(&db).await;
+
+    // Updates, inserts, and rows landing on the watermark's own second.
+    db.source_sql(&[
+        "UPDATE `visit` SET `Fee` = `Fee` + 1, `DateTStamp` = '2024-06-01 10:00:00' WHERE `VisitNum` % 50 = 0",
+        "UPDATE `visit` SET `Note` = 'same second, lower key', `DateTStamp` = '2024-01-01 00:06:40' WHERE `VisitNum` = 3",
+        "INSERT INTO `visit` (`PatNum`, `Note`, `DateTStamp`) SELECT seq, 'tied', '2024-06-01 10:00:00' FROM seq_1_to_700",
+        "INSERT INTO `securitylog` (`PermType`, `LogDateTime`, `LogText`) SELECT 1, NOW(), 'new' FROM seq_1_to_120",
+    ])
+    .await;
+    let second = db.run_two_hop(&cfg, None).await;
+    assert!(second.succeeded(), "{second:?}");
+    let visit = report(&second, "visit", "extract");
+    assert!(
+        matches!(visit.decision.strategy, Strategy::Incremental { .. }),
+        "{:?}",
+        visit.decision
+    );
+    assert_eq!((visit.rows_inserted, visit.rows_updated), (700, 41));
+    let log = report(&second, "securitylog", "extract");
+    assert_eq!(log.rows_inserted, 120);
+    assert!(
+        log.rows_read <= 121,
+        "append-only: only new keys are read, read {}",
+        log.rows_read
+    );
+    assert_all_same(&db).await;
+    let copy_status: (String, String, String) = {
+        let mut conn = etl_pipeline::mysql::connect(&db.ctx.replica).await.unwrap();
+        conn.query_first(
+            "SELECT `copy_status`, `primary_column_name`, `last_primary_value` FROM `etl_copy_status` WHERE `table_name` = 'visit'",
+        )
+        .await
+        .unwrap()
+        .unwrap()
+    };
+    assert_eq!(
+        copy_status,
+        (
+            "success".into(),
+            "DateTStamp".into(),
+            "2024-06-01 10:00:00".into()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_drift_at_the_source_reaches_the_replica_and_the_warehouse() {
+    let db = TestDb::new("two_hop_drift").await;
+    db.source_sql(&[VISIT, &fill_visits(500), SECURITYLOG])
+        .await;
+    let cfg = config(1000);
+    assert!(db.run_two_hop(&cfg, None).await.succeeded());
+    db.source_sql(&[
+        "ALTER TABLE `visit` ADD COLUMN `Priority` tinyint(4) NOT NULL DEFAULT 2, MODIFY `Note` varchar(200) NOT NULL DEFAULT ''",
+        "UPDATE `visit` SET `Note` = REPEAT('long note ', 15) WHERE `VisitNum` = 8",
+    ])
+    .await;
+    let run = db.run_two_hop(&cfg, None).await;
+    assert!(run.succeeded(), "{run:?}");
+    let extract = report(&run, "visit", "extract");
+    assert_eq!(extract.decision.strategy, Strategy::Full);
+    assert!(
+        extract
+            .warnings
+            .iter()
+            .any(|w| w.contains("added [Priority]")
+                && w.contains("Note (varchar(100) → varchar(200))")),
+        "{:?}",
+        extract.warnings
+    );
+    assert_all_same(&db).await;
+    let types = db.pg_types("visit").await;
+    assert_eq!(types["Priority"], "smallint");
+    assert_eq!(types["Note"], "character varying(200)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_whose_connection_is_killed_resumes_after_the_last_committed_page() {
+    let db = TestDb::new("two_hop_killed").await;
+    db.source_sql(&[VISIT, &fill_visits(200_000), SECURITYLOG])
+        .await;
+    let cfg = config(2000);
+    let source_db = db.source.database.clone();
+    let replica_db = db.ctx.replica.database.clone();
+    let admin = db.mysql_admin.clone();
+    let killer = tokio::spawn(async move {
+        let mut conn = etl_pipeline::mysql::connect(&admin).await.unwrap();
+        for _ in 0..20_000 {
+            let copied: Option<u64> = conn
+                .query_first(format!(
+                    "SELECT COUNT(*) FROM `{replica_db}`.`visit__etl_shadow`"
+                ))
+                .await
+                .unwrap_or(None);
+            if copied.unwrap_or(0) >= 20_000 {
+                let ids: Vec<u64> = conn
+                    .exec(
+                        "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND INFO LIKE 'SELECT %`visit`%'",
+                        (source_db.as_str(),),
+                    )
+                    .await
+                    .unwrap();
+                if let Some(id) = ids.first() {
+                    conn.query_drop(format!("KILL CONNECTION {id}"))
+                        .await
+                        .unwrap();
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        false
+    });
+    let run = db.run_two_hop(&cfg, None).await;
+    assert!(
+        killer.await.unwrap(),
+        "the copy's source connection was never seen"
+    );
+    let extract = report(&run, "visit", "extract");
+    let resumed = extract
+        .warnings
+        .iter()
+        .find_map(|w| {
+            w.strip_prefix("resumed after ")
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .unwrap_or_else(|| panic!("no resume: {:?}", extract.warnings));
+    assert!(resumed >= 20_000, "resumed after {resumed} rows");
+    assert_eq!(
+        extract.rows_read,
+        200_000 - resumed,
+        "no page was read twice"
+    );
+    assert_all_same(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_select_only_source_user_is_enough() {
+    let db = TestDb::new("two_hop_readonly").await;
+    db.source_sql(&[VISIT, &fill_visits(300), SECURITYLOG])
+        .await;
+    let user = "etl_t_reader";
+    let grant = format!("GRANT SELECT ON `{}`.* TO '{user}'@'%'", db.source.database);
+    db.source_sql(&[
+        &format!("DROP USER IF EXISTS '{user}'@'%'"),
+        &format!("CREATE USER '{user}'@'%' IDENTIFIED BY 'read-only-pw'"),
+        &grant,
+    ])
+    .await;
+    let mut reader = db.source.clone();
+    reader.user = user.into();
+    reader.password = etl_pipeline::config::Secret::new("read-only-pw");
+    // The user cannot write: any write by the tool would fail the run.
+    let mut conn = etl_pipeline::mysql::connect(&reader).await.unwrap();
+    let denied = conn
+        .query_drop("DELETE FROM `visit` WHERE `VisitNum` = 1")
+        .await;
+    assert!(denied.is_err());
+    drop(conn);
+    let ctx = etl_pipeline::pipeline::RunContext {
+        extract: Some(etl_pipeline::extract::ExtractContext {
+            source: reader,
+            ..db.extract_ctx(None)
+        }),
+        load: Some(db.ctx.clone()),
+        warehouse: Some(db.ctx.warehouse.clone()),
+    };
+    let plan = etl_pipeline::pipeline::RunPlan {
+        tables: config(100).tables().cloned().collect(),
+        force_full: false,
+        max_workers: 2,
+        phases: etl_pipeline::pipeline::Phases {
+            extract: true,
+            load: true,
+        },
+    };
+    for _ in 0..2 {
+        let run = etl_pipeline::pipeline::run(&ctx, plan.clone())
+            .await
+            .unwrap();
+        assert!(run.succeeded(), "{run:?}");
+    }
+    assert_all_same(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_required_against_a_server_without_tls_fails_clearly() {
+    let db = TestDb::new("two_hop_tls").await;
+    let mut source = db.source.clone();
+    source.ssl_mode = SslMode::Required;
+    let err = etl_pipeline::mysql::connect(&source).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Access);
+    assert!(err.to_string().contains("does not offer TLS"), "{err}");
+    source.ssl_mode = SslMode::Preferred;
+    assert!(
+        etl_pipeline::mysql::connect(&source).await.is_ok(),
+        "preferred falls back to plain TCP"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_holds_the_copy_to_its_rows_per_second() {
+    let db = TestDb::new("two_hop_rate").await;
+    db.source_sql(&[VISIT, &fill_visits(3000), SECURITYLOG])
+        .await;
+    let started = Instant::now();
+    let run = db.run_two_hop(&config(500), Some(1000)).await;
+    assert!(run.succeeded(), "{run:?}");
+    // 3,000 rows at 1,000 rows/s, the first page free: at least 2.5 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(2400),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_all_same(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_mode_loads_the_warehouse_straight_from_the_source() {
+    let db = TestDb::new("direct_mode").await;
+    db.source_sql(&[VISIT, &fill_visits(800), SECURITYLOG])
+        .await;
+    let load = etl_pipeline::load::LoadContext {
+        replica: db.source.clone(),
+        ..db.ctx.clone()
+    };
+    let ctx = etl_pipeline::pipeline::RunContext::load_only(load);
+    let plan = etl_pipeline::pipeline::RunPlan {
+        tables: config(300).tables().cloned().collect(),
+        force_full: false,
+        max_workers: 2,
+        phases: etl_pipeline::pipeline::Phases {
+            extract: true,
+            load: true,
+        },
+    };
+    let err = etl_pipeline::pipeline::run(&ctx, plan.clone())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("direct"), "{err}");
+    let plan = etl_pipeline::pipeline::RunPlan {
+        phases: etl_pipeline::pipeline::Phases {
+            extract: false,
+            load: true,
+        },
+        ..plan
+    };
+    let run = etl_pipeline::pipeline::run(&ctx, plan).await.unwrap();
+    assert!(run.succeeded(), "{run:?}");
+    let mut conn = etl_pipeline::mysql::connect(&db.ctx.replica).await.unwrap();
+    let tables: Vec<String> = conn.query("SHOW TABLES").await.unwrap();
+    assert!(
+        !tables.contains(&"visit".to_string()),
+        "nothing was copied into the replica"
+    );
+    let client = db.pg().await;
+    let n: i64 = client
+        .query_one("select count(*) from raw.visit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 800);
+}

@@ -34,8 +34,9 @@ use crate::tracking::{self, Progress, StoredWatermark};
 const MAX_STATEMENT_BYTES: usize = 4 * 1024 * 1024;
 /// MySQL's limit on placeholders in one prepared statement.
 const MAX_PLACEHOLDERS: usize = 65_535;
-/// A full copy's batch is cut at this many bytes too (wide rows).
-const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// A copy's batch is cut at this many bytes of held values too, so memory
+/// stays bounded whatever the row width or `batch_size`.
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Both sessions read and write `timestamp` values in UTC, so servers in
 /// different time zones exchange them unchanged.
 const SESSION_SETUP: [&str; 2] = [
@@ -81,11 +82,14 @@ struct RowEncoder {
     bytes: usize,
 }
 
+/// Memory a held value takes: the enum, plus the heap block of a byte string
+/// with the allocator's overhead.
 fn value_size(v: &Value) -> usize {
-    match v {
-        Value::Bytes(b) => b.len() + 8,
-        _ => 16,
-    }
+    let heap = match v {
+        Value::Bytes(b) => b.capacity() + 16,
+        _ => 0,
+    };
+    std::mem::size_of::<Value>() + heap
 }
 
 impl Encoder for RowEncoder {
@@ -108,8 +112,37 @@ impl Encoder for RowEncoder {
     }
 }
 
+/// Rows per `INSERT` statement at most (fewer when the row is wide).
+const MAX_STATEMENT_ROWS: usize = 512;
+
+/// Splits `sizes` (bytes per row) into statement chunks. Every chunk is a
+/// power of two rows, so a table's statements take at most ten shapes: each
+/// prepared shape is cached with one parameter definition per placeholder,
+/// and a new shape per batch would fill memory with them. A chunk stays
+/// within [`MAX_PLACEHOLDERS`] and [`MAX_STATEMENT_BYTES`] (or is one row).
+fn statement_chunks(sizes: &[usize], columns: usize) -> Vec<usize> {
+    let cap = MAX_STATEMENT_ROWS
+        .min(MAX_PLACEHOLDERS / columns.max(1))
+        .max(1);
+    let largest = 1usize << (usize::BITS - 1 - cap.leading_zeros());
+    let mut chunks = Vec::new();
+    let mut at = 0;
+    while at < sizes.len() {
+        let mut n = largest;
+        while n > 1
+            && (at + n > sizes.len()
+                || sizes[at..at + n].iter().sum::<usize>() > MAX_STATEMENT_BYTES)
+        {
+            n /= 2;
+        }
+        chunks.push(n);
+        at += n;
+    }
+    chunks
+}
+
 /// Inserts rows in statements of bounded size; `upsert` turns duplicates
-/// into updates. Returns (inserted, updated) as MySQL counts them.
+/// into updates. Returns (inserted, updated).
 async fn insert_rows(
     conn: &mut impl Queryable,
     table: &str,
@@ -119,7 +152,6 @@ async fn insert_rows(
     upsert: bool,
 ) -> Result<(u64, u64)> {
     let per_row = columns.len().max(1);
-    let max_rows = (MAX_PLACEHOLDERS / per_row).max(1);
     let names = ident::mysql_list(columns.iter().map(String::as_str));
     let tail = if upsert {
         let non_key: Vec<&String> = columns.iter().filter(|c| !key.contains(c)).collect();
@@ -138,41 +170,32 @@ async fn insert_rows(
         String::new()
     };
     let row_marks = format!("({})", vec!["?"; per_row].join(", "));
+    let sizes: Vec<usize> = rows
+        .iter()
+        .map(|r| r.iter().map(value_size).sum())
+        .collect();
     let (mut inserted, mut updated) = (0u64, 0u64);
-    let mut pending: Vec<Value> = Vec::new();
-    let mut pending_rows = 0usize;
-    let mut pending_bytes = 0usize;
-    let mut iter = rows.into_iter().peekable();
-    while let Some(row) = iter.next() {
-        pending_bytes += row.iter().map(value_size).sum::<usize>();
-        pending.extend(row);
-        pending_rows += 1;
-        let last = iter.peek().is_none();
-        if last || pending_rows >= max_rows || pending_bytes >= MAX_STATEMENT_BYTES {
-            let sql = format!(
-                "INSERT INTO {} ({names}) VALUES {}{tail}",
-                ident::mysql(table),
-                vec![row_marks.as_str(); pending_rows].join(", ")
-            );
-            let err = |e| Error::mysql(format!("writing rows into replica table `{table}`"), e);
-            let result = conn
-                .exec_iter(sql, std::mem::take(&mut pending))
-                .await
-                .map_err(err)?;
-            let affected = result.affected_rows();
-            let info = result.info().into_owned();
-            result.drop_result().await.map_err(err)?;
-            let rows = u64::try_from(pending_rows).unwrap_or(u64::MAX);
-            let (i, u) = if upsert {
-                upsert_counts(rows, affected, &info)
-            } else {
-                (affected, 0)
-            };
-            inserted += i;
-            updated += u;
-            pending_rows = 0;
-            pending_bytes = 0;
-        }
+    let mut rows = rows.into_iter();
+    for chunk in statement_chunks(&sizes, per_row) {
+        let params: Vec<Value> = rows.by_ref().take(chunk).flatten().collect();
+        let sql = format!(
+            "INSERT INTO {} ({names}) VALUES {}{tail}",
+            ident::mysql(table),
+            vec![row_marks.as_str(); chunk].join(", ")
+        );
+        let err = |e| Error::mysql(format!("writing rows into replica table `{table}`"), e);
+        let result = conn.exec_iter(sql, params).await.map_err(err)?;
+        let affected = result.affected_rows();
+        let info = result.info().into_owned();
+        result.drop_result().await.map_err(err)?;
+        let count = u64::try_from(chunk).unwrap_or(u64::MAX);
+        let (i, u) = if upsert {
+            upsert_counts(count, affected, &info)
+        } else {
+            (affected, 0)
+        };
+        inserted += i;
+        updated += u;
     }
     Ok((inserted, updated))
 }
@@ -636,6 +659,18 @@ mod tests {
             primary_key: key.iter().map(|k| k.to_string()).collect(),
             indexed_first_columns: Vec::new(),
         }
+    }
+
+    #[test]
+    fn statements_come_in_few_power_of_two_shapes() {
+        let chunks = statement_chunks(&[100; 1500], 25);
+        assert_eq!(chunks, vec![512, 512, 256, 128, 64, 16, 8, 4]);
+        assert_eq!(chunks.iter().sum::<usize>(), 1500);
+        // 70 columns: 65,535 placeholders allow 936 rows, capped at 512.
+        assert_eq!(statement_chunks(&[10; 600], 70)[0], 512);
+        // Wide rows: 3 MiB each fit one per statement.
+        assert_eq!(statement_chunks(&[3 << 20; 3], 5), vec![1, 1, 1]);
+        assert!(statement_chunks(&[], 5).is_empty());
     }
 
     #[test]

@@ -315,29 +315,38 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 }
             }
             if lines.is_empty() {
-                println!("no table has been loaded yet; run `etl-pipeline run --phase load --all`");
+                println!("no table has been loaded yet; run `etl-pipeline run --all`");
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate => {
             let config = TablesConfig::load(&cli.tables)?;
             let env = Env::load(cli.env_file.as_deref())?;
-            let replica = env.replica()?;
+            let mode = env.mode()?;
             let warehouse = env.warehouse()?;
             println!("{}: {} table(s), valid", cli.tables.display(), config.len());
-            println!("environment {}:", env.environment().name());
-            println!("  replica    {}", my::describe(&replica));
+            println!("environment {}, mode {mode:?}:", env.environment().name());
+            if mode == Mode::Replica {
+                println!("  replica    {}", my::describe(&env.replica()?));
+            }
             println!(
                 "  warehouse  {} (schema {})",
                 pg::describe(&warehouse),
                 warehouse.schema
             );
             match env.source() {
-                Ok(source) => println!("  source     {}", my::describe(&source)),
+                Ok(source) => println!(
+                    "  source     {} (TLS {:?})",
+                    my::describe(&source),
+                    source.ssl_mode
+                ),
+                Err(e) if mode == Mode::Direct => return Err(e),
                 Err(e) => {
                     println!("  source     not configured (needed by the extract phase): {e}")
                 }
             }
+            env.source_max_rows_per_second()?;
+            env.source_max_connections()?;
             Ok(ExitCode::SUCCESS)
         }
         Command::TestConnections => {

@@ -177,20 +177,10 @@ async fn a_copy_whose_connection_is_killed_resumes_after_the_last_committed_page
                 ))
                 .await
                 .unwrap_or(None);
-            if copied.unwrap_or(0) >= 20_000 {
-                let ids: Vec<u64> = conn
-                    .exec(
-                        "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND INFO LIKE 'SELECT %`visit`%'",
-                        (source_db.as_str(),),
-                    )
-                    .await
-                    .unwrap();
-                if let Some(id) = ids.first() {
-                    conn.query_drop(format!("KILL CONNECTION {id}"))
-                        .await
-                        .unwrap();
-                    return true;
-                }
+            if copied.unwrap_or(0) >= 20_000
+                && common::kill_reader_of(&mut conn, &source_db, "visit").await
+            {
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }

@@ -519,20 +519,9 @@ async fn a_dropped_mysql_connection_is_retried_and_the_load_converges() {
     let killer = {
         let admin = db.mysql_admin.clone();
         tokio::spawn(async move {
-            use mysql_async::prelude::Queryable;
             let mut conn = etl_pipeline::mysql::connect(&admin).await.unwrap();
             for _ in 0..4000 {
-                let ids: Vec<u64> = conn
-                    .exec(
-                        "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND INFO LIKE 'SELECT %`stamped`%'",
-                        (database.as_str(),),
-                    )
-                    .await
-                    .unwrap();
-                if let Some(id) = ids.first() {
-                    conn.query_drop(format!("KILL CONNECTION {id}"))
-                        .await
-                        .unwrap();
+                if common::kill_reader_of(&mut conn, &database, "stamped").await {
                     return true;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;

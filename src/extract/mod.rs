@@ -524,12 +524,7 @@ async fn full_copy(
             });
         }
     }
-    reader.await.map_err(|e| {
-        Error::new(
-            ErrorKind::Interrupted,
-            format!("the reader of `{}` stopped: {e}", cfg.name),
-        )
-    })?;
+    my::finish_reader(reader, &cfg.name).await?;
     let real = ident::mysql(&cfg.name);
     let retired = ident::mysql(&retired_name(&cfg.name));
     let swap = if table_exists(&mut replica, &job.ctx.replica.database, &cfg.name).await? {
@@ -616,12 +611,7 @@ async fn incremental_copy(
         report.rows_inserted += inserted;
         report.rows_updated += updated;
     }
-    reader.await.map_err(|e| {
-        Error::new(
-            ErrorKind::Interrupted,
-            format!("the reader of `{}` stopped: {e}", cfg.name),
-        )
-    })?;
+    my::finish_reader(reader, &cfg.name).await?;
     let progress = progress_of(
         &marks,
         report.rows_inserted + report.rows_updated,
@@ -629,12 +619,7 @@ async fn incremental_copy(
     );
     tracking::save_copy_progress(&mut replica, &cfg.name, &progress).await?;
     report.watermark_end = incremental::describe_marks(&progress.watermarks);
-    if report.rows_outside_bounds > 0 {
-        report.warnings.push(format!(
-            "{} row(s) have a watermark value outside the quality bounds; they are re-read every run",
-            report.rows_outside_bounds
-        ));
-    }
+    report.note_outside_bounds();
     Ok(())
 }
 

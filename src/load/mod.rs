@@ -63,6 +63,16 @@ pub struct TableReport {
 }
 
 impl TableReport {
+    /// Warns when rows outside the quality bounds were re-read.
+    pub fn note_outside_bounds(&mut self) {
+        if self.rows_outside_bounds > 0 {
+            self.warnings.push(format!(
+                "{} row(s) have a watermark value outside the quality bounds; they are re-read every run",
+                self.rows_outside_bounds
+            ));
+        }
+    }
+
     /// Rows read per second of wall time.
     pub fn rows_per_second(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
@@ -481,12 +491,7 @@ async fn full_load(
         copy.send(batch.payload).await?;
     }
     let copied = copy.finish().await?;
-    let mut mysql = reader.await.map_err(|e| {
-        Error::new(
-            ErrorKind::Interrupted,
-            format!("the reader of `{}` stopped: {e}", cfg.name),
-        )
-    })?;
+    let mut mysql = my::finish_reader(reader, &cfg.name).await?;
     my::end_snapshot(&mut mysql).await?;
     if copied != report.rows_read {
         return Err(Error::new(
@@ -620,12 +625,7 @@ async fn incremental_load(
         report.rows_updated += updated;
         add_zero_dates(&mut report.zero_dates, &prepared.plan, &batch.zero_dates);
     }
-    reader.await.map_err(|e| {
-        Error::new(
-            ErrorKind::Interrupted,
-            format!("the reader of `{}` stopped: {e}", cfg.name),
-        )
-    })?;
+    my::finish_reader(reader, &cfg.name).await?;
     let progress = progress_of(
         &marks,
         report.rows_inserted + report.rows_updated,
@@ -633,11 +633,6 @@ async fn incremental_load(
     );
     tracking::save_progress(&*client, schema, &cfg.name, &progress).await?;
     report.watermark_end = incremental::describe_marks(&progress.watermarks);
-    if report.rows_outside_bounds > 0 {
-        report.warnings.push(format!(
-            "{} row(s) have a watermark value outside the quality bounds; they are re-read every run",
-            report.rows_outside_bounds
-        ));
-    }
+    report.note_outside_bounds();
     Ok(())
 }

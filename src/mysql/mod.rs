@@ -7,7 +7,8 @@ mod stream;
 pub use catalog::{SourceColumn, SourceTable, describe_table, profile_columns};
 pub use reader::{Bound, ReadRange, page_query, server_now_plus_day, upper_bound};
 pub use stream::{
-    Batch, CHANNEL_BATCHES, Encoder, Pass, RateLimit, ReadJob, ReadSpec, spawn_reader,
+    Batch, CHANNEL_BATCHES, Encoder, Pass, RateLimit, ReadJob, ReadSpec, finish_reader,
+    spawn_reader,
 };
 
 use std::time::Duration;

@@ -278,3 +278,13 @@ pub fn spawn_reader<E: Encoder>(
     });
     (rx, handle)
 }
+
+/// Waits for a reader task to end and takes its connection back.
+pub async fn finish_reader(handle: tokio::task::JoinHandle<Conn>, table: &str) -> Result<Conn> {
+    handle.await.map_err(|e| {
+        Error::new(
+            ErrorKind::Interrupted,
+            format!("the reader of `{table}` stopped: {e}"),
+        )
+    })
+}

@@ -529,3 +529,25 @@ pub fn binary() -> std::process::Command {
     }
     cmd
 }
+
+/// Kills the connection running a `SELECT` on `table` in `database`, if one
+/// is running now; says whether it found one.
+pub async fn kill_reader_of(conn: &mut mysql_async::Conn, database: &str, table: &str) -> bool {
+    let pattern = format!("SELECT %`{table}`%");
+    let ids: Vec<u64> = conn
+        .exec(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND INFO LIKE ?",
+            (database, pattern.as_str()),
+        )
+        .await
+        .unwrap();
+    match ids.first() {
+        Some(id) => {
+            conn.query_drop(format!("KILL CONNECTION {id}"))
+                .await
+                .unwrap();
+            true
+        }
+        None => false,
+    }
+}

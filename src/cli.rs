@@ -19,7 +19,10 @@ use crate::error::{Error, ErrorKind, Result, chain};
 use crate::extract::ExtractContext;
 use crate::load::LoadContext;
 use crate::mysql::RateLimit;
-use crate::pipeline::{self, DEFAULT_MAX_WORKERS, Phases, RunContext, RunPlan, render_summary};
+use crate::pipeline::{
+    self, DEFAULT_MAX_WORKERS, IfLocked, Phases, RunContext, RunPlan, render_summary,
+};
+use crate::shutdown::{self, Stop};
 use crate::{mysql as my, postgres as pg, tracking};
 
 /// Keeps a PostgreSQL analytics warehouse in step with an OpenDental MySQL/MariaDB database.
@@ -81,6 +84,15 @@ impl Phase {
     }
 }
 
+/// `--if-locked`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LockChoice {
+    /// Leave the table to the other run (not a failure).
+    Skip,
+    /// Wait for the other run to finish the table.
+    Wait,
+}
+
 /// Arguments of `run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -104,6 +116,9 @@ pub struct RunArgs {
     /// Tables loaded at once.
     #[arg(long, default_value_t = DEFAULT_MAX_WORKERS, value_parser = parse_workers)]
     pub max_workers: usize,
+    /// What to do with a table another run is processing.
+    #[arg(long, value_enum, default_value = "skip")]
+    pub if_locked: LockChoice,
     /// Rows per second read from the source, across all tables (default:
     /// OPENDENTAL_SOURCE_MAX_ROWS_PER_SECOND, else unlimited).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -158,19 +173,60 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_CONFIG: u8 = 2;
 /// Exit code when the tracking tables are missing.
 pub const EXIT_NOT_INITIALIZED: u8 = 3;
+/// Exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Turns the first Ctrl-C or SIGTERM into a stop request (tables finish
+/// the batch in hand and commit) and the second into an immediate exit.
+fn stop_on_signals() -> Stop {
+    let (handle, stop) = shutdown::channel();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "SIGTERM cannot be watched");
+                    return;
+                }
+            };
+        let mut asked = false;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if asked {
+                eprintln!("stopping now");
+                std::process::exit(i32::from(EXIT_INTERRUPTED));
+            }
+            asked = true;
+            eprintln!(
+                "stopping after the batches in hand are committed (signal again to stop at once)"
+            );
+            handle.request();
+        }
+    });
+    stop
+}
 
 /// The exit code for an error that stopped a command.
 pub fn exit_code(err: &Error) -> ExitCode {
     ExitCode::from(match err.kind() {
         ErrorKind::Config => EXIT_CONFIG,
         ErrorKind::NotInitialized => EXIT_NOT_INITIALIZED,
+        ErrorKind::Interrupted => EXIT_INTERRUPTED,
         _ => EXIT_FAILED,
     })
 }
 
 /// The databases a run with these phases needs, read from the environment
 /// (only the variables those databases need).
-fn run_context(env: &Env, phases: Phases, max_rows_per_second: Option<u32>) -> Result<RunContext> {
+fn run_context(
+    env: &Env,
+    phases: Phases,
+    max_rows_per_second: Option<u32>,
+    stop: Stop,
+) -> Result<RunContext> {
     let mode = env.mode()?;
     let rate = match max_rows_per_second {
         Some(n) => Some(n),
@@ -199,6 +255,7 @@ fn run_context(env: &Env, phases: Phases, max_rows_per_second: Option<u32>) -> R
                     rate,
                 }),
                 warehouse,
+                stop,
             })
         }
         Mode::Replica => {
@@ -224,6 +281,7 @@ fn run_context(env: &Env, phases: Phases, max_rows_per_second: Option<u32>) -> R
                         rate: None,
                     }),
                 warehouse,
+                stop,
             })
         }
     }
@@ -277,7 +335,11 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             let tables = pipeline::select_tables(&config, &args.table, args.all)?;
             let env = Env::load(cli.env_file.as_deref())?;
             let phases = args.phase.phases();
-            let ctx = run_context(&env, phases, args.max_rows_per_second)?;
+            let ctx = run_context(&env, phases, args.max_rows_per_second, stop_on_signals())?;
+            let if_locked = match args.if_locked {
+                LockChoice::Skip => IfLocked::Skip,
+                LockChoice::Wait => IfLocked::Wait,
+            };
             let report = pipeline::run(
                 &ctx,
                 RunPlan {
@@ -285,11 +347,14 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                     force_full: args.force_full,
                     max_workers: args.max_workers,
                     phases,
+                    if_locked,
                 },
             )
             .await?;
             print!("{}", render_summary(&report));
-            Ok(if report.succeeded() {
+            Ok(if report.interrupted() {
+                ExitCode::from(EXIT_INTERRUPTED)
+            } else if report.succeeded() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_FAILED)

@@ -18,8 +18,11 @@ use crate::config::{
 use crate::error::{Error, Result};
 use crate::extract::ExtractContext;
 use crate::load::LoadContext;
-use crate::pipeline::{self, DEFAULT_MAX_WORKERS, Phases, RunContext, RunPlan, render_summary};
+use crate::pipeline::{
+    self, DEFAULT_MAX_WORKERS, IfLocked, Phases, RunContext, RunPlan, render_summary,
+};
 use crate::schema::ident;
+use crate::shutdown::Stop;
 use crate::{mysql as my, postgres as pg};
 
 /// Where the demo puts its data and files.
@@ -305,6 +308,7 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
             rate: None,
         }),
         warehouse: Some(warehouse),
+        stop: Stop::never(),
     };
     let config = TablesConfig::parse(DEMO_TABLES_YML)?;
     let plan = RunPlan {
@@ -315,6 +319,7 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
             extract: true,
             load: true,
         },
+        if_locked: IfLocked::Skip,
     };
     println!("\n1. first run (source → replica → warehouse, in full):");
     let first = pipeline::run(&ctx, plan.clone()).await?;

@@ -29,6 +29,8 @@ pub enum ErrorKind {
     Database,
     /// The run was interrupted before it finished.
     Interrupted,
+    /// Another run holds the table; it was skipped.
+    Busy,
 }
 
 impl ErrorKind {

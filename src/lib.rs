@@ -12,6 +12,7 @@ pub mod mysql;
 pub mod pipeline;
 pub mod postgres;
 pub mod schema;
+pub mod shutdown;
 pub mod tracking;
 
 pub use error::{Error, ErrorKind, Result};

@@ -240,6 +240,7 @@ async fn a_select_only_source_user_is_enough() {
         }),
         load: Some(db.ctx.clone()),
         warehouse: Some(db.ctx.warehouse.clone()),
+        stop: Default::default(),
     };
     let plan = etl_pipeline::pipeline::RunPlan {
         tables: config(100).tables().cloned().collect(),
@@ -249,6 +250,7 @@ async fn a_select_only_source_user_is_enough() {
             extract: true,
             load: true,
         },
+        if_locked: Default::default(),
     };
     for _ in 0..2 {
         let run = etl_pipeline::pipeline::run(&ctx, plan.clone())
@@ -309,6 +311,7 @@ async fn direct_mode_loads_the_warehouse_straight_from_the_source() {
             extract: true,
             load: true,
         },
+        if_locked: Default::default(),
     };
     let err = etl_pipeline::pipeline::run(&ctx, plan.clone())
         .await
@@ -319,6 +322,7 @@ async fn direct_mode_loads_the_warehouse_straight_from_the_source() {
             extract: false,
             load: true,
         },
+        if_locked: Default::default(),
         ..plan
     };
     let run = etl_pipeline::pipeline::run(&ctx, plan).await.unwrap();

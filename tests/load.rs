@@ -494,6 +494,7 @@ async fn a_run_before_init_says_to_run_init() {
                 extract: false,
                 load: true,
             },
+            if_locked: Default::default(),
         },
     )
     .await

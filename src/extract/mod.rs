@@ -26,6 +26,7 @@ use crate::mysql::{
     self as my, Encoder, Pass, RateLimit, ReadJob, ReadRange, ReadSpec, SourceTable, spawn_reader,
 };
 use crate::schema::ident;
+use crate::shutdown::Stop;
 use crate::tracking::{self, Progress, StoredWatermark};
 
 /// Bytes of values per `INSERT` statement: well under MariaDB's default
@@ -281,6 +282,7 @@ pub async fn copy_table(
     force_full: bool,
     run_id: &str,
     resume: ResumeSlot,
+    stop: &Stop,
 ) -> Result<TableReport> {
     let started = Instant::now();
     let _slot = ctx
@@ -372,6 +374,7 @@ pub async fn copy_table(
         ctx,
         cfg,
         run_id,
+        stop,
         table: &source_table,
         key: &key,
     };
@@ -389,6 +392,7 @@ struct CopyJob<'a> {
     ctx: &'a ExtractContext,
     cfg: &'a TableConfig,
     run_id: &'a str,
+    stop: &'a Stop,
     table: &'a SourceTable,
     key: &'a [String],
 }
@@ -523,6 +527,10 @@ async fn full_copy(
                 rows: copied,
             });
         }
+        job.stop.check(
+            &cfg.name,
+            "during its full copy (the replica keeps its previous copy)",
+        )?;
     }
     my::finish_reader(reader, &cfg.name).await?;
     let real = ident::mysql(&cfg.name);
@@ -610,6 +618,10 @@ async fn incremental_copy(
         report.rows_read += batch.rows;
         report.rows_inserted += inserted;
         report.rows_updated += updated;
+        job.stop.check(
+            &cfg.name,
+            &format!("after copying {} rows", report.rows_read),
+        )?;
     }
     my::finish_reader(reader, &cfg.name).await?;
     let progress = progress_of(

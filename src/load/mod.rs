@@ -23,6 +23,7 @@ use crate::incremental::{self, Marks};
 use crate::mysql::{self as my, RateLimit, ReadJob, ReadSpec, SourceTable, spawn_reader};
 use crate::postgres::{self as pg, CopyIn, DestTable};
 use crate::schema::{DataProfile, PgType, ident, is_widening, map_type};
+use crate::shutdown::Stop;
 use crate::tracking::{self, Progress, StoredWatermark};
 
 pub use batch::{CopyEncoder, MAX_BATCH_BYTES, Plan, PlannedColumn};
@@ -42,6 +43,8 @@ pub struct LoadContext {
 pub struct LoadOptions {
     pub force_full: bool,
     pub run_id: String,
+    /// Asked to stop: finish the batch in hand (a full refresh rolls back).
+    pub stop: Stop,
 }
 
 /// What one phase (extract or load) did to a table.
@@ -486,6 +489,8 @@ async fn full_load(
     let mut copy = CopyIn::start(&tx, &copy_sql, &target).await?;
     while let Some(batch) = rx.recv().await {
         let batch = batch?;
+        opts.stop
+            .check(&cfg.name, "during its full refresh, which was rolled back")?;
         report.rows_read += batch.rows;
         add_zero_dates(&mut report.zero_dates, &prepared.plan, &batch.zero_dates);
         copy.send(batch.payload).await?;
@@ -624,6 +629,10 @@ async fn incremental_load(
         report.rows_inserted += inserted;
         report.rows_updated += updated;
         add_zero_dates(&mut report.zero_dates, &prepared.plan, &batch.zero_dates);
+        opts.stop.check(
+            &cfg.name,
+            &format!("after committing {} rows", report.rows_read),
+        )?;
     }
     my::finish_reader(reader, &cfg.name).await?;
     let progress = progress_of(

@@ -17,6 +17,7 @@ use crate::extract::{self, ExtractContext};
 use crate::load::{LoadContext, LoadOptions, TableReport, load_table};
 use crate::postgres as pg;
 use crate::schema::{DateTimeParts, days_since_pg_epoch};
+use crate::shutdown::Stop;
 use crate::tracking::{self, HistoryOutcome};
 
 pub use report::{peak_rss_kib, render_summary};
@@ -39,6 +40,9 @@ pub struct RunContext {
     pub extract: Option<ExtractContext>,
     pub load: Option<LoadContext>,
     pub warehouse: Option<PgSettings>,
+    /// Asked to stop: tables not started are skipped, tables in flight stop
+    /// at their next batch boundary.
+    pub stop: Stop,
 }
 
 impl RunContext {
@@ -48,8 +52,19 @@ impl RunContext {
             warehouse: Some(load.warehouse.clone()),
             extract: None,
             load: Some(load),
+            stop: Stop::never(),
         }
     }
+}
+
+/// What a run does with a table another run is processing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IfLocked {
+    /// Leave it to the other run (reported as skipped; not a failure).
+    #[default]
+    Skip,
+    /// Wait until the other run is done with it.
+    Wait,
 }
 
 /// What one `run` does.
@@ -59,6 +74,7 @@ pub struct RunPlan {
     pub force_full: bool,
     pub max_workers: usize,
     pub phases: Phases,
+    pub if_locked: IfLocked,
 }
 
 /// One table's outcome in one phase.
@@ -79,9 +95,23 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// Whether every requested table succeeded in every phase.
+    /// Whether every requested table succeeded in every phase (tables left
+    /// to a concurrent run count as done).
     pub fn succeeded(&self) -> bool {
-        self.outcomes.iter().all(|o| o.result.is_ok())
+        self.outcomes.iter().all(|o| match &o.result {
+            Ok(_) => true,
+            Err(e) => e.kind() == ErrorKind::Busy,
+        })
+    }
+
+    /// Whether a stop request cut the run short.
+    pub fn interrupted(&self) -> bool {
+        self.outcomes.iter().any(|o| {
+            o.result
+                .as_ref()
+                .err()
+                .is_some_and(|e| e.kind() == ErrorKind::Interrupted)
+        })
     }
 
     /// Rows read over all tables and phases.
@@ -177,6 +207,14 @@ where
     }
 }
 
+/// The status a table that did not finish is recorded with.
+fn failure_status(e: &Error) -> &'static str {
+    match e.kind() {
+        ErrorKind::Interrupted => "interrupted",
+        _ => "failed",
+    }
+}
+
 fn history_outcome(result: &Result<TableReport>) -> HistoryOutcome {
     match result {
         Ok(report) => HistoryOutcome {
@@ -193,7 +231,7 @@ fn history_outcome(result: &Result<TableReport>) -> HistoryOutcome {
             error: None,
         },
         Err(e) => HistoryOutcome {
-            status: "failed".into(),
+            status: failure_status(e).into(),
             error: Some(chain(e)),
             zero_dates: serde_json::json!({}),
             warnings: serde_json::json!([]),
@@ -209,6 +247,7 @@ struct Shared<'a> {
     run_id: &'a str,
     force_full: bool,
     phases: Phases,
+    if_locked: IfLocked,
 }
 
 async fn extract_one(shared: &Shared<'_>, ctx: &ExtractContext, cfg: &TableConfig) -> TableOutcome {
@@ -221,13 +260,20 @@ async fn extract_one(shared: &Shared<'_>, ctx: &ExtractContext, cfg: &TableConfi
     };
     let resume = Arc::new(Mutex::new(None));
     let result = with_retries(&cfg.name, || {
-        extract::copy_table(ctx, cfg, shared.force_full, shared.run_id, resume.clone())
+        extract::copy_table(
+            ctx,
+            cfg,
+            shared.force_full,
+            shared.run_id,
+            resume.clone(),
+            &shared.ctx.stop,
+        )
     })
     .await;
     if let Err(e) = &result {
         tracing::error!(table = %cfg.name, error = %chain(e), "copy failed");
         if let Ok(mut replica) = crate::mysql::connect(&ctx.replica).await {
-            let _ = tracking::mark_copy_status(&mut replica, &cfg.name, "failed").await;
+            let _ = tracking::mark_copy_status(&mut replica, &cfg.name, failure_status(e)).await;
         }
     }
     if let (Some(control), Some(id)) = (shared.control, history) {
@@ -248,6 +294,7 @@ async fn load_one(shared: &Shared<'_>, ctx: &LoadContext, cfg: &TableConfig) -> 
     let opts = LoadOptions {
         force_full: shared.force_full,
         run_id: shared.run_id.to_string(),
+        stop: shared.ctx.stop.clone(),
     };
     let control = shared.control;
     let history = match control {
@@ -265,15 +312,10 @@ async fn load_one(shared: &Shared<'_>, ctx: &LoadContext, cfg: &TableConfig) -> 
     if let Err(e) = &result {
         tracing::error!(table = %cfg.name, error = %chain(e), "load failed");
         if let Some(c) = control {
-            let _ = tracking::mark_status(
-                c,
-                schema,
-                &cfg.name,
-                "failed",
-                Some(&chain(e)),
-                shared.run_id,
-            )
-            .await;
+            let status = failure_status(e);
+            let _ =
+                tracking::mark_status(c, schema, &cfg.name, status, Some(&chain(e)), shared.run_id)
+                    .await;
         }
     }
     if let (Some(c), Some(id)) = (control, history)
@@ -289,7 +331,65 @@ async fn load_one(shared: &Shared<'_>, ctx: &LoadContext, cfg: &TableConfig) -> 
     }
 }
 
+/// Advisory-lock class of this tool's per-table locks ("ETL").
+const LOCK_CLASS: i32 = 0x0045_544C;
+
+/// Takes the table's advisory lock on a connection of its own, so the lock
+/// lives exactly as long as the table is processed (and dies with the
+/// process). `None` when another run holds it and the plan says skip.
+async fn lock_table(
+    warehouse: &PgSettings,
+    table: &str,
+    if_locked: IfLocked,
+) -> Result<Option<Client>> {
+    let client = pg::connect(warehouse).await?;
+    let sql = match if_locked {
+        IfLocked::Skip => "select pg_try_advisory_lock($1, hashtext($2))",
+        IfLocked::Wait => "select true from (select pg_advisory_lock($1, hashtext($2))) as waited",
+    };
+    let row = client
+        .query_one(sql, &[&LOCK_CLASS, &table])
+        .await
+        .map_err(|e| Error::postgres(format!("taking the run lock of {table}"), e))?;
+    Ok(if row.get::<_, bool>(0) {
+        Some(client)
+    } else {
+        None
+    })
+}
+
+fn not_run(cfg: &TableConfig, phase: &'static str, kind: ErrorKind, why: String) -> TableOutcome {
+    TableOutcome {
+        table: cfg.name.clone(),
+        phase,
+        result: Err(Error::new(kind, why)),
+        elapsed: Duration::ZERO,
+    }
+}
+
 async fn process_table(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutcome> {
+    let first_phase = if shared.phases.extract {
+        "extract"
+    } else {
+        "load"
+    };
+    if shared.ctx.stop.requested() {
+        let why = format!("`{}` not started: the run was asked to stop", cfg.name);
+        return vec![not_run(cfg, first_phase, ErrorKind::Interrupted, why)];
+    }
+    let _lock = match &shared.ctx.warehouse {
+        Some(w) if shared.control.is_some() => {
+            match lock_table(w, &cfg.name, shared.if_locked).await {
+                Ok(Some(lock)) => Some(lock),
+                Ok(None) => {
+                    let why = format!("`{}` skipped: another run is processing it", cfg.name);
+                    return vec![not_run(cfg, first_phase, ErrorKind::Busy, why)];
+                }
+                Err(e) => return vec![not_run(cfg, first_phase, e.kind(), chain(&e))],
+            }
+        }
+        _ => None,
+    };
     let mut outcomes = Vec::new();
     if shared.phases.extract
         && let Some(ctx) = &shared.ctx.extract
@@ -304,6 +404,11 @@ async fn process_table(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutco
     if shared.phases.load
         && let Some(ctx) = &shared.ctx.load
     {
+        if shared.ctx.stop.requested() {
+            let why = format!("`{}` not loaded: the run was asked to stop", cfg.name);
+            outcomes.push(not_run(cfg, "load", ErrorKind::Interrupted, why));
+            return outcomes;
+        }
         outcomes.push(load_one(shared, ctx, cfg).await);
     }
     outcomes
@@ -359,6 +464,7 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
         run_id: &run_id,
         force_full: plan.force_full,
         phases: plan.phases,
+        if_locked: plan.if_locked,
     };
     let shared = &shared;
     let outcomes: Vec<TableOutcome> = futures_util::stream::iter(plan.tables.iter())

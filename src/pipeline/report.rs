@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::RunReport;
-use crate::error::chain;
+use crate::error::{ErrorKind, chain};
 
 /// Peak resident memory of this process in KiB (`VmHWM`), where the OS tells.
 pub fn peak_rss_kib() -> Option<u64> {
@@ -52,7 +52,11 @@ pub fn render_summary(report: &RunReport) -> String {
                     "{:<28} {:<7} {:<8} {:>8} {:>12} {:>12} {:>12} {:>9.2} {:>12}",
                     outcome.table,
                     outcome.phase,
-                    "FAILED",
+                    match e.kind() {
+                        ErrorKind::Busy => "SKIPPED",
+                        ErrorKind::Interrupted => "STOPPED",
+                        _ => "FAILED",
+                    },
                     "-",
                     "-",
                     "-",
@@ -60,11 +64,24 @@ pub fn render_summary(report: &RunReport) -> String {
                     outcome.elapsed.as_secs_f64(),
                     "-"
                 );
-                let _ = writeln!(out, "    error: {}", chain(e));
+                let label = if e.kind() == ErrorKind::Busy {
+                    "note"
+                } else {
+                    "error"
+                };
+                let _ = writeln!(out, "    {label}: {}", chain(e));
             }
         }
     }
-    let failed = report.outcomes.iter().filter(|o| o.result.is_err()).count();
+    let failed = report
+        .outcomes
+        .iter()
+        .filter(|o| {
+            o.result
+                .as_ref()
+                .is_err_and(|e| e.kind() != ErrorKind::Busy)
+        })
+        .count();
     let secs = report.elapsed.as_secs_f64();
     let rows = report.rows_read();
     let _ = writeln!(

@@ -136,6 +136,7 @@ impl TestDb {
             extract: Some(self.extract_ctx(rate)),
             load: Some(self.ctx.clone()),
             warehouse: Some(self.ctx.warehouse.clone()),
+            stop: Default::default(),
         };
         let plan = RunPlan {
             tables: config.tables().cloned().collect(),
@@ -145,6 +146,7 @@ impl TestDb {
                 extract: true,
                 load: true,
             },
+            if_locked: Default::default(),
         };
         pipeline::run(&ctx, plan).await.unwrap()
     }
@@ -208,6 +210,7 @@ impl TestDb {
         let opts = LoadOptions {
             force_full,
             run_id: "test".into(),
+            stop: Default::default(),
         };
         load_table(&self.ctx, cfg, &opts).await
     }
@@ -224,6 +227,7 @@ impl TestDb {
                     extract: false,
                     load: true,
                 },
+                if_locked: Default::default(),
             },
         )
         .await

@@ -1,0 +1,179 @@
+//! Runs that overlap (cron, two machines) and runs stopped by SIGTERM.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestDb, binary, scratch};
+
+const TABLES: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
+
+fn config() -> String {
+    let mut text = String::from("tables:\n");
+    for t in TABLES {
+        text.push_str(&format!(
+            "  {t}:\n    extraction_strategy: incremental\n    incremental_columns: [DateTStamp]\n    \
+             primary_incremental_column: DateTStamp\n    primary_key: Num\n    batch_size: 500\n    lookback_seconds: 0\n"
+        ));
+    }
+    text
+}
+
+async fn setup(name: &str, rows: u32) -> (TestDb, std::path::PathBuf, std::path::PathBuf) {
+    let db = TestDb::new(name).await;
+    let mut statements = Vec::new();
+    for t in TABLES {
+        statements.push(format!(
+            "CREATE TABLE `{t}` (`Num` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, `Note` varchar(60) NOT NULL, \
+             `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP, KEY (`DateTStamp`))"
+        ));
+        statements.push(format!(
+            "INSERT INTO `{t}` (`Note`, `DateTStamp`) SELECT CONCAT('{t} ', seq), '2024-01-01' + INTERVAL (seq DIV 3) SECOND \
+             FROM seq_1_to_{rows}"
+        ));
+    }
+    let refs: Vec<&str> = statements.iter().map(String::as_str).collect();
+    db.mysql(&refs).await;
+    let dir = scratch(name);
+    let env = db.env_file(&dir);
+    let tables = dir.join("tables.yml");
+    std::fs::write(&tables, config()).unwrap();
+    (db, env, tables)
+}
+
+fn spawn(env: &std::path::Path, tables: &std::path::Path, extra: &[&str]) -> std::process::Child {
+    binary()
+        .args([
+            "--env-file",
+            env.to_str().unwrap(),
+            "--tables",
+            tables.to_str().unwrap(),
+        ])
+        .args(["run", "--phase", "load", "--all", "--max-workers", "2"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_runs_never_process_one_table_at_once() {
+    let (db, env, tables) = setup("overlap_runs", 20_000).await;
+    for extra in [&[][..], &["--if-locked", "wait"][..]] {
+        let first = spawn(&env, &tables, extra);
+        let second = spawn(&env, &tables, extra);
+        for child in [first, second] {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        db.mysql(&["UPDATE `alpha` SET `Note` = 'changed', `DateTStamp` = '2025-01-01' WHERE `Num` % 7 = 0"]).await;
+    }
+    let client = db.pg().await;
+    let overlapping: i64 = client
+        .query_one(
+            "select count(*) from raw.etl_run_history a join raw.etl_run_history b \
+             on a.table_name = b.table_name and a.id < b.id and a.phase = b.phase \
+             and a.started_at < b.finished_at and b.started_at < a.finished_at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(overlapping, 0, "a table was processed by two runs at once");
+    let waited: i64 = client
+        .query_one(
+            "select count(*) from raw.etl_run_history where status = 'success'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        waited >= 4 + 8 - 4,
+        "with --if-locked wait both runs load every table: {waited}"
+    );
+    let final_run = spawn(&env, &tables, &[]).wait_with_output().unwrap();
+    assert!(final_run.status.success());
+    for t in TABLES {
+        db.assert_same(t, &["Num"]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_after_the_batch_in_hand_and_the_rerun_converges() {
+    let (db, env, tables) = setup("sigterm_run", 60_000).await;
+    let first = spawn(&env, &tables, &[]).wait_with_output().unwrap();
+    assert!(first.status.success());
+    for t in TABLES {
+        db.mysql(&[&format!(
+            "UPDATE `{t}` SET `Note` = CONCAT('edited ', `Num`), `DateTStamp` = '2025-01-01' + INTERVAL `Num` SECOND"
+        )])
+        .await;
+    }
+    let marks_before: Vec<Option<String>> = {
+        let mut v = Vec::new();
+        for t in TABLES {
+            v.push(db.watermark(t, "DateTStamp").await);
+        }
+        v
+    };
+    let child = spawn(&env, &tables, &[]);
+    let pid = child.id().to_string();
+    let started = Instant::now();
+    loop {
+        let mut moved = false;
+        for (t, before) in TABLES.iter().zip(&marks_before) {
+            moved |= db.watermark(t, "DateTStamp").await != *before;
+        }
+        if moved {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no batch committed within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let signalled = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(130), "{text}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "took {:?} to stop",
+        signalled.elapsed()
+    );
+    assert!(text.contains("STOPPED"), "{text}");
+    let client = db.pg().await;
+    let interrupted: i64 = client
+        .query_one(
+            "select count(*) from raw.etl_load_status where load_status = 'interrupted'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(interrupted >= 1, "{text}");
+    let rerun = spawn(&env, &tables, &[]).wait_with_output().unwrap();
+    assert!(rerun.status.success());
+    for t in TABLES {
+        db.assert_same(t, &["Num"]).await;
+    }
+}

@@ -23,6 +23,7 @@ use crate::pipeline::{
     self, DEFAULT_MAX_WORKERS, IfLocked, Phases, RunContext, RunPlan, render_summary,
 };
 use crate::shutdown::{self, Stop};
+use crate::verify::{self, VerifyContext};
 use crate::{mysql as my, postgres as pg, tracking};
 
 /// Keeps a PostgreSQL analytics warehouse in step with an OpenDental MySQL/MariaDB database.
@@ -60,6 +61,8 @@ pub enum Command {
     Validate,
     /// Connect to each database and report its version and latency.
     TestConnections,
+    /// Compare row counts of source, replica and warehouse (and, with --deep, every value).
+    Verify(VerifyArgs),
     /// Create demo databases on this machine and run a full and an incremental load.
     Demo(DemoArgs),
 }
@@ -130,6 +133,17 @@ fn parse_workers(text: &str) -> std::result::Result<usize, String> {
         Ok(n) if (1..=64).contains(&n) => Ok(n),
         _ => Err(format!("`{text}` is not a worker count from 1 to 64")),
     }
+}
+
+/// Arguments of `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Table to verify (repeatable; default: every table in the config).
+    #[arg(long = "table", value_name = "T")]
+    pub table: Vec<String>,
+    /// Compare every row value by value, in key order, and name differing keys.
+    #[arg(long)]
+    pub deep: bool,
 }
 
 /// Arguments of `demo`.
@@ -413,6 +427,62 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             env.source_max_rows_per_second()?;
             env.source_max_connections()?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(args) => {
+            let config = TablesConfig::load(&cli.tables)?;
+            let all = args.table.is_empty();
+            let tables: Vec<String> = pipeline::select_tables(&config, &args.table, all)?
+                .into_iter()
+                .map(|t| t.name)
+                .collect();
+            let env = Env::load(cli.env_file.as_deref())?;
+            let ctx = match env.mode()? {
+                Mode::Replica => VerifyContext {
+                    source: env.source().ok(),
+                    mysql: env.replica()?,
+                    warehouse: env.warehouse()?,
+                },
+                Mode::Direct => VerifyContext {
+                    source: None,
+                    mysql: env.source()?,
+                    warehouse: env.warehouse()?,
+                },
+            };
+            let checks = verify::verify(&ctx, &tables, args.deep).await?;
+            let show = |n: Option<u64>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
+            println!(
+                "{:<28} {:>12} {:>12} {:>12} {:>12}  status",
+                "table", "source", "mysql", "warehouse", "compared"
+            );
+            let mut clean = true;
+            for c in &checks {
+                let ok = c.is_clean();
+                clean &= ok;
+                println!(
+                    "{:<28} {:>12} {:>12} {:>12} {:>12}  {}",
+                    c.table,
+                    show(c.source_rows),
+                    show(c.mysql_rows),
+                    show(c.warehouse_rows),
+                    if args.deep {
+                        c.compared.to_string()
+                    } else {
+                        "-".into()
+                    },
+                    if ok { "ok" } else { "DIFFERS" }
+                );
+                for d in &c.differences {
+                    println!("    {d}");
+                }
+                for n in &c.notes {
+                    println!("    note: {n}");
+                }
+            }
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILED)
+            })
         }
         Command::TestConnections => {
             let env = Env::load(cli.env_file.as_deref())?;

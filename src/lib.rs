@@ -14,5 +14,6 @@ pub mod postgres;
 pub mod schema;
 pub mod shutdown;
 pub mod tracking;
+pub mod verify;
 
 pub use error::{Error, ErrorKind, Result};

@@ -341,3 +341,72 @@ async fn direct_mode_loads_the_warehouse_straight_from_the_source() {
         .get(0);
     assert_eq!(n, 800);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_deep_is_clean_after_a_run_and_names_planted_differences() {
+    let db = TestDb::new("verify_deep").await;
+    db.source_sql(&[
+        VISIT,
+        &fill_visits(25_000),
+        SECURITYLOG,
+        "INSERT INTO `securitylog` (`PermType`, `LogDateTime`, `LogText`) SELECT seq % 200, NOW(), CONCAT('log ', seq) FROM seq_1_to_300",
+    ])
+    .await;
+    let cfg = config(5000);
+    assert!(db.run_two_hop(&cfg, None).await.succeeded());
+    let ctx = etl_pipeline::verify::VerifyContext {
+        source: Some(db.source.clone()),
+        mysql: db.ctx.replica.clone(),
+        warehouse: db.ctx.warehouse.clone(),
+    };
+    let tables = vec!["visit".to_string(), "securitylog".to_string()];
+    let checks = etl_pipeline::verify::verify(&ctx, &tables, true)
+        .await
+        .unwrap();
+    for c in &checks {
+        assert!(c.is_clean(), "{c:?}");
+    }
+    assert_eq!(checks[0].compared, 25_000);
+
+    let client = db.pg().await;
+    client
+        .batch_execute(
+            "update raw.visit set \"Fee\" = -1 where \"VisitNum\" = 12345; \
+             delete from raw.visit where \"VisitNum\" = 20001; \
+             insert into raw.visit (\"VisitNum\", \"PatNum\", \"Note\", \"Fee\") values (999999, 1, 'ghost', 0)",
+        )
+        .await
+        .unwrap();
+    db.mysql(&["UPDATE `securitylog` SET `LogText` = 'tampered' WHERE `SecurityLogNum` = 7"])
+        .await;
+    let checks = etl_pipeline::verify::verify(&ctx, &tables, true)
+        .await
+        .unwrap();
+    let visit = &checks[0].differences;
+    assert!(
+        visit
+            .iter()
+            .any(|d| d.starts_with("key VisitNum=12345: column `Fee` differs")),
+        "{visit:?}"
+    );
+    assert!(
+        visit
+            .iter()
+            .any(|d| d == "key VisitNum=20001: missing in the warehouse"),
+        "{visit:?}"
+    );
+    assert!(
+        visit
+            .iter()
+            .any(|d| d.starts_with("key VisitNum=999999: only in the warehouse")),
+        "{visit:?}"
+    );
+    let log = &checks[1].differences;
+    assert!(
+        log.iter()
+            .any(|d| d
+                == "key SecurityLogNum=7: column `LogText` differs between source and replica"),
+        "{log:?}"
+    );
+    assert!(!checks[0].is_clean() && !checks[1].is_clean());
+}

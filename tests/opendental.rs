@@ -1,5 +1,6 @@
-//! OpenDental's own unit-test database (379 tables, real seed data) loaded
-//! end to end with the old system's tables.yml, then compared value by value.
+//! OpenDental's own unit-test database (379 tables, real seed data) as the
+//! source of a two-hop run with the old system's tables.yml, then verified
+//! value by value: source = replica = warehouse.
 
 mod common;
 
@@ -12,16 +13,16 @@ const DUMP: &str = "../shared/fixtures/opendental/opendental-21.1-unittest-dump.
 const SEED_TABLES: &str = "../shared/fixtures/opendental/seed-system-tables.yml";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_opendental_fixture_loads_with_the_old_config_and_matches_value_by_value() {
+async fn the_opendental_fixture_runs_two_hop_with_the_old_config_and_verifies_clean() {
     let db = TestDb::new("opendental").await;
     let dump =
         std::fs::read_to_string(DUMP).expect("the OpenDental fixture is in ../shared/fixtures");
-    let mut conn = my::connect(&db.ctx.replica).await.unwrap();
+    let mut conn = my::connect(&db.source).await.unwrap();
     conn.query_drop(dump).await.unwrap();
     let names: Vec<String> = conn
         .exec(
-            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME <> 'etl_copy_status'",
-            (db.ctx.replica.database.as_str(),),
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?",
+            (db.source.database.as_str(),),
         )
         .await
         .unwrap();
@@ -37,17 +38,36 @@ async fn the_opendental_fixture_loads_with_the_old_config_and_matches_value_by_v
         })
         .collect();
     let config = TablesConfig::from_tables(tables);
-    let report = db.run(&config).await;
+    let report = db.run_two_hop(&config, None).await;
     let failures: Vec<String> = report
         .outcomes
         .iter()
-        .filter_map(|o| o.result.as_ref().err().map(|e| format!("{}: {e}", o.table)))
+        .filter_map(|o| {
+            o.result
+                .as_ref()
+                .err()
+                .map(|e| format!("{} {}: {e}", o.table, o.phase))
+        })
         .collect();
     assert!(failures.is_empty(), "{failures:#?}");
-    assert_eq!(report.rows_read(), 21_551);
+    assert_eq!(
+        report.rows_read(),
+        2 * 21_551,
+        "every row copied once and loaded once"
+    );
 
+    let ctx = etl_pipeline::verify::VerifyContext {
+        source: Some(db.source.clone()),
+        mysql: db.ctx.replica.clone(),
+        warehouse: db.ctx.warehouse.clone(),
+    };
+    let checks = etl_pipeline::verify::verify(&ctx, &names, true)
+        .await
+        .unwrap();
+    let unclean: Vec<_> = checks.iter().filter(|c| !c.is_clean()).collect();
+    assert!(unclean.is_empty(), "{unclean:#?}");
     for name in &names {
-        let source = my::describe_table(&mut conn, &db.ctx.replica.database, name)
+        let source = my::describe_table(&mut conn, &db.source.database, name)
             .await
             .unwrap();
         let key: Vec<&str> = if source.primary_key.is_empty() {
@@ -55,11 +75,12 @@ async fn the_opendental_fixture_loads_with_the_old_config_and_matches_value_by_v
         } else {
             source.primary_key.iter().map(String::as_str).collect()
         };
+        db.assert_replica_same(name, &key).await;
         db.assert_same(name, &key).await;
     }
 
     // A second run over unchanged data writes nothing.
-    let again = db.run(&config).await;
+    let again = db.run_two_hop(&config, None).await;
     assert!(again.succeeded());
     let changed: u64 = again
         .outcomes

@@ -15,7 +15,8 @@ use etl_pipeline::extract::ExtractContext;
 use etl_pipeline::load::{LoadContext, LoadOptions, TableReport, load_table};
 use etl_pipeline::mysql::RateLimit;
 use etl_pipeline::pipeline::{self, RunPlan, RunReport};
-use etl_pipeline::schema::{DateTimeParts, check_date, ident};
+use etl_pipeline::schema::ident;
+use etl_pipeline::verify::{Canon, canon_mysql, canon_pg, pg_expr};
 use etl_pipeline::{mysql as my, postgres as pg};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Row, Value};
@@ -335,143 +336,6 @@ impl TestDb {
                     .collect()
             })
             .collect()
-    }
-}
-
-/// A value in a form both databases' values reduce to.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Canon {
-    Null,
-    Int(i128),
-    Decimal(String),
-    F32(u32),
-    F64(u64),
-    Text(String),
-    Bytes(Vec<u8>),
-    Json(serde_json::Value),
-    Micros(i64),
-}
-
-fn normalize_decimal(text: &str) -> String {
-    let (neg, body) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
-    let int = int.trim_start_matches('0');
-    let frac = frac.trim_end_matches('0');
-    let int = if int.is_empty() { "0" } else { int };
-    let out = if frac.is_empty() {
-        int.to_string()
-    } else {
-        format!("{int}.{frac}")
-    };
-    if neg && out != "0" {
-        format!("-{out}")
-    } else {
-        out
-    }
-}
-
-fn pg_expr(col: &str, ty: &str) -> String {
-    let base = ty.split('(').next().unwrap_or(ty).trim();
-    match base {
-        "boolean" => format!("{col}::int::int8"),
-        "smallint" | "integer" | "bigint" => format!("{col}::int8"),
-        "numeric" | "text" | "character varying" | "character" | "json" | "jsonb" | "bit" => {
-            format!("{col}::text")
-        }
-        "date" => format!("({col} - date '2000-01-01')::int8 * 86400000000"),
-        "timestamp" | "timestamp without time zone" => {
-            format!("(extract(epoch from {col} - timestamp '2000-01-01') * 1000000)::int8")
-        }
-        "time" | "time without time zone" | "interval" => {
-            format!("(extract(epoch from {col}) * 1000000)::int8")
-        }
-        _ => col.to_string(),
-    }
-}
-
-fn canon_pg(row: &tokio_postgres::Row, i: usize, ty: &str) -> Canon {
-    let base = ty.split('(').next().unwrap_or(ty).trim();
-    match base {
-        "boolean" | "smallint" | "integer" | "bigint" => row
-            .get::<_, Option<i64>>(i)
-            .map_or(Canon::Null, |v| Canon::Int(v.into())),
-        "date"
-        | "timestamp"
-        | "timestamp without time zone"
-        | "time"
-        | "time without time zone"
-        | "interval" => row
-            .get::<_, Option<i64>>(i)
-            .map_or(Canon::Null, Canon::Micros),
-        "numeric" => row
-            .get::<_, Option<String>>(i)
-            .map_or(Canon::Null, |v| Canon::Decimal(normalize_decimal(&v))),
-        "real" => row
-            .get::<_, Option<f32>>(i)
-            .map_or(Canon::Null, |v| Canon::F32(v.to_bits())),
-        "double precision" => row
-            .get::<_, Option<f64>>(i)
-            .map_or(Canon::Null, |v| Canon::F64(v.to_bits())),
-        "json" | "jsonb" => row.get::<_, Option<String>>(i).map_or(Canon::Null, |v| {
-            Canon::Json(serde_json::from_str(&v).unwrap())
-        }),
-        "bit" => row.get::<_, Option<String>>(i).map_or(Canon::Null, |v| {
-            Canon::Int(i128::from_str_radix(&v, 2).unwrap())
-        }),
-        "bytea" => row
-            .get::<_, Option<Vec<u8>>>(i)
-            .map_or(Canon::Null, Canon::Bytes),
-        _ => row
-            .get::<_, Option<String>>(i)
-            .map_or(Canon::Null, Canon::Text),
-    }
-}
-
-fn date_micros(parts: (u16, u8, u8, u8, u8, u8, u32)) -> Canon {
-    match check_date(parts).unwrap() {
-        None => Canon::Null,
-        Some(p) => Canon::Micros(DateTimeParts::pg_micros(&p)),
-    }
-}
-
-fn canon_mysql(value: &Value, pg_type: &str) -> Canon {
-    let base = pg_type.split('(').next().unwrap_or(pg_type).trim();
-    match value {
-        Value::NULL => Canon::Null,
-        Value::Int(v) => match base {
-            "numeric" => Canon::Decimal(v.to_string()),
-            _ => Canon::Int((*v).into()),
-        },
-        Value::UInt(v) => match base {
-            "numeric" => Canon::Decimal(v.to_string()),
-            _ => Canon::Int((*v).into()),
-        },
-        Value::Float(v) => Canon::F32(v.to_bits()),
-        Value::Double(v) => Canon::F64(v.to_bits()),
-        Value::Date(y, mo, d, h, mi, s, us) => date_micros((*y, *mo, *d, *h, *mi, *s, *us)),
-        Value::Time(neg, d, h, m, s, us) => {
-            let micros =
-                ((i64::from(*d) * 24 + i64::from(*h)) * 3600 + i64::from(*m) * 60 + i64::from(*s))
-                    * 1_000_000
-                    + i64::from(*us);
-            Canon::Micros(if *neg { -micros } else { micros })
-        }
-        Value::Bytes(b) => match base {
-            "numeric" => Canon::Decimal(normalize_decimal(std::str::from_utf8(b).unwrap())),
-            "json" | "jsonb" => Canon::Json(serde_json::from_slice(b).unwrap()),
-            "bytea" => Canon::Bytes(b.clone()),
-            "bit" => Canon::Int(b.iter().fold(0i128, |acc, x| (acc << 8) | i128::from(*x))),
-            "character" => Canon::Text(
-                String::from_utf8(b.clone())
-                    .unwrap()
-                    .trim_end_matches(' ')
-                    .to_string(),
-            ),
-            _ => Canon::Text(String::from_utf8(b.clone()).unwrap()),
-        },
     }
 }
 

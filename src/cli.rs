@@ -19,9 +19,7 @@ use crate::error::{Error, ErrorKind, Result, chain};
 use crate::extract::ExtractContext;
 use crate::load::LoadContext;
 use crate::mysql::RateLimit;
-use crate::pipeline::{
-    self, DEFAULT_MAX_WORKERS, IfLocked, Phases, RunContext, RunPlan, render_summary,
-};
+use crate::pipeline::{self, IfLocked, Phases, RunContext, RunPlan, render_summary};
 use crate::shutdown::{self, Stop};
 use crate::verify::{self, VerifyContext};
 use crate::{mysql as my, postgres as pg, tracking};
@@ -55,8 +53,8 @@ pub enum Command {
     Init,
     /// Load tables.
     Run(RunArgs),
-    /// One line per table from the tracking tables.
-    Status,
+    /// One line per table from the tracking tables (copy and load side by side).
+    Status(StatusArgs),
     /// Check the table config and environment without connecting.
     Validate,
     /// Connect to each database and report its version and latency.
@@ -84,6 +82,28 @@ impl Phase {
             extract: matches!(self, Phase::All | Phase::Extract),
             load: matches!(self, Phase::All | Phase::Load),
         }
+    }
+}
+
+/// `--category`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Category {
+    Large,
+    Medium,
+    Small,
+    Tiny,
+}
+
+impl Category {
+    fn matches(self, table: &crate::config::TableConfig) -> bool {
+        use crate::config::PerformanceCategory as P;
+        let wanted = match self {
+            Category::Large => P::Large,
+            Category::Medium => P::Medium,
+            Category::Small => P::Small,
+            Category::Tiny => P::Tiny,
+        };
+        table.performance_category == Some(wanted)
     }
 }
 
@@ -116,9 +136,15 @@ pub struct RunArgs {
     /// Refresh in full, whatever the watermarks say.
     #[arg(long)]
     pub force_full: bool,
-    /// Tables loaded at once.
-    #[arg(long, default_value_t = DEFAULT_MAX_WORKERS, value_parser = parse_workers)]
+    /// Tables processed at once (default: one per core, 2 to 8).
+    #[arg(long, default_value_t = pipeline::default_max_workers(), value_parser = parse_workers)]
     pub max_workers: usize,
+    /// Only tables of this performance category (with --all).
+    #[arg(long, value_enum)]
+    pub category: Option<Category>,
+    /// Also write the run summary as JSON to this file (for schedulers).
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
     /// What to do with a table another run is processing.
     #[arg(long, value_enum, default_value = "skip")]
     pub if_locked: LockChoice,
@@ -133,6 +159,21 @@ fn parse_workers(text: &str) -> std::result::Result<usize, String> {
         Ok(n) if (1..=64).contains(&n) => Ok(n),
         _ => Err(format!("`{text}` is not a worker count from 1 to 64")),
     }
+}
+
+/// Arguments of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: StatusFormat,
+}
+
+/// `status --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    Table,
+    Json,
 }
 
 /// Arguments of `verify`.
@@ -346,7 +387,16 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run(args) => {
             let config = TablesConfig::load(&cli.tables)?;
-            let tables = pipeline::select_tables(&config, &args.table, args.all)?;
+            let mut tables = pipeline::select_tables(&config, &args.table, args.all)?;
+            if let Some(category) = args.category {
+                tables.retain(|t| category.matches(t));
+                if tables.is_empty() {
+                    return Err(Error::config(format!(
+                        "no table in {} has performance_category {category:?}",
+                        cli.tables.display()
+                    )));
+                }
+            }
             let env = Env::load(cli.env_file.as_deref())?;
             let phases = args.phase.phases();
             let ctx = run_context(&env, phases, args.max_rows_per_second, stop_on_signals())?;
@@ -366,6 +416,15 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             )
             .await?;
             print!("{}", render_summary(&report));
+            if let Some(path) = &args.summary_json {
+                write_json(path, &pipeline::summary_json(&report))?;
+            }
+            if let Some(warehouse) = &ctx.warehouse {
+                let days = env
+                    .history_retention_days()?
+                    .unwrap_or(tracking::DEFAULT_HISTORY_RETENTION_DAYS);
+                pipeline::prune_history(warehouse, days).await?;
+            }
             Ok(if report.interrupted() {
                 ExitCode::from(EXIT_INTERRUPTED)
             } else if report.succeeded() {
@@ -374,27 +433,52 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(EXIT_FAILED)
             })
         }
-        Command::Status => {
+        Command::Status(args) => {
             let env = Env::load(cli.env_file.as_deref())?;
             let warehouse = env.warehouse()?;
             let client = pg::connect(&warehouse).await?;
             tracking::check_warehouse(&client, &warehouse.schema).await?;
-            let lines = tracking::status_lines(&client, &warehouse.schema).await?;
+            let mut lines = tracking::status_lines(&client, &warehouse.schema).await?;
+            if env.mode()? == Mode::Replica
+                && let Ok(replica) = env.replica()
+            {
+                let mut conn = my::connect(&replica).await?;
+                tracking::check_replica(&mut conn, &replica.database).await?;
+                tracking::add_copy_status(&mut conn, &mut lines).await?;
+            }
+            if args.format == StatusFormat::Json {
+                let text = serde_json::to_string_pretty(&lines)
+                    .map_err(|e| Error::config(format!("cannot encode the status: {e}")))?;
+                println!("{text}");
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
-                "{:<28} {:<8} {:<19} {:<11} {:>10}  watermark",
-                "table", "status", "last loaded", "strategy", "rows"
+                "{:<28} {:<11} {:<19} {:<11} {:<19} {:<11} {:>10} {:>5}  watermark",
+                "table", "copy", "last copied", "load", "last loaded", "strategy", "rows", "fails"
             );
             for l in &lines {
                 println!(
-                    "{:<28} {:<8} {:<19} {:<11} {:>10}  {}",
-                    l.table, l.status, l.last_loaded, l.strategy, l.rows_loaded, l.watermark
+                    "{:<28} {:<11} {:<19} {:<11} {:<19} {:<11} {:>10} {:>5}  {}",
+                    l.table,
+                    l.copy_status.as_deref().unwrap_or("-"),
+                    l.last_copied.as_deref().unwrap_or("-"),
+                    if l.status.is_empty() { "-" } else { &l.status },
+                    if l.last_loaded.is_empty() {
+                        "-"
+                    } else {
+                        &l.last_loaded
+                    },
+                    l.strategy,
+                    l.rows_loaded,
+                    l.failures_24h,
+                    l.watermark
                 );
                 if !l.error.is_empty() {
                     println!("    error: {}", l.error);
                 }
             }
             if lines.is_empty() {
-                println!("no table has been loaded yet; run `etl-pipeline run --all`");
+                println!("no table has been run yet; run `etl-pipeline run --all`");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -526,6 +610,17 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             })
         }
     }
+}
+
+/// Writes JSON through a temporary file and a rename, so a reader never
+/// sees half a file.
+fn write_json(path: &std::path::Path, value: &serde_json::Value) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::config(format!("cannot encode {}: {e}", path.display())))?;
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| Error::config(format!("cannot write {}: {e}", path.display())))
 }
 
 fn report_connection(role: &str, outcome: Result<String>) -> bool {

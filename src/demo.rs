@@ -18,9 +18,7 @@ use crate::config::{
 use crate::error::{Error, Result};
 use crate::extract::ExtractContext;
 use crate::load::LoadContext;
-use crate::pipeline::{
-    self, DEFAULT_MAX_WORKERS, IfLocked, Phases, RunContext, RunPlan, render_summary,
-};
+use crate::pipeline::{self, IfLocked, Phases, RunContext, RunPlan, render_summary};
 use crate::schema::ident;
 use crate::shutdown::Stop;
 use crate::{mysql as my, postgres as pg};
@@ -314,7 +312,7 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
     let plan = RunPlan {
         tables: config.tables().cloned().collect(),
         force_full: false,
-        max_workers: DEFAULT_MAX_WORKERS,
+        max_workers: pipeline::default_max_workers(),
         phases: Phases {
             extract: true,
             load: true,

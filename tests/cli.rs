@@ -205,3 +205,98 @@ fn passwords_never_appear_in_output_even_when_connections_fail() {
         "names the unreachable address: {all}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn summary_json_status_json_category_filter_and_history_retention() {
+    let db = TestDb::new("cli_reporting").await;
+    db.source_sql(&[
+        "CREATE TABLE `patient` (`PatNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, `LName` varchar(100) NOT NULL, \
+         `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP, KEY (`DateTStamp`))",
+        "INSERT INTO `patient` (`LName`) SELECT CONCAT('Lee', seq) FROM seq_1_to_40",
+        "CREATE TABLE `definition` (`DefNum` bigint NOT NULL PRIMARY KEY, `ItemName` varchar(255) NOT NULL)",
+        "INSERT INTO `definition` SELECT seq, CONCAT('def ', seq) FROM seq_1_to_12",
+    ])
+    .await;
+    let dir = scratch("cli_reporting");
+    let env = db.env_file(&dir);
+    let s = &db.source;
+    let mut env_text = std::fs::read_to_string(&env).unwrap();
+    env_text.push_str(&format!(
+        "TEST_OPENDENTAL_SOURCE_HOST={}\nTEST_OPENDENTAL_SOURCE_PORT={}\nTEST_OPENDENTAL_SOURCE_DB={}\n\
+         TEST_OPENDENTAL_SOURCE_USER={}\nETL_HISTORY_RETENTION_DAYS=30\n",
+        s.host, s.port, s.database, s.user
+    ));
+    std::fs::write(&env, env_text).unwrap();
+    let tables = dir.join("tables.yml");
+    std::fs::write(
+        &tables,
+        format!("{TABLES}    performance_category: medium\n  definition:\n    extraction_strategy: full_table\n    performance_category: tiny\n"),
+    )
+    .unwrap();
+    let client = db.pg().await;
+    client
+        .batch_execute(
+            "insert into raw.etl_run_history (run_id, table_name, phase, started_at, status) \
+             values ('old', 'patient', 'load', now() - interval '200 days', 'success')",
+        )
+        .await
+        .unwrap();
+
+    let summary = dir.join("summary.json");
+    let out = run(
+        &env,
+        &tables,
+        &[
+            "run",
+            "--all",
+            "--category",
+            "tiny",
+            "--summary-json",
+            summary.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(json["succeeded"], true);
+    let entries = json["tables"].as_array().unwrap();
+    assert_eq!(
+        entries.len(),
+        2,
+        "only the tiny table, extract and load: {json}"
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|t| t["table"] == "definition" && t["status"] == "success")
+    );
+    assert_eq!(entries[1]["rows_inserted"], 12);
+
+    let out = run(&env, &tables, &["run", "--all"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(&env, &tables, &["status", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let patient = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["table"] == "patient")
+        .unwrap();
+    assert_eq!(patient["copy_status"], "success");
+    assert_eq!(patient["status"], "success");
+    assert_eq!(patient["failures_24h"], 0);
+
+    let old: i64 = client
+        .query_one(
+            "select count(*) from raw.etl_run_history where run_id = 'old'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        old, 0,
+        "history older than ETL_HISTORY_RETENTION_DAYS is pruned"
+    );
+}

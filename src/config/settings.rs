@@ -324,6 +324,22 @@ impl Env {
         self.positive("OPENDENTAL_SOURCE_MAX_ROWS_PER_SECOND")
     }
 
+    /// `ETL_HISTORY_RETENTION_DAYS`: run history older than this is pruned.
+    pub fn history_retention_days(&self) -> Result<Option<u32>> {
+        match self
+            .vars
+            .get("ETL_HISTORY_RETENTION_DAYS")
+            .map(|v| v.trim())
+        {
+            None | Some("") => Ok(None),
+            Some(text) => text.parse::<u32>().map(Some).map_err(|_| {
+                Error::config(format!(
+                    "ETL_HISTORY_RETENTION_DAYS is `{text}`, not a number of days"
+                ))
+            }),
+        }
+    }
+
     /// `OPENDENTAL_SOURCE_MAX_CONNECTIONS`: tables read from the source at once.
     pub fn source_max_connections(&self) -> Result<usize> {
         Ok(self

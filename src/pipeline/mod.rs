@@ -20,11 +20,16 @@ use crate::schema::{DateTimeParts, days_since_pg_epoch};
 use crate::shutdown::Stop;
 use crate::tracking::{self, HistoryOutcome};
 
-pub use report::{peak_rss_kib, render_summary};
+pub use report::{peak_rss_kib, render_summary, summary_json};
 
-/// Tables processed at once unless `--max-workers` says otherwise: this
-/// machine class has two cores, and MySQL, PostgreSQL and this process share them.
-pub const DEFAULT_MAX_WORKERS: usize = 2;
+/// Tables processed at once unless `--max-workers` says otherwise: one per
+/// core (a table's load keeps about one core busy across this process and
+/// the two servers), at least 2 so a slow table never idles the run, at most 8.
+pub fn default_max_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 8)
+}
 
 /// Which phases a run performs, per table in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -493,6 +498,12 @@ pub async fn run_load(ctx: &LoadContext, plan: RunPlan) -> Result<RunReport> {
         },
     )
     .await
+}
+
+/// Deletes run history older than `days` days.
+pub async fn prune_history(warehouse: &PgSettings, days: u32) -> Result<u64> {
+    let client = pg::connect(warehouse).await?;
+    tracking::prune_history(&client, &warehouse.schema, days).await
 }
 
 /// Creates the tracking tables: in the warehouse, and in the replica when

@@ -99,3 +99,50 @@ pub fn render_summary(report: &RunReport) -> String {
     );
     out
 }
+
+/// The run as JSON, for schedulers (`--summary-json`).
+pub fn summary_json(report: &RunReport) -> serde_json::Value {
+    let tables: Vec<serde_json::Value> = report
+        .outcomes
+        .iter()
+        .map(|o| match &o.result {
+            Ok(r) => serde_json::json!({
+                "table": o.table,
+                "phase": o.phase,
+                "status": "success",
+                "strategy": r.decision.strategy.name(),
+                "reason": r.decision.reason,
+                "rows_read": r.rows_read,
+                "rows_inserted": r.rows_inserted,
+                "rows_updated": r.rows_updated,
+                "rows_outside_bounds": r.rows_outside_bounds,
+                "seconds": r.elapsed.as_secs_f64(),
+                "rows_per_second": r.rows_per_second(),
+                "zero_dates": r.zero_dates,
+                "warnings": r.warnings,
+                "watermark_start": r.watermark_start,
+                "watermark_end": r.watermark_end,
+            }),
+            Err(e) => serde_json::json!({
+                "table": o.table,
+                "phase": o.phase,
+                "status": match e.kind() {
+                    ErrorKind::Busy => "skipped",
+                    ErrorKind::Interrupted => "interrupted",
+                    _ => "failed",
+                },
+                "seconds": o.elapsed.as_secs_f64(),
+                "error": chain(e),
+            }),
+        })
+        .collect();
+    serde_json::json!({
+        "run_id": report.run_id,
+        "succeeded": report.succeeded(),
+        "interrupted": report.interrupted(),
+        "seconds": report.elapsed.as_secs_f64(),
+        "rows_read": report.rows_read(),
+        "peak_memory_kib": peak_rss_kib(),
+        "tables": tables,
+    })
+}

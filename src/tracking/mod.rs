@@ -481,7 +481,7 @@ pub async fn finish_history(
 }
 
 /// One line of `etl-pipeline status`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct StatusLine {
     pub table: String,
     pub status: String,
@@ -490,16 +490,24 @@ pub struct StatusLine {
     pub rows_loaded: i64,
     pub watermark: String,
     pub error: String,
+    /// Load failures recorded in the run history over the last 24 hours.
+    pub failures_24h: i64,
+    /// The replica's copy status (`etl_copy_status`), when there is a replica.
+    pub copy_status: Option<String>,
+    pub last_copied: Option<String>,
 }
 
 /// Every table's load status, in name order.
 pub async fn status_lines(client: &Client, schema: &str) -> Result<Vec<StatusLine>> {
     let sql = format!(
-        "select table_name::text, coalesce(load_status, ''), to_char(last_loaded, 'YYYY-MM-DD HH24:MI:SS'), \
-                coalesce(last_strategy, ''), coalesce(rows_loaded, 0)::bigint, \
-                coalesce(primary_column_name || ' = ' || last_primary_value, ''), coalesce(last_error, '') \
-         from {} order by table_name",
-        ident::pg_qualified(schema, "etl_load_status")
+        "select s.table_name::text, coalesce(s.load_status, ''), to_char(s.last_loaded, 'YYYY-MM-DD HH24:MI:SS'), \
+                coalesce(s.last_strategy, ''), coalesce(s.rows_loaded, 0)::bigint, \
+                coalesce(s.primary_column_name || ' = ' || s.last_primary_value, ''), coalesce(s.last_error, ''), \
+                (select count(*) from {history} h where h.table_name = s.table_name and h.status = 'failed' \
+                   and h.started_at > now() - interval '24 hours') \
+         from {status} s order by s.table_name",
+        status = ident::pg_qualified(schema, "etl_load_status"),
+        history = ident::pg_qualified(schema, "etl_run_history"),
     );
     let rows = client
         .query(&sql, &[])
@@ -515,6 +523,61 @@ pub async fn status_lines(client: &Client, schema: &str) -> Result<Vec<StatusLin
             rows_loaded: r.get(4),
             watermark: r.get(5),
             error: r.get(6),
+            failures_24h: r.get(7),
+            copy_status: None,
+            last_copied: None,
         })
         .collect())
+}
+
+/// Adds the replica's copy status to status lines (and lines for tables
+/// copied but never loaded).
+pub async fn add_copy_status(conn: &mut Conn, lines: &mut Vec<StatusLine>) -> Result<()> {
+    let rows: Vec<(String, Option<String>, Option<String>)> = conn
+        .query(
+            "SELECT `table_name`, `copy_status`, DATE_FORMAT(`last_copied`, '%Y-%m-%d %H:%i:%s') FROM `etl_copy_status`",
+        )
+        .await
+        .map_err(|e| Error::mysql("reading etl_copy_status", e))?;
+    for (table, status, copied) in rows {
+        match lines.iter_mut().find(|l| l.table == table) {
+            Some(line) => {
+                line.copy_status = status;
+                line.last_copied = copied;
+            }
+            None => lines.push(StatusLine {
+                table,
+                status: String::new(),
+                last_loaded: String::new(),
+                strategy: String::new(),
+                rows_loaded: 0,
+                watermark: String::new(),
+                error: String::new(),
+                failures_24h: 0,
+                copy_status: status,
+                last_copied: copied,
+            }),
+        }
+    }
+    lines.sort_by(|a, b| a.table.cmp(&b.table));
+    Ok(())
+}
+
+/// Run history kept unless `ETL_HISTORY_RETENTION_DAYS` says otherwise:
+/// three months answers "what happened last quarter" and stays small.
+pub const DEFAULT_HISTORY_RETENTION_DAYS: u32 = 90;
+
+/// Deletes run history older than `days`; returns the rows removed.
+pub async fn prune_history(client: &Client, schema: &str, days: u32) -> Result<u64> {
+    let days = i32::try_from(days).unwrap_or(i32::MAX);
+    client
+        .execute(
+            &format!(
+                "delete from {} where started_at < now() - make_interval(days => $1)",
+                ident::pg_qualified(schema, "etl_run_history")
+            ),
+            &[&days],
+        )
+        .await
+        .map_err(|e| Error::postgres("pruning the run history", e))
 }

@@ -42,8 +42,18 @@ pub struct Cli {
     /// Log progress (info level) to standard error.
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// Log lines as text or as JSON (one object per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The commands.

@@ -11,6 +11,7 @@ pub mod load;
 pub mod mysql;
 pub mod pipeline;
 pub mod postgres;
+pub mod progress;
 pub mod schema;
 pub mod shutdown;
 pub mod tracking;

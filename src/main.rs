@@ -3,19 +3,44 @@
 
 use std::process::ExitCode;
 
+use std::io::IsTerminal;
+
 use clap::Parser;
-use etl_pipeline::cli::{self, Cli};
+use etl_pipeline::cli::{self, Cli, LogFormat};
 use etl_pipeline::error::chain;
+use etl_pipeline::progress::{self, ProgressLayer};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Logs go to standard error: plain text or JSON lines. On a terminal a
+/// live progress view replaces the per-table lines; elsewhere (cron, log
+/// shippers) each table's start and finish is logged.
+fn init_logging(args: &Cli) {
+    let live = std::io::stderr().is_terminal() && args.log_format == LogFormat::Text;
+    let default = match (args.verbose, live) {
+        (true, _) => "info".to_string(),
+        (false, true) => "warn".to_string(),
+        (false, false) => format!("warn,{}=info", progress::TARGET),
+    };
+    let filter = || EnvFilter::try_from_env("ETL_LOG").unwrap_or_else(|_| EnvFilter::new(&default));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match args.log_format {
+        LogFormat::Text => fmt.with_ansi(live).boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    let progress_layer = live.then(|| {
+        ProgressLayer::start().with_filter(EnvFilter::new(format!("{}=debug", progress::TARGET)))
+    });
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter()))
+        .with(progress_layer)
+        .init();
+}
 
 fn main() -> ExitCode {
     let args = Cli::parse();
-    let default_level = if args.verbose { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ETL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -519,6 +519,7 @@ async fn full_copy(
         copied += inserted;
         report.rows_read += batch.rows;
         report.rows_inserted += inserted;
+        crate::progress::rows(&cfg.name, "extract", copied);
         if let (Some(last), Ok(mut slot)) = (batch.last, resume.lock()) {
             *slot = Some(Resume {
                 shadow: shadow.clone(),
@@ -618,6 +619,7 @@ async fn incremental_copy(
         report.rows_read += batch.rows;
         report.rows_inserted += inserted;
         report.rows_updated += updated;
+        crate::progress::rows(&cfg.name, "extract", report.rows_read);
         job.stop.check(
             &cfg.name,
             &format!("after copying {} rows", report.rows_read),

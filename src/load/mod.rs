@@ -494,6 +494,7 @@ async fn full_load(
         report.rows_read += batch.rows;
         add_zero_dates(&mut report.zero_dates, &prepared.plan, &batch.zero_dates);
         copy.send(batch.payload).await?;
+        crate::progress::rows(&cfg.name, "load", report.rows_read);
     }
     let copied = copy.finish().await?;
     let mut mysql = my::finish_reader(reader, &cfg.name).await?;
@@ -629,6 +630,7 @@ async fn incremental_load(
         report.rows_inserted += inserted;
         report.rows_updated += updated;
         add_zero_dates(&mut report.zero_dates, &prepared.plan, &batch.zero_dates);
+        crate::progress::rows(&cfg.name, "load", report.rows_read);
         opts.stop.check(
             &cfg.name,
             &format!("after committing {} rows", report.rows_read),

@@ -16,6 +16,7 @@ use crate::error::{Error, ErrorKind, Result, chain};
 use crate::extract::{self, ExtractContext};
 use crate::load::{LoadContext, LoadOptions, TableReport, load_table};
 use crate::postgres as pg;
+use crate::progress;
 use crate::schema::{DateTimeParts, days_since_pg_epoch};
 use crate::shutdown::Stop;
 use crate::tracking::{self, HistoryOutcome};
@@ -255,8 +256,31 @@ struct Shared<'a> {
     if_locked: IfLocked,
 }
 
+fn phase_started(cfg: &TableConfig, phase: &str) {
+    let expected_rows = cfg.estimated_rows.unwrap_or(0);
+    tracing::info!(target: progress::TARGET, table = %cfg.name, phase, expected_rows, "started");
+}
+
+fn phase_finished(cfg: &TableConfig, phase: &str, result: &Result<TableReport>) {
+    match result {
+        Ok(r) => tracing::info!(
+            target: progress::TARGET,
+            table = %cfg.name,
+            phase,
+            rows = r.rows_read,
+            seconds = r.elapsed.as_secs_f64(),
+            strategy = r.decision.strategy.name(),
+            "finished"
+        ),
+        Err(e) => {
+            tracing::info!(target: progress::TARGET, table = %cfg.name, phase, error = %chain(e), "finished")
+        }
+    }
+}
+
 async fn extract_one(shared: &Shared<'_>, ctx: &ExtractContext, cfg: &TableConfig) -> TableOutcome {
     let started = Instant::now();
+    phase_started(cfg, "extract");
     let history = match shared.control {
         Some(c) => tracking::begin_history(c, shared.schema, shared.run_id, &cfg.name, "extract")
             .await
@@ -285,6 +309,7 @@ async fn extract_one(shared: &Shared<'_>, ctx: &ExtractContext, cfg: &TableConfi
         let _ =
             tracking::finish_history(control, shared.schema, id, &history_outcome(&result)).await;
     }
+    phase_finished(cfg, "extract", &result);
     TableOutcome {
         table: cfg.name.clone(),
         phase: "extract",
@@ -296,6 +321,7 @@ async fn extract_one(shared: &Shared<'_>, ctx: &ExtractContext, cfg: &TableConfi
 async fn load_one(shared: &Shared<'_>, ctx: &LoadContext, cfg: &TableConfig) -> TableOutcome {
     let schema = &ctx.warehouse.schema;
     let started = Instant::now();
+    phase_started(cfg, "load");
     let opts = LoadOptions {
         force_full: shared.force_full,
         run_id: shared.run_id.to_string(),
@@ -328,6 +354,7 @@ async fn load_one(shared: &Shared<'_>, ctx: &LoadContext, cfg: &TableConfig) -> 
     {
         tracing::warn!(table = %cfg.name, error = %chain(&e), "run history not written");
     }
+    phase_finished(cfg, "load", &result);
     TableOutcome {
         table: cfg.name.clone(),
         phase: "load",
@@ -373,6 +400,12 @@ fn not_run(cfg: &TableConfig, phase: &'static str, kind: ErrorKind, why: String)
 }
 
 async fn process_table(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutcome> {
+    let outcomes = process_table_phases(shared, cfg).await;
+    tracing::debug!(target: progress::TARGET, table = %cfg.name, "table done");
+    outcomes
+}
+
+async fn process_table_phases(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutcome> {
     let first_phase = if shared.phases.extract {
         "extract"
     } else {
@@ -472,12 +505,15 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
         if_locked: plan.if_locked,
     };
     let shared = &shared;
+    let tables = u64::try_from(plan.tables.len()).unwrap_or(0);
+    tracing::info!(target: progress::TARGET, run_id = %run_id, tables, "run started");
     let outcomes: Vec<TableOutcome> = futures_util::stream::iter(plan.tables.iter())
         .map(|cfg| process_table(shared, cfg))
         .buffer_unordered(plan.max_workers.max(1))
         .flat_map(futures_util::stream::iter)
         .collect()
         .await;
+    tracing::info!(target: progress::TARGET, run_id = %run_id, "run finished");
     Ok(RunReport {
         run_id,
         outcomes,

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+use crate::analyze;
 use crate::config::{Env, Mode, TablesConfig};
 use crate::demo::{self, DemoOptions};
 use crate::error::{Error, ErrorKind, Result, chain};
@@ -59,6 +60,8 @@ pub enum LogFormat {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Profile the source database and write the table config (--tables FILE).
+    Analyze,
     /// Create the tracking tables in the replica and the warehouse (idempotent).
     Init,
     /// Load tables.
@@ -377,6 +380,30 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(EXIT_FAILED)
             })
         }
+        Command::Analyze => {
+            let env = Env::load(cli.env_file.as_deref())?;
+            let source = env.source()?;
+            let started = Instant::now();
+            let plans = analyze::analyze(&source).await?;
+            let now = pipeline::utc_now().to_sql_string().replace(' ', "T") + "Z";
+            let text = analyze::render(
+                &plans,
+                env.environment().name(),
+                &now,
+                &analyze::schema_hash(&plans),
+            );
+            TablesConfig::parse(&text)?;
+            write_atomically(&cli.tables, &text)?;
+            let incremental = plans.iter().filter(|p| p.chosen.is_some()).count();
+            println!(
+                "analyzed {} tables of {} in {:.1}s ({incremental} with a watermark column); wrote {}",
+                plans.len(),
+                my::describe(&source),
+                started.elapsed().as_secs_f64(),
+                cli.tables.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Init => {
             let env = Env::load(cli.env_file.as_deref())?;
             let warehouse = env.warehouse()?;
@@ -622,15 +649,25 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Writes JSON through a temporary file and a rename, so a reader never
+/// Writes a file through a temporary file and a rename, so a reader never
 /// sees half a file.
-fn write_json(path: &std::path::Path, value: &serde_json::Value) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::config(format!("cannot encode {}: {e}", path.display())))?;
+fn write_atomically(path: &std::path::Path, text: &str) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::config(format!("cannot create {}: {e}", dir.display())))?;
+    }
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|e| Error::config(format!("cannot write {}: {e}", path.display())))
+}
+
+fn write_json(path: &std::path::Path, value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::config(format!("cannot encode {}: {e}", path.display())))?;
+    write_atomically(path, &text)
 }
 
 fn report_connection(role: &str, outcome: Result<String>) -> bool {

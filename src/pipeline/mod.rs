@@ -139,20 +139,30 @@ impl RunReport {
 
 /// A run id that sorts by time: `20261122T021500Z-<pid>`.
 pub fn new_run_id() -> String {
+    let now = utc_now();
+    let stamp = format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        now.year, now.month, now.day, now.hour, now.minute, now.second
+    );
+    format!("{stamp}-{}", std::process::id())
+}
+
+/// The current UTC time.
+pub fn utc_now() -> DateTimeParts {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let micros = i64::try_from(now.as_micros()).unwrap_or(0);
     let unix_to_pg = days_since_pg_epoch(1970, 1, 1) * 86_400_000_000;
-    let stamp = DateTimeParts::from_pg_micros(micros + unix_to_pg)
-        .map(|p| {
-            format!(
-                "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-                p.year, p.month, p.day, p.hour, p.minute, p.second
-            )
-        })
-        .unwrap_or_default();
-    format!("{stamp}-{}", std::process::id())
+    DateTimeParts::from_pg_micros(micros + unix_to_pg).unwrap_or(DateTimeParts {
+        year: 1970,
+        month: 1,
+        day: 1,
+        hour: 0,
+        minute: 0,
+        second: 0,
+        micros: 0,
+    })
 }
 
 fn order_tables(tables: &mut [TableConfig]) {

@@ -1,0 +1,500 @@
+//! `analyze`: writes the table configuration from a live OpenDental database.
+//!
+//! Sizes come from `information_schema` (no scans); each table's watermark
+//! candidates (OpenDental's change-tracking columns and any `timestamp … on
+//! update current_timestamp`) are profiled in one query per table (min, max,
+//! NULLs, zero dates, values outside 2000-01-01 … tomorrow) and ranked; the
+//! profile behind every choice is written beside it as YAML comments.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row, Value};
+
+use crate::config::MySqlSettings;
+use crate::error::{Error, Result};
+use crate::mysql as my;
+use crate::schema::{SourceType, ident, value_to_text};
+
+/// Name patterns of OpenDental's change-tracking columns, best first: the
+/// edit stamps catch updates, the entry stamps only inserts.
+const PATTERNS: [(&str, u8); 7] = [
+    ("DateTStamp", 1),
+    ("SecDateTEdit", 1),
+    ("SecDateTEntry", 3),
+    ("DateTEntry", 3),
+    ("DateTimeEntry", 3),
+    ("SecDateEntry", 4),
+    ("DateEntry", 4),
+];
+/// Share of NULL, zero or out-of-bounds values above which a column cannot
+/// be a watermark: most of its changes would be invisible to it.
+const MAX_BAD_SHARE: f64 = 0.05;
+/// Tables below this many rows are refreshed in full: cheaper than tracking.
+const FULL_REFRESH_BELOW_ROWS: u64 = 10_000;
+/// Bytes of rows per batch the generated `batch_size` aims at.
+const TARGET_BATCH_BYTES: u64 = 8 * 1024 * 1024;
+/// The lower quality bound written when a column holds older values.
+const DEFAULT_MIN_DATE: &str = "2000-01-01";
+
+/// A profiled watermark candidate.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub column: String,
+    pub on_update: bool,
+    pub rank: u8,
+    pub integer_key: bool,
+    pub indexed: bool,
+    pub min: Option<String>,
+    pub max: Option<String>,
+    pub nulls: u64,
+    pub zero_dates: u64,
+    pub outside: u64,
+    pub rows: u64,
+    pub rejected: Option<String>,
+}
+
+impl Candidate {
+    fn bad_share(&self) -> f64 {
+        if self.rows == 0 {
+            return 0.0;
+        }
+        (self.nulls + self.zero_dates + self.outside) as f64 / self.rows as f64
+    }
+}
+
+/// What `analyze` decided for one table.
+#[derive(Debug, Clone)]
+pub struct TablePlan {
+    pub name: String,
+    pub estimated_rows: u64,
+    pub size_mb: f64,
+    pub avg_row_bytes: u64,
+    pub primary_key: Vec<String>,
+    pub columns: Vec<String>,
+    pub candidates: Vec<Candidate>,
+    pub chosen: Option<String>,
+    pub append_only: bool,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct RawColumn {
+    name: String,
+    data_type: String,
+    column_type: String,
+    extra: String,
+}
+
+fn text(row: &mut Row, i: usize) -> String {
+    match row.take::<Value, _>(i) {
+        Some(Value::Bytes(b)) => String::from_utf8_lossy(&b).into_owned(),
+        Some(Value::Int(v)) => v.to_string(),
+        Some(Value::UInt(v)) => v.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn number(row: &mut Row, i: usize) -> u64 {
+    match row.take::<Value, _>(i) {
+        Some(Value::Int(v)) => u64::try_from(v).unwrap_or(0),
+        Some(Value::UInt(v)) => v,
+        Some(Value::Bytes(b)) => String::from_utf8_lossy(&b).parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn is_tool_table(name: &str) -> bool {
+    name.starts_with("etl_copy_")
+        || name.ends_with("__etl_shadow")
+        || name.ends_with("__etl_retired")
+}
+
+/// Profiles every table of the source database.
+pub async fn analyze(source: &MySqlSettings) -> Result<Vec<TablePlan>> {
+    let mut conn = my::connect(source).await?;
+    let db = source.database.as_str();
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |e| Error::mysql(format!("reading {what} of `{db}`"), e)
+    };
+    let tables: Vec<Row> = conn
+        .exec(
+            "SELECT TABLE_NAME, TABLE_ROWS, DATA_LENGTH + INDEX_LENGTH, AVG_ROW_LENGTH FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
+            (db,),
+        )
+        .await
+        .map_err(err("the tables"))?;
+    let columns: Vec<Row> = conn
+        .exec(
+            "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, EXTRA FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME, ORDINAL_POSITION",
+            (db,),
+        )
+        .await
+        .map_err(err("the columns"))?;
+    let stats: Vec<Row> = conn
+        .exec(
+            "SELECT TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX, COLUMN_NAME FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX",
+            (db,),
+        )
+        .await
+        .map_err(err("the indexes"))?;
+    let mut by_table: BTreeMap<String, Vec<RawColumn>> = BTreeMap::new();
+    for mut r in columns {
+        let table = text(&mut r, 0);
+        by_table.entry(table).or_default().push(RawColumn {
+            name: text(&mut r, 1),
+            data_type: text(&mut r, 2),
+            column_type: text(&mut r, 3),
+            extra: text(&mut r, 4).to_ascii_lowercase(),
+        });
+    }
+    let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut leading: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for mut r in stats {
+        let table = text(&mut r, 0);
+        let index = text(&mut r, 1);
+        let seq = number(&mut r, 2);
+        let column = text(&mut r, 3);
+        if index == "PRIMARY" {
+            keys.entry(table.clone()).or_default().push(column.clone());
+        }
+        if seq == 1 {
+            leading.entry(table).or_default().push(column);
+        }
+    }
+    let mut plans = Vec::new();
+    for mut r in tables {
+        let name = text(&mut r, 0);
+        if is_tool_table(&name) {
+            continue;
+        }
+        let estimated_rows = number(&mut r, 1);
+        let bytes = number(&mut r, 2);
+        let avg_row_bytes = number(&mut r, 3);
+        let cols = by_table.remove(&name).unwrap_or_default();
+        let primary_key = keys.remove(&name).unwrap_or_default();
+        let indexed = leading.remove(&name).unwrap_or_default();
+        let plan = plan_table(
+            &mut conn,
+            &name,
+            estimated_rows,
+            bytes,
+            avg_row_bytes,
+            &cols,
+            primary_key,
+            &indexed,
+        )
+        .await?;
+        plans.push(plan);
+    }
+    Ok(plans)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn plan_table(
+    conn: &mut Conn,
+    name: &str,
+    estimated_rows: u64,
+    bytes: u64,
+    avg_row_bytes: u64,
+    cols: &[RawColumn],
+    primary_key: Vec<String>,
+    indexed: &[String],
+) -> Result<TablePlan> {
+    let mut candidates = Vec::new();
+    for c in cols {
+        let temporal = matches!(c.data_type.as_str(), "date" | "datetime" | "timestamp");
+        if !temporal {
+            continue;
+        }
+        let on_update = c.data_type == "timestamp" && c.extra.contains("on update");
+        let rank = if on_update {
+            Some(0)
+        } else {
+            PATTERNS
+                .iter()
+                .find(|(p, _)| c.name.eq_ignore_ascii_case(p))
+                .map(|(_, r)| *r)
+        };
+        let Some(rank) = rank else { continue };
+        candidates.push(Candidate {
+            column: c.name.clone(),
+            on_update,
+            rank,
+            integer_key: false,
+            indexed: indexed.contains(&c.name),
+            min: None,
+            max: None,
+            nulls: 0,
+            zero_dates: 0,
+            outside: 0,
+            rows: 0,
+            rejected: None,
+        });
+    }
+    let mut notes = Vec::new();
+    if !candidates.is_empty() {
+        profile(conn, name, &mut candidates).await?;
+    }
+    let mut usable: Vec<&Candidate> = candidates
+        .iter_mut()
+        .map(|c| {
+            if c.rows > 0 && c.bad_share() > MAX_BAD_SHARE {
+                c.rejected = Some(format!(
+                    "{:.0}% of values are NULL, zero or outside {DEFAULT_MIN_DATE}…tomorrow",
+                    c.bad_share() * 100.0
+                ));
+            } else if c.rows > 0 && c.max.is_none() {
+                c.rejected = Some("no value".into());
+            }
+            &*c
+        })
+        .filter(|c| c.rejected.is_none())
+        .collect();
+    usable.sort_by(|a, b| {
+        a.rank
+            .cmp(&b.rank)
+            .then(b.indexed.cmp(&a.indexed))
+            .then(a.bad_share().total_cmp(&b.bad_share()))
+    });
+    let mut chosen = usable.first().map(|c| c.column.clone());
+    let auto_increment_key = primary_key.len() == 1
+        && cols.iter().any(|c| {
+            c.name == primary_key[0]
+                && c.extra.contains("auto_increment")
+                && SourceType::parse(&c.data_type, &c.column_type, None, None, None, None, false)
+                    .is_ok_and(|t| matches!(t, SourceType::Integer { .. }))
+        });
+    let mut append_only = false;
+    if chosen.is_none() && auto_increment_key {
+        chosen = Some(primary_key[0].clone());
+        append_only = true;
+        notes.push(
+            "no change-tracking column: append-only, watermark on the auto-increment key".into(),
+        );
+    }
+    if primary_key.is_empty() {
+        notes.push("no primary key: refreshed in full every run".into());
+    }
+    Ok(TablePlan {
+        name: name.to_string(),
+        estimated_rows,
+        size_mb: bytes as f64 / 1_048_576.0,
+        avg_row_bytes,
+        primary_key,
+        columns: cols.iter().map(|c| c.name.clone()).collect(),
+        candidates,
+        chosen,
+        append_only,
+        notes,
+    })
+}
+
+async fn profile(conn: &mut Conn, table: &str, candidates: &mut [Candidate]) -> Result<()> {
+    let mut exprs = vec!["COUNT(*)".to_string()];
+    for c in candidates.iter() {
+        let col = ident::mysql(&c.column);
+        exprs.push(format!(
+            "MIN(CASE WHEN {col} >= '1000-01-01' THEN {col} END)"
+        ));
+        exprs.push(format!("MAX({col})"));
+        exprs.push(format!("SUM({col} IS NULL)"));
+        exprs.push(format!("SUM({col} < '1000-01-01')"));
+        exprs.push(format!(
+            "SUM({col} >= '1000-01-01' AND ({col} < '{DEFAULT_MIN_DATE}' OR {col} > NOW() + INTERVAL 1 DAY))"
+        ));
+    }
+    let sql = format!("SELECT {} FROM {}", exprs.join(", "), ident::mysql(table));
+    let row: Option<Row> = conn
+        .exec_first(sql, ())
+        .await
+        .map_err(|e| Error::mysql(format!("profiling `{table}`"), e))?;
+    let Some(mut row) = row else { return Ok(()) };
+    let rows = number(&mut row, 0);
+    for (i, c) in candidates.iter_mut().enumerate() {
+        let at = 1 + i * 5;
+        c.rows = rows;
+        c.min = row.take::<Value, _>(at).as_ref().and_then(value_to_text);
+        c.max = row
+            .take::<Value, _>(at + 1)
+            .as_ref()
+            .and_then(value_to_text);
+        c.nulls = number(&mut row, at + 2);
+        c.zero_dates = number(&mut row, at + 3);
+        c.outside = number(&mut row, at + 4);
+    }
+    Ok(())
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn category(rows: u64) -> &'static str {
+    match rows {
+        r if r >= 1_000_000 => "large",
+        r if r >= 100_000 => "medium",
+        r if r >= 10_000 => "small",
+        _ => "tiny",
+    }
+}
+
+/// Renders `tables.yml`: a metadata block, then one entry per table with
+/// the profile behind each choice as comments.
+pub fn render(
+    plans: &[TablePlan],
+    environment: &str,
+    generated_at: &str,
+    schema_hash: &str,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Generated by `etl-pipeline analyze`. Edits belong in an override file; see the README."
+    );
+    let _ = writeln!(out, "metadata:");
+    let _ = writeln!(out, "  generated_at: {}", quote(generated_at));
+    let _ = writeln!(
+        out,
+        "  analyzer_version: {}",
+        quote(env!("CARGO_PKG_VERSION"))
+    );
+    let _ = writeln!(out, "  environment: {}", quote(environment));
+    let _ = writeln!(out, "  total_tables: {}", plans.len());
+    let _ = writeln!(out, "  schema_hash: {}", quote(schema_hash));
+    let _ = writeln!(out, "tables:");
+    for p in plans {
+        let cat = category(p.estimated_rows);
+        let incremental = p.chosen.is_some()
+            && !p.primary_key.is_empty()
+            && p.estimated_rows >= FULL_REFRESH_BELOW_ROWS;
+        let batch =
+            (TARGET_BATCH_BYTES / p.avg_row_bytes.max(1)).clamp(1_000, 100_000) / 1_000 * 1_000;
+        let _ = writeln!(out, "  {}:", quote(&p.name));
+        let _ = writeln!(out, "    table_name: {}", quote(&p.name));
+        for c in &p.candidates {
+            let _ = writeln!(
+                out,
+                "    # candidate {}: rank {}{}{}, {} rows, min {}, max {}, {} NULL, {} zero or 0001-01-01 dates, {} outside bounds{}",
+                c.column,
+                c.rank,
+                if c.on_update {
+                    ", on update current_timestamp"
+                } else {
+                    ""
+                },
+                if c.indexed { ", indexed" } else { ", no index" },
+                c.rows,
+                c.min.as_deref().unwrap_or("-"),
+                c.max.as_deref().unwrap_or("-"),
+                c.nulls,
+                c.zero_dates,
+                c.outside,
+                c.rejected
+                    .as_deref()
+                    .map(|r| format!(" — rejected: {r}"))
+                    .unwrap_or_default()
+            );
+        }
+        for n in &p.notes {
+            let _ = writeln!(out, "    # {n}");
+        }
+        if !incremental && p.chosen.is_some() && p.estimated_rows < FULL_REFRESH_BELOW_ROWS {
+            let _ = writeln!(
+                out,
+                "    # under {FULL_REFRESH_BELOW_ROWS} rows: a full refresh costs less than tracking"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "    extraction_strategy: {}",
+            if incremental {
+                "incremental"
+            } else {
+                "full_table"
+            }
+        );
+        let _ = writeln!(out, "    estimated_rows: {}", p.estimated_rows);
+        let _ = writeln!(out, "    estimated_size_mb: {:.2}", p.size_mb);
+        let _ = writeln!(out, "    batch_size: {batch}");
+        let incremental_columns: Vec<String> = p.chosen.iter().map(|c| quote(c)).collect();
+        let _ = writeln!(
+            out,
+            "    incremental_columns: [{}]",
+            incremental_columns.join(", ")
+        );
+        match &p.chosen {
+            Some(c) => {
+                let _ = writeln!(out, "    primary_incremental_column: {}", quote(c));
+            }
+            None => {
+                let _ = writeln!(out, "    primary_incremental_column: null");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "    sync_profile: {}",
+            if p.append_only {
+                "append_only"
+            } else {
+                "in_place_updates"
+            }
+        );
+        match p.primary_key.as_slice() {
+            [] => {}
+            [one] => {
+                let _ = writeln!(out, "    primary_key: {}", quote(one));
+            }
+            many => {
+                let keys: Vec<String> = many.iter().map(|k| quote(k)).collect();
+                let _ = writeln!(out, "    primary_key: [{}]", keys.join(", "));
+            }
+        }
+        let chosen = p
+            .chosen
+            .as_ref()
+            .and_then(|c| p.candidates.iter().find(|x| &x.column == c));
+        if let Some(c) = chosen
+            && (c.outside > 0 || c.zero_dates > 0)
+        {
+            let _ = writeln!(
+                out,
+                "    data_quality_filters: {{min_date: {}}}",
+                quote(DEFAULT_MIN_DATE)
+            );
+        }
+        let _ = writeln!(out, "    performance_category: {cat}");
+        let priority = match cat {
+            "large" | "medium" => "high",
+            "small" => "medium",
+            _ => "low",
+        };
+        let _ = writeln!(out, "    processing_priority: {priority}");
+        let cols: Vec<String> = p.columns.iter().map(|c| quote(c)).collect();
+        let _ = writeln!(out, "    column_names: [{}]", cols.join(", "));
+    }
+    out
+}
+
+/// A hash of every table's columns, so two analyses tell whether the
+/// schema changed (FNV-1a, stable across builds and platforms).
+pub fn schema_hash(plans: &[TablePlan]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in plans {
+        for part in std::iter::once(&p.name)
+            .chain(&p.columns)
+            .chain(&p.primary_key)
+        {
+            for b in part.bytes().chain(std::iter::once(0)) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    format!("{h:016x}")
+}

@@ -1,0 +1,120 @@
+//! `analyze` on OpenDental's own schema and seed data.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestDb, binary, scratch};
+use etl_pipeline::config::{ExtractionStrategy, TablesConfig};
+use mysql_async::prelude::Queryable;
+
+const DUMP: &str = "../shared/fixtures/opendental/opendental-21.1-unittest-dump.sql";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_profiles_the_opendental_fixture_and_its_config_drives_a_run() {
+    let db = TestDb::new("analyze_fixture").await;
+    let dump =
+        std::fs::read_to_string(DUMP).expect("the OpenDental fixture is in ../shared/fixtures");
+    let mut conn = etl_pipeline::mysql::connect(&db.source).await.unwrap();
+    conn.query_drop(dump).await.unwrap();
+    // Planted: procedurelog large enough to be tracked, a table whose only
+    // candidate is full of bad dates, and securitylog rows without a stamp.
+    db.source_sql(&[
+        "INSERT INTO `procedurelog` (`PatNum`, `AptNum`, `ProcDate`, `ProcFee`, `Priority`, `ProvNum`, `Dx`, `PlannedAptNum`, \
+         `ClinicNum`, `ProcNumLab`, `BillingTypeOne`, `BillingTypeTwo`, `CodeNum`, `UnitQty`, `BaseUnits`, `StartTime`, `StopTime`, \
+         `DateTP`, `SiteNum`, `HideGraphics`, `CanadianTypeCodes`, `ProcTime`, `ProcTimeEnd`, `Prognosis`, `DrugUnit`, `DrugQty`, \
+         `UnitQtyType`, `StatementNum`, `IsLocked`, `BillingNote`, `RepeatChargeNum`, `SnomedBodySite`, `DiagnosticCode2`, \
+         `DiagnosticCode3`, `DiagnosticCode4`, `ProvOrderOverride`, `Discount`, `IsDateProsthEst`, `IcdVersion`, `IsCpoe`, \
+         `SecUserNumEntry`, `OrderingReferralNum`, `TaxAmt`, `Urgency`, `DiscountPlanAmt`) \
+         SELECT seq, 0, '2023-01-01', 10, 0, 1, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, '2023-01-01', 0, 0, '', '00:00:00', '00:00:00', \
+         0, 0, 0, 0, 0, 0, '', 0, '', '', '', '', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 FROM seq_1_to_12000",
+        "CREATE TABLE `badstamps` (`BadNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, `SecDateTEdit` datetime NOT NULL, \
+         `DateTEntry` datetime NOT NULL)",
+        "INSERT INTO `badstamps` (`SecDateTEdit`, `DateTEntry`) SELECT IF(seq % 2 = 0, '1902-01-01', '2099-01-01'), \
+         '2024-01-01' + INTERVAL seq MINUTE FROM seq_1_to_20000",
+        "INSERT INTO `securitylog` (`PermType`, `UserNum`, `LogDateTime`, `LogText`, `PatNum`, `CompName`, `FKey`, `LogSource`, \
+         `DefNum`, `DefNumError`) SELECT 1, 1, '2024-02-02', 'x', 1, 'PC', seq, 0, 0, 0 FROM seq_1_to_15000",
+        "ANALYZE TABLE `procedurelog`, `badstamps`, `securitylog`",
+    ])
+    .await;
+
+    let dir = scratch("analyze_fixture");
+    let env = db.env_file(&dir);
+    let s = &db.source;
+    let mut env_text = std::fs::read_to_string(&env).unwrap();
+    env_text.push_str(&format!(
+        "TEST_OPENDENTAL_SOURCE_HOST={}\nTEST_OPENDENTAL_SOURCE_PORT={}\nTEST_OPENDENTAL_SOURCE_DB={}\nTEST_OPENDENTAL_SOURCE_USER={}\n",
+        s.host, s.port, s.database, s.user
+    ));
+    std::fs::write(&env, env_text).unwrap();
+    let tables = dir.join("config").join("tables.yml");
+    let started = Instant::now();
+    let out = binary()
+        .args([
+            "--env-file",
+            env.to_str().unwrap(),
+            "--tables",
+            tables.to_str().unwrap(),
+            "analyze",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "analysis took {:?}",
+        started.elapsed()
+    );
+
+    let config = TablesConfig::load(&tables).unwrap();
+    assert_eq!(config.len(), 380);
+    let procedurelog = config.get("procedurelog").unwrap();
+    assert_eq!(
+        procedurelog.primary_incremental_column.as_deref(),
+        Some("DateTStamp")
+    );
+    assert_eq!(procedurelog.primary_key, vec!["ProcNum"]);
+    assert_eq!(
+        procedurelog.extraction_strategy,
+        ExtractionStrategy::Incremental
+    );
+    let securitylog = config.get("securitylog").unwrap();
+    assert_eq!(
+        securitylog.primary_incremental_column.as_deref(),
+        Some("SecurityLogNum")
+    );
+    let bad = config.get("badstamps").unwrap();
+    assert_eq!(
+        bad.primary_incremental_column.as_deref(),
+        Some("DateTEntry"),
+        "the 1902/2099 column is never chosen"
+    );
+    let text = std::fs::read_to_string(&tables).unwrap();
+    assert!(
+        text.contains("candidate SecDateTEdit") && text.contains("rejected: 100%"),
+        "the profile is kept as comments"
+    );
+
+    let out = binary()
+        .args([
+            "--env-file",
+            env.to_str().unwrap(),
+            "--tables",
+            tables.to_str().unwrap(),
+            "run",
+            "--all",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    db.assert_replica_same("procedurelog", &["ProcNum"]).await;
+    db.assert_same("procedurelog", &["ProcNum"]).await;
+}

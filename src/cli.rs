@@ -61,7 +61,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Profile the source database and write the table config (--tables FILE).
-    Analyze,
+    Analyze(AnalyzeArgs),
     /// Create the tracking tables in the replica and the warehouse (idempotent).
     Init,
     /// Load tables.
@@ -172,6 +172,14 @@ fn parse_workers(text: &str) -> std::result::Result<usize, String> {
         Ok(n) if (1..=64).contains(&n) => Ok(n),
         _ => Err(format!("`{text}` is not a worker count from 1 to 64")),
     }
+}
+
+/// Arguments of `analyze`.
+#[derive(Debug, Args)]
+pub struct AnalyzeArgs {
+    /// Write nothing; exit 1 when the schema changed since the table config was written.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// Arguments of `status`.
@@ -380,11 +388,37 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(EXIT_FAILED)
             })
         }
-        Command::Analyze => {
+        Command::Analyze(args) => {
             let env = Env::load(cli.env_file.as_deref())?;
             let source = env.source()?;
             let started = Instant::now();
             let plans = analyze::analyze(&source).await?;
+            let previous = std::fs::read_to_string(&cli.tables).ok();
+            let changes = match &previous {
+                Some(text) => analyze::changes_since(text, &plans)?,
+                None => vec![format!("first analysis: {} tables", plans.len())],
+            };
+            if args.check {
+                if previous.is_none() {
+                    return Err(Error::config(format!(
+                        "{} does not exist yet; run `etl-pipeline analyze` first",
+                        cli.tables.display()
+                    )));
+                }
+                for change in &changes {
+                    println!("{change}");
+                }
+                println!(
+                    "{} schema change(s) since {} was written",
+                    changes.len(),
+                    cli.tables.display()
+                );
+                return Ok(if changes.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_FAILED)
+                });
+            }
             let now = pipeline::utc_now().to_sql_string().replace(' ', "T") + "Z";
             let text = analyze::render(
                 &plans,
@@ -394,13 +428,24 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             );
             TablesConfig::parse(&text)?;
             write_atomically(&cli.tables, &text)?;
+            if !changes.is_empty() {
+                let log = cli.tables.with_file_name("schema_changelog.md");
+                let mut entry = std::fs::read_to_string(&log)
+                    .unwrap_or_else(|_| "# Schema changelog\n".to_string());
+                entry.push_str(&format!("\n## {now}\n\n"));
+                for change in &changes {
+                    entry.push_str(&format!("- {change}\n"));
+                }
+                write_atomically(&log, &entry)?;
+            }
             let incremental = plans.iter().filter(|p| p.chosen.is_some()).count();
             println!(
-                "analyzed {} tables of {} in {:.1}s ({incremental} with a watermark column); wrote {}",
+                "analyzed {} tables of {} in {:.1}s ({incremental} with a watermark column); wrote {} ({} schema change(s))",
                 plans.len(),
                 my::describe(&source),
                 started.elapsed().as_secs_f64(),
-                cli.tables.display()
+                cli.tables.display(),
+                changes.len()
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -73,6 +73,8 @@ pub struct TablePlan {
     pub avg_row_bytes: u64,
     pub primary_key: Vec<String>,
     pub columns: Vec<String>,
+    /// `COLUMN_TYPE` of each column, for the table's schema hash.
+    pub column_types: Vec<String>,
     pub candidates: Vec<Candidate>,
     pub chosen: Option<String>,
     pub append_only: bool,
@@ -288,6 +290,7 @@ async fn plan_table(
         avg_row_bytes,
         primary_key,
         columns: cols.iter().map(|c| c.name.clone()).collect(),
+        column_types: cols.iter().map(|c| c.column_type.clone()).collect(),
         candidates,
         chosen,
         append_only,
@@ -477,24 +480,95 @@ pub fn render(
         let _ = writeln!(out, "    processing_priority: {priority}");
         let cols: Vec<String> = p.columns.iter().map(|c| quote(c)).collect();
         let _ = writeln!(out, "    column_names: [{}]", cols.join(", "));
+        let _ = writeln!(out, "    schema_hash: {}", quote(&table_hash(p)));
     }
     out
 }
 
-/// A hash of every table's columns, so two analyses tell whether the
-/// schema changed (FNV-1a, stable across builds and platforms).
-pub fn schema_hash(plans: &[TablePlan]) -> String {
+fn fnv<'a>(parts: impl IntoIterator<Item = &'a String>) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in plans {
-        for part in std::iter::once(&p.name)
-            .chain(&p.columns)
-            .chain(&p.primary_key)
-        {
-            for b in part.bytes().chain(std::iter::once(0)) {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
         }
     }
     format!("{h:016x}")
+}
+
+/// A hash of a table's columns, types and key (FNV-1a, stable across builds).
+fn table_hash(p: &TablePlan) -> String {
+    fnv(std::iter::once(&p.name)
+        .chain(&p.columns)
+        .chain(&p.column_types)
+        .chain(&p.primary_key))
+}
+
+/// A hash over every table's hash, so two analyses tell at a glance
+/// whether the schema changed.
+pub fn schema_hash(plans: &[TablePlan]) -> String {
+    let hashes: Vec<String> = plans.iter().map(table_hash).collect();
+    fnv(&hashes)
+}
+
+/// The schema changes since the `tables.yml` text `previous` was written:
+/// tables added and removed, columns added and removed, and tables whose
+/// column definitions changed (by their schema hashes).
+pub fn changes_since(previous: &str, plans: &[TablePlan]) -> Result<Vec<String>> {
+    use serde_norway::Value;
+    let old: Value = serde_norway::from_str(previous).map_err(|e| Error::config(e.to_string()))?;
+    let empty = serde_norway::Mapping::new();
+    let old_tables = old
+        .get("tables")
+        .and_then(Value::as_mapping)
+        .unwrap_or(&empty);
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_sequence)
+            .map(|s| {
+                s.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut changes = Vec::new();
+    for p in plans {
+        let Some(entry) = old_tables.get(p.name.as_str()) else {
+            changes.push(format!("table `{}` added", p.name));
+            continue;
+        };
+        let old_columns = strings(entry.get("column_names"));
+        let added: Vec<&String> = p
+            .columns
+            .iter()
+            .filter(|c| !old_columns.contains(c))
+            .collect();
+        let removed: Vec<&String> = old_columns
+            .iter()
+            .filter(|c| !p.columns.contains(c))
+            .collect();
+        for c in &added {
+            changes.push(format!("table `{}`: column `{c}` added", p.name));
+        }
+        for c in &removed {
+            changes.push(format!("table `{}`: column `{c}` removed", p.name));
+        }
+        let old_hash = entry.get("schema_hash").and_then(|h| {
+            h.as_str()
+                .map(str::to_string)
+                .or_else(|| h.as_i64().map(|n| n.to_string()))
+        });
+        if added.is_empty() && removed.is_empty() && old_hash.is_some_and(|h| h != table_hash(p)) {
+            changes.push(format!(
+                "table `{}`: column definitions or key changed",
+                p.name
+            ));
+        }
+    }
+    for name in old_tables.keys().filter_map(Value::as_str) {
+        if !plans.iter().any(|p| p.name == name) {
+            changes.push(format!("table `{name}` removed"));
+        }
+    }
+    Ok(changes)
 }

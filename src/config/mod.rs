@@ -12,5 +12,5 @@ pub use strategy::{Decision, Strategy, TableFacts, resolve};
 pub use tables::{
     DEFAULT_BATCH_SIZE, DEFAULT_LOOKBACK_KEYS, DEFAULT_LOOKBACK_SECONDS, ExtractionStrategy,
     MAX_BATCH_SIZE, PerformanceCategory, ProcessingPriority, QualityBounds, TableConfig,
-    TablesConfig,
+    TablesConfig, override_path,
 };

@@ -226,17 +226,78 @@ fn parse_bound(table: &str, key: &str, text: &str) -> Result<DateTimeParts> {
     parts.ok_or_else(bad)
 }
 
+/// The override file beside a table config: `tables.yml` →
+/// `tables.override.yml`. `analyze` never writes it.
+pub fn override_path(path: &Path) -> std::path::PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!("{stem}.override.yml"))
+}
+
 impl TablesConfig {
-    /// Reads and validates a `tables.yml` file.
+    /// Reads and validates a `tables.yml` file, merged with its override
+    /// file ([`override_path`]) when one exists.
     pub fn load(path: &Path) -> Result<TablesConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::config(format!(
-                "cannot read table config {}: {e}; pass the right file with --tables FILE",
-                path.display()
-            ))
-        })?;
-        TablesConfig::parse(&text)
-            .map_err(|e| Error::config(format!("{}: {}", path.display(), e.message())))
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| {
+                Error::config(format!(
+                    "cannot read table config {}: {e}; pass the right file with --tables FILE",
+                    p.display()
+                ))
+            })
+        };
+        let text = read(path)?;
+        fn at(p: &Path) -> impl Fn(Error) -> Error + '_ {
+            move |e| Error::config(format!("{}: {}", p.display(), e.message()))
+        }
+        let base = TablesConfig::parse(&text).map_err(at(path))?;
+        let over_path = override_path(path);
+        if !over_path.exists() {
+            return Ok(base);
+        }
+        let over = read(&over_path)?;
+        TablesConfig::parse_with_override(&text, &over).map_err(at(&over_path))
+    }
+
+    /// Parses `tables.yml` text with a person's overrides merged in: each
+    /// key an override gives for a table replaces the generated one, and a
+    /// table only in the override is added.
+    pub fn parse_with_override(text: &str, over: &str) -> Result<TablesConfig> {
+        use serde_norway::Value;
+        let mut base: Value =
+            serde_norway::from_str(text).map_err(|e| Error::config(e.to_string()))?;
+        let over: Value = serde_norway::from_str(over).map_err(|e| Error::config(e.to_string()))?;
+        let Some(over_tables) = over.get("tables").and_then(Value::as_mapping) else {
+            return Err(Error::config("the override file needs a `tables:` map"));
+        };
+        let Some(base_tables) = base.get_mut("tables").and_then(Value::as_mapping_mut) else {
+            return Err(Error::config("the table config has no `tables:` map"));
+        };
+        for (name, keys) in over_tables {
+            let Some(keys) = keys.as_mapping() else {
+                return Err(Error::config(format!(
+                    "tables.{}: expected a map of keys",
+                    name.as_str().unwrap_or("?")
+                )));
+            };
+            match base_tables.get_mut(name).and_then(Value::as_mapping_mut) {
+                Some(entry) => {
+                    for (k, v) in keys {
+                        entry.insert(k.clone(), v.clone());
+                    }
+                }
+                None => {
+                    base_tables.insert(name.clone(), Value::Mapping(keys.clone()));
+                }
+            }
+        }
+        // Through text again, so errors name the key path (`tables.t.batch_size`).
+        let merged = serde_norway::to_string(&base).map_err(|e| Error::config(e.to_string()))?;
+        TablesConfig::parse(&merged).map_err(|e| {
+            Error::config(format!("{} (after merging the override file)", e.message()))
+        })
     }
 
     /// Parses and validates `tables.yml` text.
@@ -248,6 +309,10 @@ impl TablesConfig {
         }
         let raw: RawFile =
             serde_norway::from_str(text).map_err(|e| Error::config(e.to_string()))?;
+        TablesConfig::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawFile) -> Result<TablesConfig> {
         let raw_tables = raw
             .tables
             .ok_or_else(|| Error::config("the table config has no `tables:` map"))?;
@@ -454,6 +519,30 @@ mod tests {
         assert!(
             err.contains("tables.t.data_quality_filters.min_date"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn overrides_replace_keys_and_add_tables() {
+        let base = "tables:\n  patient:\n    extraction_strategy: incremental\n    incremental_columns: [DateTStamp]\n    batch_size: 5000\n";
+        let over = "tables:\n  patient:\n    batch_size: 777\n  extra:\n    extraction_strategy: full_table\n";
+        let config = TablesConfig::parse_with_override(base, over).unwrap();
+        assert_eq!(config.get("patient").unwrap().batch_size, 777);
+        assert_eq!(
+            config.get("patient").unwrap().watermark_columns(),
+            vec!["DateTStamp"]
+        );
+        assert!(config.get("extra").is_ok());
+        let bad = "tables:\n  patient:\n    batch_size: many\n";
+        assert!(
+            TablesConfig::parse_with_override(base, bad)
+                .unwrap_err()
+                .to_string()
+                .contains("batch_size")
+        );
+        assert_eq!(
+            override_path(Path::new("config/tables.yml")),
+            Path::new("config/tables.override.yml")
         );
     }
 

@@ -62,6 +62,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Profile the source database and write the table config (--tables FILE).
     Analyze(AnalyzeArgs),
+    /// Write a dbt sources.yml for the warehouse schema.
+    DbtSources(DbtSourcesArgs),
     /// Create the tracking tables in the replica and the warehouse (idempotent).
     Init,
     /// Load tables.
@@ -180,6 +182,17 @@ pub struct AnalyzeArgs {
     /// Write nothing; exit 1 when the schema changed since the table config was written.
     #[arg(long)]
     pub check: bool,
+}
+
+/// Arguments of `dbt-sources`.
+#[derive(Debug, Args)]
+pub struct DbtSourcesArgs {
+    /// OpenDental's schema documentation (XML) for table and column descriptions.
+    #[arg(long, value_name = "FILE")]
+    pub docs: Option<PathBuf>,
+    /// Where to write the sources file.
+    #[arg(long, value_name = "FILE", default_value = "sources.yml")]
+    pub output: PathBuf,
 }
 
 /// Arguments of `status`.
@@ -447,6 +460,31 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 cli.tables.display(),
                 changes.len()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DbtSources(args) => {
+            let env = Env::load(cli.env_file.as_deref())?;
+            let warehouse = env.warehouse()?;
+            let config = if cli.tables.exists() {
+                Some(TablesConfig::load(&cli.tables)?)
+            } else {
+                None
+            };
+            let docs = match &args.docs {
+                Some(path) => {
+                    let xml = std::fs::read_to_string(path).map_err(|e| {
+                        Error::config(format!("cannot read {}: {e}", path.display()))
+                    })?;
+                    Some(
+                        analyze::parse_docs(&xml)
+                            .map_err(|e| Error::config(format!("{}: {e}", path.display())))?,
+                    )
+                }
+                None => None,
+            };
+            let text = analyze::dbt_sources(&warehouse, config.as_ref(), docs.as_ref()).await?;
+            write_atomically(&args.output, &text)?;
+            println!("wrote {}", args.output.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Init => {

@@ -300,3 +300,50 @@ async fn summary_json_status_json_category_filter_and_history_retention() {
         "history older than ETL_HISTORY_RETENTION_DAYS is pruned"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dbt_sources_lists_every_table_and_column_with_documentation_and_freshness() {
+    let db = TestDb::new("cli_dbt_sources").await;
+    db.mysql(&[
+        "CREATE TABLE `patient` (`PatNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, `LName` varchar(100) NOT NULL, \
+         `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP, KEY (`DateTStamp`))",
+        "INSERT INTO `patient` (`LName`) SELECT CONCAT('Lee', seq) FROM seq_1_to_10",
+    ])
+    .await;
+    let dir = scratch("cli_dbt_sources");
+    let env = db.env_file(&dir);
+    let tables = dir.join("tables.yml");
+    std::fs::write(&tables, TABLES).unwrap();
+    assert!(
+        run(&env, &tables, &["run", "--phase", "load", "--all"])
+            .status
+            .success()
+    );
+    let output = dir.join("sources.yml");
+    let out = run(
+        &env,
+        &tables,
+        &[
+            "dbt-sources",
+            "--docs",
+            "../shared/fixtures/opendental/OpenDentalDocumentation24-3.xml",
+            "--output",
+            output.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let yaml: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
+    let source = &yaml["sources"][0];
+    assert_eq!(source["schema"].as_str(), Some("raw"));
+    let tables = source["tables"].as_sequence().unwrap();
+    assert_eq!(tables.len(), 1, "tracking tables are left out");
+    let patient = &tables[0];
+    assert_eq!(patient["name"].as_str(), Some("patient"));
+    assert!(patient["description"].as_str().unwrap().len() > 10);
+    assert_eq!(patient["loaded_at_field"].as_str(), Some("\"DateTStamp\""));
+    let columns = patient["columns"].as_sequence().unwrap();
+    assert_eq!(columns.len(), 3);
+    assert_eq!(columns[0]["name"].as_str(), Some("PatNum"));
+    assert_eq!(columns[0]["description"].as_str(), Some("Primary key."));
+}

@@ -6,6 +6,10 @@
 //! NULLs, zero dates, values outside 2000-01-01 … tomorrow) and ranked; the
 //! profile behind every choice is written beside it as YAML comments.
 
+mod dbt;
+
+pub use dbt::{Docs, dbt_sources, parse_docs};
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 

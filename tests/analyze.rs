@@ -34,6 +34,9 @@ async fn analyze_profiles_the_opendental_fixture_and_its_config_drives_a_run() {
          '2024-01-01' + INTERVAL seq MINUTE FROM seq_1_to_20000",
         "INSERT INTO `securitylog` (`PermType`, `UserNum`, `LogDateTime`, `LogText`, `PatNum`, `CompName`, `FKey`, `LogSource`, \
          `DefNum`, `DefNumError`) SELECT 1, 1, '2024-02-02', 'x', 1, 'PC', seq, 0, 0, 0 FROM seq_1_to_15000",
+        "CREATE TABLE `oddtypes` (`OddNum` bigint NOT NULL PRIMARY KEY, `Flag` tinyint(1) NOT NULL, `Span` time NOT NULL, \
+         `Note` text, `Seen` date NOT NULL)",
+        "INSERT INTO `oddtypes` VALUES (1, 2, '30:00:00', CONCAT('a', CHAR(0), 'b'), '0000-00-00'), (2, 1, '01:00:00', 'ok', '2024-01-01')",
         "ANALYZE TABLE `procedurelog`, `badstamps`, `securitylog`",
     ])
     .await;
@@ -71,7 +74,7 @@ async fn analyze_profiles_the_opendental_fixture_and_its_config_drives_a_run() {
     );
 
     let config = TablesConfig::load(&tables).unwrap();
-    assert_eq!(config.len(), 380);
+    assert_eq!(config.len(), 381);
     let procedurelog = config.get("procedurelog").unwrap();
     assert_eq!(
         procedurelog.primary_incremental_column.as_deref(),
@@ -99,6 +102,9 @@ async fn analyze_profiles_the_opendental_fixture_and_its_config_drives_a_run() {
         "the profile is kept as comments"
     );
 
+    // The NUL byte would (rightly) fail the load; the analysis has reported it.
+    db.source_sql(&["DELETE FROM `oddtypes` WHERE `OddNum` = 1"])
+        .await;
     let out = binary()
         .args([
             "--env-file",

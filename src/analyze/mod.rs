@@ -244,8 +244,9 @@ async fn plan_table(
         });
     }
     let mut notes = Vec::new();
-    if !candidates.is_empty() {
-        profile(conn, name, &mut candidates).await?;
+    let checks = type_checks(cols);
+    if !candidates.is_empty() || !checks.is_empty() {
+        notes.extend(profile(conn, name, &mut candidates, &checks).await?);
     }
     let mut usable: Vec<&Candidate> = candidates
         .iter_mut()
@@ -302,7 +303,52 @@ async fn plan_table(
     })
 }
 
-async fn profile(conn: &mut Conn, table: &str, candidates: &mut [Candidate]) -> Result<()> {
+/// A column whose MySQL type alone misleads: an expression counting the
+/// rows that show it, and what to say when some do.
+struct TypeCheck {
+    expr: String,
+    finding: String,
+}
+
+fn type_checks(cols: &[RawColumn]) -> Vec<TypeCheck> {
+    let mut checks = Vec::new();
+    for c in cols {
+        let col = ident::mysql(&c.name);
+        let lower = c.column_type.to_ascii_lowercase();
+        let (expr, finding) = match c.data_type.as_str() {
+            "tinyint" if lower.starts_with("tinyint(1)") => (
+                format!("SUM({col} NOT IN (0, 1))"),
+                "tinyint(1) holding values other than 0 and 1: loads as smallint, not boolean",
+            ),
+            "time" => (
+                format!("SUM({col} < '00:00:00' OR {col} > '24:00:00')"),
+                "time values outside 00:00–24:00: loads as interval",
+            ),
+            "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => (
+                format!("SUM(LOCATE(CHAR(0), {col}) > 0)"),
+                "text holding NUL bytes, which PostgreSQL text cannot store: the load fails on them until the column is mapped to bytea",
+            ),
+            "date" | "datetime" | "timestamp" => (
+                format!("SUM(MONTH({col}) = 0 OR DAYOFMONTH({col}) = 0)"),
+                "zero dates (or zero months/days): loaded as NULL and counted in each run's report",
+            ),
+            _ => continue,
+        };
+        checks.push(TypeCheck {
+            expr,
+            finding: format!("column {}: {{n}} row(s) with {finding}", c.name),
+        });
+    }
+    checks
+}
+
+/// Profiles candidates and type checks in one scan; returns the findings.
+async fn profile(
+    conn: &mut Conn,
+    table: &str,
+    candidates: &mut [Candidate],
+    checks: &[TypeCheck],
+) -> Result<Vec<String>> {
     let mut exprs = vec!["COUNT(*)".to_string()];
     for c in candidates.iter() {
         let col = ident::mysql(&c.column);
@@ -316,12 +362,15 @@ async fn profile(conn: &mut Conn, table: &str, candidates: &mut [Candidate]) -> 
             "SUM({col} >= '1000-01-01' AND ({col} < '{DEFAULT_MIN_DATE}' OR {col} > NOW() + INTERVAL 1 DAY))"
         ));
     }
+    exprs.extend(checks.iter().map(|c| c.expr.clone()));
     let sql = format!("SELECT {} FROM {}", exprs.join(", "), ident::mysql(table));
     let row: Option<Row> = conn
         .exec_first(sql, ())
         .await
         .map_err(|e| Error::mysql(format!("profiling `{table}`"), e))?;
-    let Some(mut row) = row else { return Ok(()) };
+    let Some(mut row) = row else {
+        return Ok(Vec::new());
+    };
     let rows = number(&mut row, 0);
     for (i, c) in candidates.iter_mut().enumerate() {
         let at = 1 + i * 5;
@@ -335,7 +384,15 @@ async fn profile(conn: &mut Conn, table: &str, candidates: &mut [Candidate]) -> 
         c.zero_dates = number(&mut row, at + 3);
         c.outside = number(&mut row, at + 4);
     }
-    Ok(())
+    let first_check = 1 + candidates.len() * 5;
+    let mut findings = Vec::new();
+    for (i, check) in checks.iter().enumerate() {
+        let n = number(&mut row, first_check + i);
+        if n > 0 {
+            findings.push(check.finding.replace("{n}", &n.to_string()));
+        }
+    }
+    Ok(findings)
 }
 
 fn quote(s: &str) -> String {

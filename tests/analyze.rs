@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{TestDb, binary, scratch};
-use etl_pipeline::config::{ExtractionStrategy, TablesConfig};
+use etl_pipeline::config::{ExtractionStrategy, PerformanceCategory, TablesConfig};
 use mysql_async::prelude::Queryable;
 
 const DUMP: &str = "../shared/fixtures/opendental/opendental-21.1-unittest-dump.sql";
@@ -85,6 +85,24 @@ async fn analyze_profiles_the_opendental_fixture_and_its_config_drives_a_run() {
         procedurelog.extraction_strategy,
         ExtractionStrategy::Incremental
     );
+    assert_eq!(
+        procedurelog.performance_category,
+        Some(PerformanceCategory::Small)
+    );
+    assert_eq!(
+        config.get("badstamps").unwrap().performance_category,
+        Some(PerformanceCategory::Small)
+    );
+    assert_eq!(
+        config.get("account").unwrap().performance_category,
+        Some(PerformanceCategory::Tiny)
+    );
+    assert_eq!(
+        config.get("account").unwrap().extraction_strategy,
+        ExtractionStrategy::FullTable
+    );
+    let no_key = config.tables().filter(|t| t.primary_key.is_empty()).count();
+    assert!(no_key < 10, "{no_key} tables without a key");
     let securitylog = config.get("securitylog").unwrap();
     assert_eq!(
         securitylog.primary_incremental_column.as_deref(),

@@ -94,21 +94,11 @@ struct RawColumn {
 }
 
 fn text(row: &mut Row, i: usize) -> String {
-    match row.take::<Value, _>(i) {
-        Some(Value::Bytes(b)) => String::from_utf8_lossy(&b).into_owned(),
-        Some(Value::Int(v)) => v.to_string(),
-        Some(Value::UInt(v)) => v.to_string(),
-        _ => String::new(),
-    }
+    my::row_text(row, i)
 }
 
 fn number(row: &mut Row, i: usize) -> u64 {
-    match row.take::<Value, _>(i) {
-        Some(Value::Int(v)) => u64::try_from(v).unwrap_or(0),
-        Some(Value::UInt(v)) => v,
-        Some(Value::Bytes(b)) => String::from_utf8_lossy(&b).parse().unwrap_or(0),
-        _ => 0,
-    }
+    my::row_number(row, i).unwrap_or(0)
 }
 
 fn is_tool_table(name: &str) -> bool {

@@ -37,7 +37,8 @@ impl SourceTable {
     }
 }
 
-fn text(row: &mut Row, i: usize) -> String {
+/// Takes column `i` of an `information_schema` row as text (empty if NULL).
+pub fn row_text(row: &mut Row, i: usize) -> String {
     match row.take::<Value, _>(i) {
         Some(Value::Bytes(b)) => String::from_utf8_lossy(&b).into_owned(),
         Some(Value::Int(v)) => v.to_string(),
@@ -46,7 +47,8 @@ fn text(row: &mut Row, i: usize) -> String {
     }
 }
 
-fn number(row: &mut Row, i: usize) -> Option<u64> {
+/// Takes column `i` of an `information_schema` row as a number.
+pub fn row_number(row: &mut Row, i: usize) -> Option<u64> {
     match row.take::<Value, _>(i) {
         Some(Value::Int(v)) => u64::try_from(v).ok(),
         Some(Value::UInt(v)) => Some(v),
@@ -67,7 +69,10 @@ pub async fn describe_table(conn: &mut Conn, database: &str, table: &str) -> Res
         )
         .await
         .map_err(|e| Error::mysql(ctx("check constraints"), e))?;
-    let check_clauses: Vec<String> = checks.into_iter().map(|mut r| text(&mut r, 0)).collect();
+    let check_clauses: Vec<String> = checks
+        .into_iter()
+        .map(|mut r| row_text(&mut r, 0))
+        .collect();
     let rows: Vec<Row> = conn
         .exec(
             "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, NUMERIC_PRECISION, \
@@ -89,20 +94,20 @@ pub async fn describe_table(conn: &mut Conn, database: &str, table: &str) -> Res
     }
     let mut columns = Vec::with_capacity(rows.len());
     for mut row in rows {
-        let name = text(&mut row, 0);
-        let data_type = text(&mut row, 1);
-        let column_type = text(&mut row, 2);
-        let nullable = text(&mut row, 3) == "YES";
+        let name = row_text(&mut row, 0);
+        let data_type = row_text(&mut row, 1);
+        let column_type = row_text(&mut row, 2);
+        let nullable = row_text(&mut row, 3) == "YES";
         let json_checked = check_clauses
             .iter()
             .any(|c| c.contains(&format!("json_valid({})", ident::mysql(&name))));
         let ty = SourceType::parse(
             &data_type,
             &column_type,
-            number(&mut row, 4),
-            number(&mut row, 5),
-            number(&mut row, 6),
-            number(&mut row, 7),
+            row_number(&mut row, 4),
+            row_number(&mut row, 5),
+            row_number(&mut row, 6),
+            row_number(&mut row, 7),
             json_checked,
         )
         .map_err(|e| {
@@ -129,9 +134,9 @@ pub async fn describe_table(conn: &mut Conn, database: &str, table: &str) -> Res
     let mut primary_key = Vec::new();
     let mut indexed_first_columns = Vec::new();
     for mut row in index_rows {
-        let index = text(&mut row, 0);
-        let seq = number(&mut row, 1);
-        let column = text(&mut row, 2);
+        let index = row_text(&mut row, 0);
+        let seq = row_number(&mut row, 1);
+        let column = row_text(&mut row, 2);
         if index == "PRIMARY" {
             primary_key.push(column.clone());
         }
@@ -185,7 +190,7 @@ pub async fn profile_columns(
         return Ok(out);
     };
     for (i, column) in probed.iter().enumerate() {
-        let flagged = number(&mut row, i).unwrap_or(0) != 0;
+        let flagged = row_number(&mut row, i).unwrap_or(0) != 0;
         let profile = match column.ty {
             SourceType::TinyIntOne { .. } => DataProfile {
                 non_boolean_values: flagged,

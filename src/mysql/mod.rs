@@ -4,7 +4,9 @@ mod catalog;
 mod reader;
 mod stream;
 
-pub use catalog::{SourceColumn, SourceTable, describe_table, profile_columns};
+pub use catalog::{
+    SourceColumn, SourceTable, describe_table, profile_columns, row_number, row_text,
+};
 pub use reader::{Bound, ReadRange, page_query, server_now_plus_day, upper_bound};
 pub use stream::{
     Batch, CHANNEL_BATCHES, Encoder, Pass, RateLimit, ReadJob, ReadSpec, finish_reader,

@@ -20,24 +20,8 @@ use crate::tracking::StoredWatermark;
 /// 2038-01-19 03:14:07 UTC), narrowed by a day on each side for the session
 /// time zone. MySQL compares a `timestamp` column with a constant outside this
 /// range as false, so bounds beyond it are pulled in.
-const TIMESTAMP_FLOOR: DateTimeParts = DateTimeParts {
-    year: 1970,
-    month: 1,
-    day: 2,
-    hour: 0,
-    minute: 0,
-    second: 0,
-    micros: 0,
-};
-const TIMESTAMP_CEILING: DateTimeParts = DateTimeParts {
-    year: 2038,
-    month: 1,
-    day: 18,
-    hour: 0,
-    minute: 0,
-    second: 0,
-    micros: 0,
-};
+const TIMESTAMP_FLOOR: DateTimeParts = DateTimeParts::midnight(1970, 1, 2);
+const TIMESTAMP_CEILING: DateTimeParts = DateTimeParts::midnight(2038, 1, 18);
 
 /// Quality bounds of a watermark column as MySQL values; dates and
 /// date-times only. The upper bound defaults to the server's clock plus a day.

@@ -154,15 +154,8 @@ pub fn utc_now() -> DateTimeParts {
         .unwrap_or_default();
     let micros = i64::try_from(now.as_micros()).unwrap_or(0);
     let unix_to_pg = days_since_pg_epoch(1970, 1, 1) * 86_400_000_000;
-    DateTimeParts::from_pg_micros(micros + unix_to_pg).unwrap_or(DateTimeParts {
-        year: 1970,
-        month: 1,
-        day: 1,
-        hour: 0,
-        minute: 0,
-        second: 0,
-        micros: 0,
-    })
+    DateTimeParts::from_pg_micros(micros + unix_to_pg)
+        .unwrap_or(DateTimeParts::midnight(1970, 1, 1))
 }
 
 fn order_tables(tables: &mut [TableConfig]) {

@@ -95,6 +95,19 @@ pub struct DateTimeParts {
 }
 
 impl DateTimeParts {
+    /// Midnight at the start of a date (the caller knows the date is valid).
+    pub const fn midnight(year: u16, month: u8, day: u8) -> DateTimeParts {
+        DateTimeParts {
+            year,
+            month,
+            day,
+            hour: 0,
+            minute: 0,
+            second: 0,
+            micros: 0,
+        }
+    }
+
     /// Microseconds since 2000-01-01 00:00:00.
     pub fn pg_micros(&self) -> i64 {
         let days = days_since_pg_epoch(

@@ -93,15 +93,7 @@ pub fn step_back(value: &Value, seconds: u64, keys: u64) -> Value {
             let back = i64::try_from(seconds)
                 .unwrap_or(i64::MAX / 2_000_000)
                 .saturating_mul(1_000_000);
-            let floor = DateTimeParts {
-                year: 1,
-                month: 1,
-                day: 1,
-                hour: 0,
-                minute: 0,
-                second: 0,
-                micros: 0,
-            };
+            let floor = DateTimeParts::midnight(1, 1, 1);
             let micros = parts
                 .pg_micros()
                 .saturating_sub(back)

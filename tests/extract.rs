@@ -178,7 +178,7 @@ async fn a_copy_whose_connection_is_killed_resumes_after_the_last_committed_page
                 .await
                 .unwrap_or(None);
             if copied.unwrap_or(0) >= 20_000
-                && common::kill_reader_of(&mut conn, &source_db, "visit").await
+                && common::kill_reader_of(&mut conn, &source_db, None).await
             {
                 return true;
             }

@@ -522,7 +522,7 @@ async fn a_dropped_mysql_connection_is_retried_and_the_load_converges() {
         tokio::spawn(async move {
             let mut conn = etl_pipeline::mysql::connect(&admin).await.unwrap();
             for _ in 0..4000 {
-                if common::kill_reader_of(&mut conn, &database, "stamped").await {
+                if common::kill_reader_of(&mut conn, &database, Some("stamped")).await {
                     return true;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;

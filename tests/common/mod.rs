@@ -398,24 +398,26 @@ pub fn binary() -> std::process::Command {
     cmd
 }
 
-/// Kills the connection running a `SELECT` on `table` in `database`, if one
-/// is running now; says whether it found one.
-pub async fn kill_reader_of(conn: &mut mysql_async::Conn, database: &str, table: &str) -> bool {
-    let pattern = format!("SELECT %`{table}`%");
+/// Kills connections using `database`: only the one running a `SELECT` on
+/// `table` when a table is given (it must be mid-query), else every one
+/// (idle between pages too). Says whether it killed any.
+pub async fn kill_reader_of(
+    conn: &mut mysql_async::Conn,
+    database: &str,
+    table: Option<&str>,
+) -> bool {
+    let pattern = table.map_or_else(|| "%".to_string(), |t| format!("SELECT %`{t}`%"));
     let ids: Vec<u64> = conn
         .exec(
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND INFO LIKE ?",
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND COALESCE(INFO, '') LIKE ? \
+             AND ID <> CONNECTION_ID()",
             (database, pattern.as_str()),
         )
         .await
         .unwrap();
-    match ids.first() {
-        Some(id) => {
-            conn.query_drop(format!("KILL CONNECTION {id}"))
-                .await
-                .unwrap();
-            true
-        }
-        None => false,
+    for id in &ids {
+        // A connection may end by itself between the listing and the kill.
+        let _ = conn.query_drop(format!("KILL CONNECTION {id}")).await;
     }
+    !ids.is_empty()
 }

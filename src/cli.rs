@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use crate::analyze;
-use crate::config::{Env, Mode, TablesConfig};
+use crate::config::{self, Env, Mode, TablesConfig};
 use crate::demo::{self, DemoOptions};
 use crate::error::{Error, ErrorKind, Result, chain};
 use crate::extract::ExtractContext;
@@ -76,7 +76,7 @@ pub enum Command {
     TestConnections,
     /// Compare row counts of source, replica and warehouse (and, with --deep, every value).
     Verify(VerifyArgs),
-    /// Create demo databases on this machine and run a full and an incremental load.
+    /// Build a demo clinic from OpenDental's schema on this machine, then analyze, run and verify it.
     Demo(DemoArgs),
 }
 
@@ -201,6 +201,9 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: StatusFormat,
+    /// Do not query the source for each table's lag behind it.
+    #[arg(long)]
+    pub no_lag: bool,
 }
 
 /// `status --format`.
@@ -224,9 +227,18 @@ pub struct VerifyArgs {
 /// Arguments of `demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Rows in each demo table.
-    #[arg(long, default_value_t = 100_000)]
-    pub rows: u64,
+    /// Fraction of a real clinic's row counts each table gets (0.1 is about 2 million rows).
+    #[arg(long, default_value_t = 0.01)]
+    pub scale: f64,
+    /// Rows per table, instead of the scaled real counts.
+    #[arg(long)]
+    pub rows: Option<u64>,
+    /// Only these tables (comma-separated; default: all of OpenDental's).
+    #[arg(long, value_delimiter = ',', value_name = "TABLES")]
+    pub only: Vec<String>,
+    /// Folder with the OpenDental fixture (default: ../shared/fixtures/opendental).
+    #[arg(long, value_name = "DIR")]
+    pub fixtures: Option<PathBuf>,
     /// Create the data, config and env file, but do not load.
     #[arg(long)]
     pub setup_only: bool,
@@ -390,7 +402,10 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 source_database: args.source_db,
                 replica_database: args.replica_db,
                 warehouse_database: args.warehouse_db,
+                scale: args.scale,
                 rows: args.rows,
+                only: args.only,
+                fixtures: args.fixtures,
                 dir: args.dir,
                 setup_only: args.setup_only,
             };
@@ -432,25 +447,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                     ExitCode::from(EXIT_FAILED)
                 });
             }
-            let now = pipeline::utc_now().to_sql_string().replace(' ', "T") + "Z";
-            let text = analyze::render(
-                &plans,
-                env.environment().name(),
-                &now,
-                &analyze::schema_hash(&plans),
-            );
-            TablesConfig::parse(&text)?;
-            write_atomically(&cli.tables, &text)?;
-            if !changes.is_empty() {
-                let log = cli.tables.with_file_name("schema_changelog.md");
-                let mut entry = std::fs::read_to_string(&log)
-                    .unwrap_or_else(|_| "# Schema changelog\n".to_string());
-                entry.push_str(&format!("\n## {now}\n\n"));
-                for change in &changes {
-                    entry.push_str(&format!("- {change}\n"));
-                }
-                write_atomically(&log, &entry)?;
-            }
+            analyze::write_config(&plans, &changes, &cli.tables, env.environment().name())?;
             let incremental = plans.iter().filter(|p| p.chosen.is_some()).count();
             println!(
                 "analyzed {} tables of {} in {:.1}s ({incremental} with a watermark column); wrote {} ({} schema change(s))",
@@ -483,7 +480,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 None => None,
             };
             let text = analyze::dbt_sources(&warehouse, config.as_ref(), docs.as_ref()).await?;
-            write_atomically(&args.output, &text)?;
+            config::write_atomically(&args.output, &text)?;
             println!("wrote {}", args.output.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -566,6 +563,21 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 tracking::check_replica(&mut conn, &replica.database).await?;
                 tracking::add_copy_status(&mut conn, &mut lines).await?;
             }
+            if !args.no_lag {
+                let (against, lag_db) = match (env.mode()?, env.source()) {
+                    (_, Ok(source)) => ("source", source),
+                    (Mode::Replica, Err(_)) => ("replica", env.replica()?),
+                    (Mode::Direct, Err(e)) => return Err(e),
+                };
+                let mut conn = my::connect(&lag_db).await?;
+                tracking::add_lag(&mut conn, &lag_db.database, &mut lines).await?;
+                if args.format == StatusFormat::Table {
+                    println!(
+                        "lag measured against the {against}, {}",
+                        my::describe(&lag_db)
+                    );
+                }
+            }
             if args.format == StatusFormat::Json {
                 let text = serde_json::to_string_pretty(&lines)
                     .map_err(|e| Error::config(format!("cannot encode the status: {e}")))?;
@@ -573,12 +585,21 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
-                "{:<28} {:<11} {:<19} {:<11} {:<19} {:<11} {:>10} {:>5}  watermark",
-                "table", "copy", "last copied", "load", "last loaded", "strategy", "rows", "fails"
+                "{:<28} {:<11} {:<19} {:<11} {:<19} {:<11} {:>10} {:>5} {:>9} {:>9}  watermark",
+                "table",
+                "copy",
+                "last copied",
+                "load",
+                "last loaded",
+                "strategy",
+                "rows",
+                "fails",
+                "behind",
+                "lag"
             );
             for l in &lines {
                 println!(
-                    "{:<28} {:<11} {:<19} {:<11} {:<19} {:<11} {:>10} {:>5}  {}",
+                    "{:<28} {:<11} {:<19} {:<11} {:<19} {:<11} {:>10} {:>5} {:>9} {:>9}  {}",
                     l.table,
                     l.copy_status.as_deref().unwrap_or("-"),
                     l.last_copied.as_deref().unwrap_or("-"),
@@ -591,10 +612,17 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                     l.strategy,
                     l.rows_loaded,
                     l.failures_24h,
+                    l.rows_behind.map_or_else(|| "-".into(), |n| n.to_string()),
+                    l.lag_seconds.map_or_else(|| "-".into(), human_duration),
                     l.watermark
                 );
                 if !l.error.is_empty() {
                     println!("    error: {}", l.error);
+                }
+                if let Some(note) = &l.lag_note
+                    && !l.watermark.is_empty()
+                {
+                    println!("    lag: {note}");
                 }
             }
             if lines.is_empty() {
@@ -653,35 +681,8 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 },
             };
             let checks = verify::verify(&ctx, &tables, args.deep).await?;
-            let show = |n: Option<u64>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
-            println!(
-                "{:<28} {:>12} {:>12} {:>12} {:>12}  status",
-                "table", "source", "mysql", "warehouse", "compared"
-            );
-            let mut clean = true;
-            for c in &checks {
-                let ok = c.is_clean();
-                clean &= ok;
-                println!(
-                    "{:<28} {:>12} {:>12} {:>12} {:>12}  {}",
-                    c.table,
-                    show(c.source_rows),
-                    show(c.mysql_rows),
-                    show(c.warehouse_rows),
-                    if args.deep {
-                        c.compared.to_string()
-                    } else {
-                        "-".into()
-                    },
-                    if ok { "ok" } else { "DIFFERS" }
-                );
-                for d in &c.differences {
-                    println!("    {d}");
-                }
-                for n in &c.notes {
-                    println!("    note: {n}");
-                }
-            }
+            print!("{}", verify::render(&checks, args.deep));
+            let clean = checks.iter().all(verify::TableCheck::is_clean);
             Ok(if clean {
                 ExitCode::SUCCESS
             } else {
@@ -732,25 +733,21 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Writes a file through a temporary file and a rename, so a reader never
-/// sees half a file.
-fn write_atomically(path: &std::path::Path, text: &str) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::config(format!("cannot create {}: {e}", dir.display())))?;
+/// Seconds as the two largest units: `45s`, `12m05s`, `3h12m`, `2d04h`.
+fn human_duration(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
     }
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| Error::config(format!("cannot write {}: {e}", path.display())))
 }
 
 fn write_json(path: &std::path::Path, value: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Error::config(format!("cannot encode {}: {e}", path.display())))?;
-    write_atomically(path, &text)
+    config::write_atomically(path, &text)
 }
 
 fn report_connection(role: &str, outcome: Result<String>) -> bool {

@@ -1,27 +1,39 @@
-//! A self-contained demo on this machine's servers: creates a source
-//! database with two OpenDental-shaped tables, an empty replica, a warehouse,
-//! a config and an env file, then runs both phases in full, changes rows at
-//! the source, and runs them incrementally. The benchmark builds its data the
-//! same way.
+//! The demo: a clinic built on this machine's MariaDB from OpenDental's own
+//! schema (the 21.1 unit-test database, 379 tables with their seed rows),
+//! grown with synthetic rows to a chosen fraction of a real clinic's row
+//! counts; then analyze, init, a full two-hop run, changes at the source, an
+//! incremental run, a run with nothing to do and a deep verification, each
+//! timed. The benchmark builds its tables the same way.
 
+use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-
-use mysql_async::prelude::Queryable;
-
 use std::sync::Arc;
+use std::time::Instant;
 
+use futures_util::{StreamExt, TryStreamExt};
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
 use tokio::sync::Semaphore;
 
+use crate::analyze;
 use crate::config::{
     DEFAULT_SOURCE_CONNECTIONS, MySqlSettings, PgSettings, Secret, SslMode, TablesConfig,
+    write_atomically,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result, chain};
 use crate::extract::ExtractContext;
 use crate::load::LoadContext;
-use crate::pipeline::{self, IfLocked, Phases, RunContext, RunPlan, render_summary};
-use crate::schema::ident;
+use crate::pipeline::{self, IfLocked, Phases, RunContext, RunPlan, RunReport};
+use crate::schema::{SourceType, ident};
 use crate::shutdown::Stop;
+use crate::verify::{self, VerifyContext};
 use crate::{mysql as my, postgres as pg};
+
+/// OpenDental's schema with its seed rows, as `mysqldump` wrote it.
+pub const SCHEMA_DUMP: &str = "opendental-21.1-unittest-dump.sql";
+/// The old system's table config: each table's row count in a real clinic.
+pub const ROW_COUNTS: &str = "seed-system-tables.yml";
 
 /// Where the demo puts its data and files.
 #[derive(Debug, Clone)]
@@ -35,104 +47,17 @@ pub struct DemoOptions {
     pub source_database: String,
     pub replica_database: String,
     pub warehouse_database: String,
-    pub rows: u64,
+    /// Fraction of a real clinic's row count each table gets.
+    pub scale: f64,
+    /// Rows per table instead of the scaled real counts.
+    pub rows: Option<u64>,
+    /// Only these tables (default: all of OpenDental's).
+    pub only: Vec<String>,
+    /// Folder with [`SCHEMA_DUMP`] and [`ROW_COUNTS`].
+    pub fixtures: Option<PathBuf>,
     pub dir: PathBuf,
     pub setup_only: bool,
 }
-
-/// A `procedurelog` shaped like OpenDental's (25 columns, the types that
-/// matter: unsigned tinyints, `tinyint(1)`, `time`, zero-date defaults,
-/// `double` money, 4-byte UTF-8 text) with an index on `DateTStamp`.
-const PROCEDURELOG_DDL: &str = "CREATE TABLE `procedurelog` (
-  `ProcNum` bigint(20) NOT NULL AUTO_INCREMENT,
-  `PatNum` bigint(20) NOT NULL,
-  `AptNum` bigint(20) NOT NULL,
-  `OldCode` varchar(15) NOT NULL DEFAULT '',
-  `ProcDate` date NOT NULL DEFAULT '0001-01-01',
-  `ProcFee` double NOT NULL DEFAULT '0',
-  `Surf` varchar(10) DEFAULT '',
-  `ToothNum` varchar(2) DEFAULT '',
-  `ProcStatus` tinyint(3) unsigned NOT NULL DEFAULT '0',
-  `ProvNum` bigint(20) NOT NULL,
-  `ClinicNum` bigint(20) NOT NULL,
-  `CodeNum` bigint(20) NOT NULL,
-  `DateOriginalProsth` date NOT NULL DEFAULT '0000-00-00',
-  `ClaimNote` varchar(80) DEFAULT '',
-  `UnitQty` int(11) NOT NULL,
-  `BaseUnits` int(11) NOT NULL,
-  `ProcTime` time NOT NULL,
-  `HideGraphics` tinyint(1) NOT NULL,
-  `DrugQty` float NOT NULL,
-  `BillingNote` varchar(255) NOT NULL,
-  `Discount` decimal(10,2) NOT NULL,
-  `IsLocked` tinyint(4) NOT NULL,
-  `SecDateEntry` date NOT NULL DEFAULT '0001-01-01',
-  `DateComplete` date NOT NULL DEFAULT '0001-01-01',
-  `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,
-  PRIMARY KEY (`ProcNum`),
-  KEY `DateTStamp` (`DateTStamp`)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
-
-/// Ten rows share each `DateTStamp` value, so paging must be tie-safe.
-const PROCEDURELOG_FILL: &str = "INSERT INTO `procedurelog` (`PatNum`, `AptNum`, `OldCode`, `ProcDate`, `ProcFee`,
-  `Surf`, `ToothNum`, `ProcStatus`, `ProvNum`, `ClinicNum`, `CodeNum`, `DateOriginalProsth`, `ClaimNote`,
-  `UnitQty`, `BaseUnits`, `ProcTime`, `HideGraphics`, `DrugQty`, `BillingNote`, `Discount`, `IsLocked`,
-  `SecDateEntry`, `DateComplete`, `DateTStamp`)
-SELECT seq % 5000 + 1, seq % 20000, CONCAT('D', LPAD(seq % 9999, 4, '0')),
-  DATE '2015-01-01' + INTERVAL (seq % 3650) DAY, (seq % 50000) / 100,
-  ELT(seq % 5 + 1, 'M', 'O', 'D', 'B', 'L'), LPAD(seq % 32 + 1, 2, '0'), seq % 7, seq % 12 + 1, seq % 3,
-  seq % 800 + 1, IF(seq % 10 = 0, '0000-00-00', DATE '2010-01-01' + INTERVAL (seq % 4000) DAY),
-  IF(seq % 4 = 0, 'Prefers mornings ☺ 𝄞', ''), 1, 0, SEC_TO_TIME(seq % 86400), seq % 2, (seq % 100) / 4,
-  '', (seq % 10000) / 100, seq % 2, DATE '2015-01-01' + INTERVAL (seq % 3650) DAY, '0001-01-01',
-  TIMESTAMP '2024-01-01 00:00:00' + INTERVAL (seq DIV 10) MINUTE
-FROM seq_1_to_{rows}";
-
-/// `securitylog`: append-only, watermark on its auto-increment key.
-const SECURITYLOG_DDL: &str = "CREATE TABLE `securitylog` (
-  `SecurityLogNum` bigint(20) NOT NULL AUTO_INCREMENT,
-  `PermType` tinyint(3) unsigned NOT NULL DEFAULT '0',
-  `UserNum` bigint(20) NOT NULL,
-  `LogDateTime` datetime NOT NULL DEFAULT '0000-00-00 00:00:00',
-  `LogText` text,
-  `PatNum` bigint(20) NOT NULL,
-  `CompName` varchar(255) NOT NULL,
-  `FKey` bigint(20) NOT NULL,
-  `LogSource` tinyint(4) NOT NULL,
-  `DefNum` bigint(20) NOT NULL,
-  `DefNumError` bigint(20) NOT NULL,
-  `DateTPrevious` datetime NOT NULL DEFAULT '0001-01-01 00:00:00',
-  PRIMARY KEY (`SecurityLogNum`),
-  KEY `LogDateTime` (`LogDateTime`)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
-
-const SECURITYLOG_FILL: &str =
-    "INSERT INTO `securitylog` (`PermType`, `UserNum`, `LogDateTime`, `LogText`,
-  `PatNum`, `CompName`, `FKey`, `LogSource`, `DefNum`, `DefNumError`, `DateTPrevious`)
-SELECT seq % 200, seq % 40 + 1, TIMESTAMP '2024-01-01 00:00:00' + INTERVAL seq SECOND,
-  CONCAT('Patient ', seq % 5000, ' chart opened from workstation ', seq % 25), seq % 5000 + 1,
-  CONCAT('FRONTDESK-', seq % 25), seq, seq % 3, 0, 0, '0001-01-01 00:00:00'
-FROM seq_1_to_{rows}";
-
-/// The demo's table config, in the old system's format.
-pub const DEMO_TABLES_YML: &str = "tables:
-  procedurelog:
-    extraction_strategy: incremental
-    incremental_columns: [ProcNum, DateTStamp]
-    primary_incremental_column: DateTStamp
-    primary_key: ProcNum
-    batch_size: 50000
-    data_quality_filters: {min_date: '2000-01-01', max_date: '2100-01-01'}
-    performance_category: large
-    processing_priority: high
-  securitylog:
-    extraction_strategy: incremental_chunked
-    incremental_columns: [SecurityLogNum, LogDateTime]
-    primary_incremental_column: SecurityLogNum
-    primary_key: SecurityLogNum
-    batch_size: 50000
-    performance_category: large
-    processing_priority: high
-";
 
 impl DemoOptions {
     fn source(&self) -> MySqlSettings {
@@ -187,6 +112,35 @@ impl DemoOptions {
     }
 }
 
+/// The folder holding the OpenDental fixture: `given`, or
+/// `../shared/fixtures/opendental` beside the working directory or beside
+/// the source tree.
+pub fn fixtures_dir(given: Option<&Path>) -> Result<PathBuf> {
+    let candidates: Vec<PathBuf> = match given {
+        Some(dir) => vec![dir.to_path_buf()],
+        None => vec![
+            PathBuf::from("../shared/fixtures/opendental"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/opendental"),
+        ],
+    };
+    candidates
+        .iter()
+        .find(|d| d.join(SCHEMA_DUMP).is_file() && d.join(ROW_COUNTS).is_file())
+        .cloned()
+        .ok_or_else(|| {
+            let tried: Vec<String> = candidates.iter().map(|d| d.display().to_string()).collect();
+            Error::config(format!(
+                "the OpenDental fixture ({SCHEMA_DUMP} and {ROW_COUNTS}) is not in {}; pass --fixtures DIR",
+                tried.join(" or ")
+            ))
+        })
+}
+
+fn read_file(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))
+}
+
 /// Creates (or re-creates) an empty MySQL database.
 pub async fn create_empty(settings: &MySqlSettings) -> Result<()> {
     let admin = MySqlSettings {
@@ -202,35 +156,6 @@ pub async fn create_empty(settings: &MySqlSettings) -> Result<()> {
         conn.query_drop(&sql).await.map_err(|e| {
             Error::mysql(
                 format!("creating the demo database `{}`", settings.database),
-                e,
-            )
-        })?;
-    }
-    Ok(())
-}
-
-/// Creates (or re-creates) a MySQL database with the demo tables filled.
-pub async fn create_source(settings: &MySqlSettings, rows: u64) -> Result<()> {
-    let admin = MySqlSettings {
-        database: String::new(),
-        ..settings.clone()
-    };
-    let mut conn = my::connect(&admin).await?;
-    let db = ident::mysql(&settings.database);
-    let statements = [
-        format!("DROP DATABASE IF EXISTS {db}"),
-        format!("CREATE DATABASE {db} CHARACTER SET utf8mb4"),
-        format!("USE {db}"),
-        "SET SESSION sql_mode = ''".to_string(),
-        PROCEDURELOG_DDL.to_string(),
-        PROCEDURELOG_FILL.replace("{rows}", &rows.max(1).to_string()),
-        SECURITYLOG_DDL.to_string(),
-        SECURITYLOG_FILL.replace("{rows}", &rows.max(1).to_string()),
-    ];
-    for sql in statements {
-        conn.query_drop(&sql).await.map_err(|e| {
-            Error::mysql(
-                format!("creating the demo source `{}`", settings.database),
                 e,
             )
         })?;
@@ -260,30 +185,339 @@ pub async fn create_warehouse(settings: &PgSettings) -> Result<()> {
     Ok(())
 }
 
-fn write_file(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text)
-        .map_err(|e| Error::config(format!("cannot write {}: {e}", path.display())))
+/// What [`build_source`] made.
+#[derive(Debug, Clone, Default)]
+pub struct BuiltSource {
+    /// Tables, in name order.
+    pub tables: Vec<String>,
+    /// Rows in all tables.
+    pub rows: u64,
+    /// Of those, rows the demo generated (the rest are OpenDental's seed rows).
+    pub generated: u64,
 }
 
-/// Runs the demo; returns whether every table succeeded in every phase.
+/// Creates (or re-creates) the demo clinic: OpenDental's schema and seed
+/// rows from the fixture, then synthetic rows until each table holds
+/// `rows`, or `scale` times its real row count.
+pub async fn build_source(
+    settings: &MySqlSettings,
+    fixtures: &Path,
+    scale: f64,
+    rows: Option<u64>,
+    only: &[String],
+) -> Result<BuiltSource> {
+    let dump = read_file(&fixtures.join(SCHEMA_DUMP))?;
+    let counts_path = fixtures.join(ROW_COUNTS);
+    let counts = TablesConfig::load(&counts_path)?;
+    create_empty(settings).await?;
+    let mut conn = my::connect(settings).await?;
+    let ctx = |what: &str| format!("{what} in the demo source `{}`", settings.database);
+    conn.query_drop(dump)
+        .await
+        .map_err(|e| Error::mysql(ctx(&format!("loading {SCHEMA_DUMP}")), e))?;
+    let mut tables: Vec<String> = conn
+        .exec(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME",
+            (settings.database.as_str(),),
+        )
+        .await
+        .map_err(|e| Error::mysql(ctx("listing the tables"), e))?;
+    if !only.is_empty() {
+        if let Some(unknown) = only.iter().find(|t| !tables.contains(t)) {
+            return Err(Error::config(format!(
+                "--only names `{unknown}`, which is not a table of OpenDental's schema"
+            )));
+        }
+        for t in tables.iter().filter(|t| !only.contains(t)) {
+            conn.query_drop(format!("DROP TABLE {}", ident::mysql(t)))
+                .await
+                .map_err(|e| Error::mysql(ctx(&format!("dropping `{t}`")), e))?;
+        }
+        tables.retain(|t| only.contains(t));
+    }
+    let mut work = Vec::new();
+    let mut total = 0;
+    for t in &tables {
+        let existing: u64 = conn
+            .query_first(format!("SELECT COUNT(*) FROM {}", ident::mysql(t)))
+            .await
+            .map_err(|e| Error::mysql(ctx(&format!("counting `{t}`")), e))?
+            .unwrap_or(0);
+        let target = match rows {
+            Some(n) => n,
+            None => counts
+                .get(t)
+                .ok()
+                .and_then(|c| c.estimated_rows)
+                .map_or(0, |n| (n as f64 * scale).round() as u64),
+        };
+        total += existing.max(target);
+        if target > existing {
+            work.push((t.clone(), target - existing));
+        }
+    }
+    drop(conn);
+    work.sort_by_key(|w| std::cmp::Reverse(w.1));
+    let generated = work.iter().map(|w| w.1).sum();
+    futures_util::stream::iter(work.into_iter().map(|(table, n)| async move {
+        let mut conn = my::connect(settings).await?;
+        fill(&mut conn, &settings.database, &table, n, Fill::History).await
+    }))
+    .buffer_unordered(2)
+    .try_collect::<Vec<()>>()
+    .await?;
+    Ok(BuiltSource {
+        tables,
+        rows: total,
+        generated,
+    })
+}
+
+/// What generated rows look like in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    /// Rows spread over past years, in key order; edit stamps from mid-2021
+    /// to mid-2026, three rows to a value (ties a watermark must page through).
+    History,
+    /// Rows entered now: dates today, stamps left to their defaults.
+    Fresh,
+}
+
+/// Appends `n` synthetic rows to `table`, one `INSERT … SELECT` over
+/// MariaDB's sequence engine, every column given a value of its type.
+pub async fn fill(conn: &mut Conn, database: &str, table: &str, n: u64, how: Fill) -> Result<()> {
+    let shape = my::describe_table(conn, database, table).await?;
+    let extras: Vec<(String, String, Option<String>)> = conn
+        .exec(
+            "SELECT COLUMN_NAME, EXTRA, CHARACTER_SET_NAME FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            (database, table),
+        )
+        .await
+        .map_err(|e| Error::mysql(format!("reading the columns of `{table}`"), e))?;
+    let extra: HashMap<&str, (&str, Option<&str>)> = extras
+        .iter()
+        .map(|(c, e, cs)| (c.as_str(), (e.as_str(), cs.as_deref())))
+        .collect();
+    let qt = ident::mysql(table);
+    let mut names = Vec::new();
+    let mut values = Vec::new();
+    for col in &shape.columns {
+        let (extra, charset) = extra.get(col.name.as_str()).copied().unwrap_or(("", None));
+        let extra = extra.to_ascii_lowercase();
+        if extra.contains("auto_increment") || (how == Fill::Fresh && extra.contains("on update")) {
+            continue;
+        }
+        let expr = if shape.primary_key == [col.name.clone()] {
+            let max: Option<i64> = conn
+                .query_first(format!(
+                    "SELECT COALESCE(MAX({}), 0) FROM {qt}",
+                    ident::mysql(&col.name)
+                ))
+                .await
+                .map_err(|e| Error::mysql(format!("reading the largest key of `{table}`"), e))?;
+            format!("{} + seq", max.unwrap_or(0))
+        } else {
+            let value = value_expr(&col.name, &col.ty, charset == Some("latin1"), n, how);
+            if col.nullable {
+                format!("IF(seq % 11 = 0, NULL, {value})")
+            } else {
+                value
+            }
+        };
+        names.push(ident::mysql(&col.name));
+        values.push(expr);
+    }
+    let sql = format!(
+        "INSERT INTO {qt} ({}) SELECT {} FROM seq_1_to_{n}",
+        names.join(", "),
+        values.join(", ")
+    );
+    conn.query_drop("SET SESSION sql_mode = ''")
+        .await
+        .map_err(|e| Error::mysql("setting sql_mode", e))?;
+    conn.query_drop(&sql)
+        .await
+        .map_err(|e| Error::mysql(format!("generating {n} rows in `{table}`"), e))?;
+    if conn.affected_rows() != n {
+        return Err(Error::new(
+            ErrorKind::Schema,
+            format!(
+                "generating rows in `{table}`: {} of {n} inserted",
+                conn.affected_rows()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A value of type `ty` for row `seq` of `n`: varied, within the type's
+/// range, with OpenDental's habits (0001-01-01 for "no date" in one row of
+/// fifty, accented and symbol text in one of seven).
+fn value_expr(name: &str, ty: &SourceType, latin1: bool, n: u64, how: Fill) -> String {
+    let label: String = name.chars().take(12).collect();
+    let accents = if latin1 { " é" } else { " é☺" };
+    let text = format!("CONCAT('{label} ', seq, IF(seq % 7 = 0, '{accents}', ''))");
+    let spread = |seconds: u64| (seconds / n.max(1)).max(1);
+    match ty {
+        SourceType::Integer { bytes: 1, unsigned } => {
+            format!("seq % {}", if *unsigned { 200 } else { 100 })
+        }
+        SourceType::Integer { bytes: 2, .. } => "seq % 10000".into(),
+        SourceType::Integer { bytes: 3 | 4, .. } => "seq % 1000000".into(),
+        SourceType::Integer { .. } => "seq % 50000 + 1".into(),
+        SourceType::TinyIntOne { .. } | SourceType::Bit { .. } => "seq % 2".into(),
+        SourceType::Decimal { precision, scale } => format!(
+            "CAST((seq % {}) / {} AS DECIMAL({precision}, {scale}))",
+            10u64.pow((*precision).clamp(1, 9)),
+            10u64.pow((*scale).min(9))
+        ),
+        SourceType::Float | SourceType::Double => "(seq % 1000000) / 100".into(),
+        SourceType::Char { length } | SourceType::VarChar { length } => {
+            format!("LEFT({text}, {length})")
+        }
+        SourceType::Text => format!("CONCAT({text}, ' for patient ', seq % 5000)"),
+        SourceType::Binary => "UNHEX(MD5(seq))".into(),
+        SourceType::Enum | SourceType::Set => "1".into(),
+        SourceType::Json => "JSON_OBJECT('n', seq)".into(),
+        SourceType::Date => match how {
+            Fill::History => {
+                "IF(seq % 50 = 0, '0001-01-01', DATE '2016-01-01' + INTERVAL (seq % 3650) DAY)"
+                    .into()
+            }
+            Fill::Fresh => "CURDATE()".into(),
+        },
+        SourceType::DateTime { .. } => match how {
+            Fill::History => format!(
+                "IF(seq % 50 = 0, '0001-01-01 00:00:00', TIMESTAMP '2016-01-01 08:00:00' + INTERVAL (seq * {}) SECOND)",
+                spread(315_360_000)
+            ),
+            Fill::Fresh => "NOW()".into(),
+        },
+        SourceType::Timestamp { .. } => match how {
+            Fill::History => format!(
+                "TIMESTAMP '2021-06-01 00:00:00' + INTERVAL (seq DIV 3 * {}) SECOND",
+                spread(157_680_000) * 3
+            ),
+            Fill::Fresh => "NOW()".into(),
+        },
+        SourceType::Time { .. } => "SEC_TO_TIME(seq % 86400)".into(),
+        SourceType::Year => "2000 + seq % 25".into(),
+        SourceType::Geometry => "POINT(seq % 90, seq % 180)".into(),
+    }
+}
+
+/// What a clinic does between two runs: edits 1% of procedures and 2% of
+/// patients (their edit stamps move), enters new procedures, commlog notes
+/// and security log entries. Only tables the demo has are touched.
+async fn change_source(settings: &MySqlSettings, tables: &[String]) -> Result<String> {
+    let mut conn = my::connect(settings).await?;
+    let mut done = Vec::new();
+    let has = |t: &str| tables.iter().any(|x| x == t);
+    for (table, sql, what) in [
+        (
+            "procedurelog",
+            "UPDATE `procedurelog` SET `ProcFee` = `ProcFee` + 10 WHERE `ProcNum` % 100 = 7",
+            "procedurelog fees edited",
+        ),
+        (
+            "patient",
+            "UPDATE `patient` SET `EstBalance` = `EstBalance` + 1 WHERE `PatNum` % 50 = 3",
+            "patient balances edited",
+        ),
+    ] {
+        if has(table) {
+            conn.query_drop(sql)
+                .await
+                .map_err(|e| Error::mysql(format!("editing `{table}`"), e))?;
+            done.push(format!("{} {what}", conn.affected_rows()));
+        }
+    }
+    for (table, n) in [
+        ("procedurelog", 300),
+        ("commlog", 200),
+        ("securitylog", 500),
+        ("securityloghash", 500),
+    ] {
+        if has(table) {
+            fill(&mut conn, &settings.database, table, n, Fill::Fresh).await?;
+            done.push(format!("{n} {table} rows entered"));
+        }
+    }
+    Ok(done.join(", "))
+}
+
+/// The totals of a run and any table that failed, with its error.
+fn brief(report: &RunReport) -> String {
+    let mut out = format!("   {}\n", pipeline::totals_line(report));
+    for o in &report.outcomes {
+        if let Err(e) = &o.result
+            && e.kind() != ErrorKind::Busy
+        {
+            let _ = writeln!(out, "   FAILED {} ({}): {}", o.table, o.phase, chain(e));
+        }
+    }
+    out
+}
+
+/// Runs the demo; returns whether every step succeeded and verified clean.
 pub async fn run(opts: &DemoOptions) -> Result<bool> {
+    if !(opts.scale > 0.0 && opts.scale <= 10.0) {
+        return Err(Error::config(format!(
+            "--scale {} is out of range; give a fraction of a real clinic between 0 and 10, e.g. 0.1",
+            opts.scale
+        )));
+    }
+    let fixtures = fixtures_dir(opts.fixtures.as_deref())?;
     let source = opts.source();
     let replica = opts.replica();
     let warehouse = opts.warehouse();
+    let demo_started = Instant::now();
+    let mut timings: Vec<(String, f64)> = Vec::new();
+    let mut step = |label: &str, started: Instant| {
+        let secs = started.elapsed().as_secs_f64();
+        timings.push((label.to_string(), secs));
+        secs
+    };
+
+    let size = match opts.rows {
+        Some(n) => format!("{n} rows per table"),
+        None => format!("{} of a real clinic's row counts", opts.scale),
+    };
     println!(
-        "creating demo source `{}` ({} rows in procedurelog and in securitylog), replica `{}` and warehouse `{}`",
-        opts.source_database, opts.rows, opts.replica_database, opts.warehouse_database
+        "1. building the demo clinic `{}` from OpenDental's schema ({SCHEMA_DUMP}) at {size}",
+        opts.source_database
     );
-    create_source(&source, opts.rows).await?;
+    let started = Instant::now();
+    let built = build_source(&source, &fixtures, opts.scale, opts.rows, &opts.only).await?;
     create_empty(&replica).await?;
     create_warehouse(&warehouse).await?;
+    let secs = step("build the demo clinic", started);
+    println!(
+        "   {} tables, {} rows ({} generated) in {secs:.1}s; empty replica `{}` and warehouse `{}`",
+        built.tables.len(),
+        built.rows,
+        built.generated,
+        opts.replica_database,
+        opts.warehouse_database
+    );
+
     std::fs::create_dir_all(&opts.dir)
         .map_err(|e| Error::config(format!("cannot create {}: {e}", opts.dir.display())))?;
     let env_file = opts.dir.join("demo.env");
     let tables_file = opts.dir.join("tables.yml");
-    write_file(&env_file, &opts.env_text())?;
-    write_file(&tables_file, DEMO_TABLES_YML)?;
+    write_atomically(&env_file, &opts.env_text())?;
+    let started = Instant::now();
+    let plans = analyze::analyze(&source).await?;
+    analyze::write_config(&plans, &[], &tables_file, "test")?;
     pipeline::init(Some(&warehouse), Some(&replica)).await?;
+    let secs = step("analyze + init", started);
+    println!(
+        "2. analyzed the clinic and wrote {} ({} tables, {} with a watermark column), created the tracking tables: {secs:.1}s",
+        tables_file.display(),
+        plans.len(),
+        plans.iter().filter(|p| p.chosen.is_some()).count()
+    );
     let hint = format!(
         "etl-pipeline --env-file {} --tables {}",
         env_file.display(),
@@ -293,6 +527,7 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
         println!("demo data ready; run it with: {hint} run --all");
         return Ok(true);
     }
+
     let ctx = RunContext {
         extract: Some(ExtractContext {
             source: source.clone(),
@@ -301,14 +536,14 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
             source_slots: Arc::new(Semaphore::new(DEFAULT_SOURCE_CONNECTIONS)),
         }),
         load: Some(LoadContext {
-            replica,
+            replica: replica.clone(),
             warehouse: warehouse.clone(),
             rate: None,
         }),
-        warehouse: Some(warehouse),
+        warehouse: Some(warehouse.clone()),
         stop: Stop::never(),
     };
-    let config = TablesConfig::parse(DEMO_TABLES_YML)?;
+    let config = TablesConfig::load(&tables_file)?;
     let plan = RunPlan {
         tables: config.tables().cloned().collect(),
         force_full: false,
@@ -319,28 +554,80 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
         },
         if_locked: IfLocked::Skip,
     };
-    println!("\n1. first run (source → replica → warehouse, in full):");
-    let first = pipeline::run(&ctx, plan.clone()).await?;
-    print!("{}", render_summary(&first));
+    let mut ok = true;
+    for (i, (label, title)) in [
+        (
+            "first run (full)",
+            "first run: source → replica → warehouse, in full",
+        ),
+        ("incremental run", "incremental run after the changes"),
+        ("run with no change", "run again with nothing changed"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if i == 1 {
+            let changes = change_source(&source, &built.tables).await?;
+            println!("4. the clinic works: {changes}");
+        }
+        let started = Instant::now();
+        let report = pipeline::run(&ctx, plan.clone()).await?;
+        step(label, started);
+        let file = opts.dir.join(format!("run-{}.txt", i + 1));
+        write_atomically(&file, &pipeline::render_summary(&report))?;
+        println!(
+            "{}. {title} (every table: {}):",
+            [3, 5, 6][i],
+            file.display()
+        );
+        print!("{}", brief(&report));
+        ok &= report.succeeded();
+    }
 
-    let mut conn = my::connect(&source).await?;
-    for sql in [
-        "UPDATE `procedurelog` SET `ProcFee` = `ProcFee` + 10 WHERE `ProcNum` % 100 = 7",
-        "INSERT INTO `securitylog` (`PermType`, `UserNum`, `LogDateTime`, `LogText`, `PatNum`, `CompName`, `FKey`, \
-         `LogSource`, `DefNum`, `DefNumError`) SELECT 1, 1, NOW(), 'demo change', 1, 'DEMO', seq, 0, 0, 0 FROM seq_1_to_500",
-    ] {
-        conn.query_drop(sql)
-            .await
-            .map_err(|e| Error::mysql("changing demo rows", e))?;
+    let started = Instant::now();
+    let checks = verify::verify(
+        &VerifyContext {
+            source: Some(source),
+            mysql: replica,
+            warehouse,
+        },
+        &built.tables,
+        true,
+    )
+    .await?;
+    let secs = step("verify --deep", started);
+    let file = opts.dir.join("verify.txt");
+    write_atomically(&file, &verify::render(&checks, true))?;
+    let differing: Vec<&str> = checks
+        .iter()
+        .filter(|c| !c.is_clean())
+        .map(|c| c.table.as_str())
+        .collect();
+    let compared: u64 = checks.iter().map(|c| c.compared).sum();
+    println!(
+        "7. verify --deep: {} tables, {compared} rows compared value by value in {secs:.1}s: {} (per table: {})",
+        checks.len(),
+        if differing.is_empty() {
+            "source = replica = warehouse".to_string()
+        } else {
+            format!("DIFFERENCES in {}", differing.join(", "))
+        },
+        file.display()
+    );
+    ok &= differing.is_empty();
+
+    println!("\ntimings:");
+    for (label, secs) in &timings {
+        println!("  {label:<24} {secs:>8.1}s");
     }
     println!(
-        "\n2. changed 1% of procedurelog and appended 500 securitylog rows at the source; incremental run:"
+        "  {:<24} {:>8.1}s",
+        "demo in all",
+        demo_started.elapsed().as_secs_f64()
     );
-    let second = pipeline::run(&ctx, plan).await?;
-    print!("{}", render_summary(&second));
     println!(
         "\nThe warehouse is `{}` (schema raw). Carry on with:\n  {hint} status",
         opts.warehouse_database
     );
-    Ok(first.succeeded() && second.succeeded())
+    Ok(ok)
 }

@@ -39,6 +39,13 @@ fn init_logging(args: &Cli) {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread
+    // starts; output piped into a reader that closes early (`status | head`)
+    // then ends the process quietly, as for other command-line tools. Sockets
+    // are written with MSG_NOSIGNAL and still report a closed peer as an error.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = Cli::parse();
     init_logging(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

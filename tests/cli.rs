@@ -29,6 +29,20 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// A table's line of `status --format json`.
+fn status_of(env: &Path, tables: &Path, table: &str) -> serde_json::Value {
+    let out = run(env, tables, &["status", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["table"] == table)
+        .cloned()
+        .unwrap_or_else(|| panic!("no status line for {table}: {status}"))
+}
+
 const TABLES: &str = "tables:\n  patient:\n    extraction_strategy: incremental\n    incremental_columns: [DateTStamp]\n    \
                       primary_incremental_column: DateTStamp\n    primary_key: PatNum\n";
 
@@ -274,18 +288,28 @@ async fn summary_json_status_json_category_filter_and_history_retention() {
 
     let out = run(&env, &tables, &["run", "--all"]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = run(&env, &tables, &["status", "--format", "json"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let patient = status
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["table"] == "patient")
-        .unwrap();
+    let patient = status_of(&env, &tables, "patient");
     assert_eq!(patient["copy_status"], "success");
     assert_eq!(patient["status"], "success");
     assert_eq!(patient["failures_24h"], 0);
+    assert_eq!(patient["rows_behind"], 0, "{patient}");
+    assert_eq!(patient["lag_seconds"], 0, "{patient}");
+
+    db.source_sql(&[
+        "INSERT INTO `patient` (`LName`, `DateTStamp`) SELECT CONCAT('New', seq), NOW() + INTERVAL 2 HOUR FROM seq_1_to_7",
+    ])
+    .await;
+    let patient = status_of(&env, &tables, "patient");
+    assert_eq!(
+        patient["rows_behind"], 7,
+        "rows at the source past the loaded watermark: {patient}"
+    );
+    let lag = patient["lag_seconds"].as_i64().unwrap();
+    assert!((7000..7400).contains(&lag), "two hours behind: {patient}");
+    let out = run(&env, &tables, &["status"]);
+    let line = text(&out);
+    let line = line.lines().find(|l| l.starts_with("patient")).unwrap();
+    assert!(line.contains(" 7 ") && line.contains("2h0"), "{line}");
 
     let old: i64 = client
         .query_one(

@@ -16,7 +16,9 @@ use std::fmt::Write as _;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, Value};
 
-use crate::config::MySqlSettings;
+use std::path::Path;
+
+use crate::config::{MySqlSettings, TablesConfig, write_atomically};
 use crate::error::{Error, Result};
 use crate::mysql as my;
 use crate::schema::{SourceType, ident, value_to_text};
@@ -622,4 +624,29 @@ pub fn changes_since(previous: &str, plans: &[TablePlan]) -> Result<Vec<String>>
         }
     }
     Ok(changes)
+}
+
+/// Writes `tables.yml` for `plans` at `path` (checked to parse, written
+/// atomically) and appends `changes` to `schema_changelog.md` beside it.
+pub fn write_config(
+    plans: &[TablePlan],
+    changes: &[String],
+    path: &Path,
+    environment: &str,
+) -> Result<()> {
+    let now = crate::pipeline::utc_now().to_sql_string().replace(' ', "T") + "Z";
+    let text = render(plans, environment, &now, &schema_hash(plans));
+    TablesConfig::parse(&text)?;
+    write_atomically(path, &text)?;
+    if !changes.is_empty() {
+        let log = path.with_file_name("schema_changelog.md");
+        let mut entry =
+            std::fs::read_to_string(&log).unwrap_or_else(|_| "# Schema changelog\n".to_string());
+        entry.push_str(&format!("\n## {now}\n\n"));
+        for change in changes {
+            entry.push_str(&format!("- {change}\n"));
+        }
+        write_atomically(&log, &entry)?;
+    }
+    Ok(())
 }

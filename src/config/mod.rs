@@ -1,5 +1,9 @@
 //! Settings from the environment, the table config, and strategy resolution.
 
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
 mod settings;
 mod strategy;
 mod tables;
@@ -14,3 +18,18 @@ pub use tables::{
     MAX_BATCH_SIZE, PerformanceCategory, ProcessingPriority, QualityBounds, TableConfig,
     TablesConfig, override_path,
 };
+
+/// Writes a file through a temporary file and a rename, so a reader never
+/// sees half a file.
+pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::config(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| Error::config(format!("cannot write {}: {e}", path.display())))
+}

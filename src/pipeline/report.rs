@@ -73,6 +73,13 @@ pub fn render_summary(report: &RunReport) -> String {
             }
         }
     }
+    out.push_str(&totals_line(report));
+    out.push('\n');
+    out
+}
+
+/// The run's last summary line: tables, failures, rows, time, rate, memory.
+pub fn totals_line(report: &RunReport) -> String {
     let failed = report
         .outcomes
         .iter()
@@ -84,8 +91,7 @@ pub fn render_summary(report: &RunReport) -> String {
         .count();
     let secs = report.elapsed.as_secs_f64();
     let rows = report.rows_read();
-    let _ = writeln!(
-        out,
+    format!(
         "run {}: {} table(s), {} failed, {} rows in {:.2}s ({:.0} rows/s), peak memory {}",
         report.run_id,
         report.outcomes.len(),
@@ -96,8 +102,7 @@ pub fn render_summary(report: &RunReport) -> String {
         peak_rss_kib()
             .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
             .unwrap_or_else(|| "unknown".into())
-    );
-    out
+    )
 }
 
 /// The run as JSON, for schedulers (`--summary-json`).

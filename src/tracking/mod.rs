@@ -495,6 +495,19 @@ pub struct StatusLine {
     /// The replica's copy status (`etl_copy_status`), when there is a replica.
     pub copy_status: Option<String>,
     pub last_copied: Option<String>,
+    /// The watermark column and value behind `watermark`.
+    #[serde(skip)]
+    pub watermark_column: String,
+    #[serde(skip)]
+    pub watermark_value: String,
+    /// Lag behind the source: rows there past the loaded watermark, the
+    /// newest watermark value there, and (date-time watermarks) how far
+    /// that is ahead of the loaded one, in seconds. `None` when unknown.
+    pub rows_behind: Option<u64>,
+    pub source_newest: Option<String>,
+    pub lag_seconds: Option<i64>,
+    /// Why the lag is unknown, when it is.
+    pub lag_note: Option<String>,
 }
 
 /// Every table's load status, in name order.
@@ -504,7 +517,8 @@ pub async fn status_lines(client: &Client, schema: &str) -> Result<Vec<StatusLin
                 coalesce(s.last_strategy, ''), coalesce(s.rows_loaded, 0)::bigint, \
                 coalesce(s.primary_column_name || ' = ' || s.last_primary_value, ''), coalesce(s.last_error, ''), \
                 (select count(*) from {history} h where h.table_name = s.table_name and h.status = 'failed' \
-                   and h.started_at > now() - interval '24 hours') \
+                   and h.started_at > now() - interval '24 hours'), \
+                coalesce(s.primary_column_name, ''), coalesce(s.last_primary_value, '') \
          from {status} s order by s.table_name",
         status = ident::pg_qualified(schema, "etl_load_status"),
         history = ident::pg_qualified(schema, "etl_run_history"),
@@ -526,6 +540,12 @@ pub async fn status_lines(client: &Client, schema: &str) -> Result<Vec<StatusLin
             failures_24h: r.get(7),
             copy_status: None,
             last_copied: None,
+            watermark_column: r.get(8),
+            watermark_value: r.get(9),
+            rows_behind: None,
+            source_newest: None,
+            lag_seconds: None,
+            lag_note: None,
         })
         .collect())
 }
@@ -556,10 +576,83 @@ pub async fn add_copy_status(conn: &mut Conn, lines: &mut Vec<StatusLine>) -> Re
                 failures_24h: 0,
                 copy_status: status,
                 last_copied: copied,
+                watermark_column: String::new(),
+                watermark_value: String::new(),
+                rows_behind: None,
+                source_newest: None,
+                lag_seconds: None,
+                lag_note: None,
             }),
         }
     }
     lines.sort_by(|a, b| a.table.cmp(&b.table));
+    Ok(())
+}
+
+/// Adds each table's lag behind the MySQL database `conn` is on (the source,
+/// or the replica when the source is not configured): the rows there past
+/// the loaded watermark, the newest watermark value, and for date-time
+/// watermarks how many seconds that is ahead. One range count per table on
+/// its watermark column; a table that cannot be measured gets a note.
+pub async fn add_lag(conn: &mut Conn, database: &str, lines: &mut [StatusLine]) -> Result<()> {
+    let types: Vec<(String, String, String)> = conn
+        .exec(
+            "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ?",
+            (database,),
+        )
+        .await
+        .map_err(|e| Error::mysql(format!("reading the columns of `{database}`"), e))?;
+    let types: HashMap<(&str, &str), &str> = types
+        .iter()
+        .map(|(t, c, d)| ((t.as_str(), c.as_str()), d.as_str()))
+        .collect();
+    for line in lines.iter_mut() {
+        if line.watermark_column.is_empty() {
+            line.lag_note = Some("no watermark loaded yet".into());
+            continue;
+        }
+        let Some(&data_type) = types.get(&(line.table.as_str(), line.watermark_column.as_str()))
+        else {
+            line.lag_note = Some(format!(
+                "`{}`.`{}` is not in `{database}`",
+                line.table, line.watermark_column
+            ));
+            continue;
+        };
+        let temporal = matches!(data_type, "date" | "datetime" | "timestamp");
+        let col = ident::mysql(&line.watermark_column);
+        let sql = format!(
+            "SELECT COUNT(*), CAST(MAX({col}) AS CHAR), {} FROM {} WHERE {col} > ?",
+            if temporal {
+                format!("TIMESTAMPDIFF(SECOND, ?, MAX({col}))")
+            } else {
+                "NULL".into()
+            },
+            ident::mysql(&line.table)
+        );
+        let value = line.watermark_value.as_str();
+        let params = if temporal {
+            vec![value, value]
+        } else {
+            vec![value]
+        };
+        let row = conn
+            .exec_first::<(u64, Option<String>, Option<i64>), _, _>(sql, params)
+            .await;
+        match row {
+            Ok(Some((behind, newest, seconds))) => {
+                line.rows_behind = Some(behind);
+                line.source_newest = newest;
+                line.lag_seconds = if temporal {
+                    Some(seconds.unwrap_or(0))
+                } else {
+                    None
+                };
+            }
+            Ok(None) => {}
+            Err(e) => line.lag_note = Some(format!("cannot measure: {e}")),
+        }
+    }
     Ok(())
 }
 

@@ -465,3 +465,39 @@ async fn deep_check(
     }
     Ok(())
 }
+
+/// The verification as a table: counts per database, rows compared (deep),
+/// status, and each difference and note under its table.
+pub fn render(checks: &[TableCheck], deep: bool) -> String {
+    use std::fmt::Write as _;
+    let show = |n: Option<u64>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<28} {:>12} {:>12} {:>12} {:>12}  status",
+        "table", "source", "mysql", "warehouse", "compared"
+    );
+    for c in checks {
+        let _ = writeln!(
+            out,
+            "{:<28} {:>12} {:>12} {:>12} {:>12}  {}",
+            c.table,
+            show(c.source_rows),
+            show(c.mysql_rows),
+            show(c.warehouse_rows),
+            if deep {
+                c.compared.to_string()
+            } else {
+                "-".into()
+            },
+            if c.is_clean() { "ok" } else { "DIFFERS" }
+        );
+        for d in &c.differences {
+            let _ = writeln!(out, "    {d}");
+        }
+        for n in &c.notes {
+            let _ = writeln!(out, "    note: {n}");
+        }
+    }
+    out
+}

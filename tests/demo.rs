@@ -1,0 +1,132 @@
+//! The demo clinic: OpenDental's schema grown to a fraction of a real
+//! clinic's row counts, and the demo command's whole flow on it.
+
+mod common;
+
+use common::{TestDb, binary, scratch};
+use etl_pipeline::demo;
+use etl_pipeline::mysql as my;
+use mysql_async::prelude::Queryable;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_clinic_has_every_opendental_table_at_its_scaled_size() {
+    let db = TestDb::new("demo_build").await;
+    let fixtures = demo::fixtures_dir(None).unwrap();
+    let built = demo::build_source(&db.source, &fixtures, 0.001, None, &[])
+        .await
+        .unwrap();
+    assert_eq!(built.tables.len(), 379);
+
+    let mut conn = my::connect(&db.source).await.unwrap();
+    let mut total = 0;
+    for table in &built.tables {
+        let n: u64 = conn
+            .query_first(format!("SELECT COUNT(*) FROM `{table}`"))
+            .await
+            .unwrap()
+            .unwrap();
+        total += n;
+    }
+    assert_eq!(total, built.rows, "the reported size is the real one");
+    // Real counts × 0.001, rounded; a table keeps its seed rows when it has more.
+    for (table, rows) in [
+        ("securitylog", 4738),
+        ("sheetfield", 1657),
+        ("procedurelog", 818),
+        ("patient", 35),
+        ("definition", 261),
+    ] {
+        let n: u64 = conn
+            .query_first(format!("SELECT COUNT(*) FROM `{table}`"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, rows, "{table}");
+    }
+    let (stamps, no_dates, accented): (u64, u64, u64) = conn
+        .query_first(
+            "SELECT COUNT(DISTINCT `DateTStamp`), SUM(`ProcDate` = '0001-01-01'), SUM(`BillingNote` LIKE '%é%') \
+             FROM `procedurelog`",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        stamps > 200 && stamps < 818,
+        "edit stamps spread, with ties: {stamps}"
+    );
+    assert!(no_dates > 0, "OpenDental's 0001-01-01 appears");
+    assert!(accented > 0, "accented text appears");
+
+    let err = demo::build_source(&db.source, &fixtures, 0.001, None, &["nosuchtable".into()])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("`nosuchtable`"), "{err}");
+}
+
+#[test]
+fn the_demo_runs_full_then_incremental_and_verifies_clean() {
+    let dir = scratch("demo_flow");
+    let out = binary()
+        .args([
+            "demo",
+            "--only",
+            "procedurelog,patient,commlog,securitylog,securityloghash,definition",
+            "--rows",
+            "12000",
+            "--source-db",
+            "etl_t_demo_flow_src",
+            "--replica-db",
+            "etl_t_demo_flow",
+            "--warehouse-db",
+            "etl_t_demo_flow",
+            "--dir",
+            dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("6 tables, 72000 rows") && text.contains("source = replica = warehouse"),
+        "{text}"
+    );
+    let second = std::fs::read_to_string(dir.join("run-2.txt")).unwrap();
+    let line = |table: &str, phase: &str| {
+        second
+            .lines()
+            .find(|l| l.starts_with(&format!("{table} ")) && l.contains(&format!(" {phase} ")))
+            .unwrap_or_else(|| panic!("{table} {phase}: {second}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    // Fields: table, phase, status, strategy, read, inserted, updated, ...
+    let procedures = line("procedurelog", "load");
+    assert_eq!(procedures[3], "incremental", "{second}");
+    assert_eq!(
+        procedures[5], "300",
+        "the new procedures are inserted: {second}"
+    );
+    assert!(
+        procedures[6].parse::<u64>().unwrap() >= 120,
+        "the edited fees arrive as updates: {second}"
+    );
+    let log = line("securitylog", "extract");
+    assert_eq!(log[5], "500", "{second}");
+
+    let out = binary()
+        .args(["demo", "--fixtures", "/nonexistent/fixtures"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/fixtures"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -151,6 +151,9 @@ pub struct RunArgs {
     /// Refresh in full, whatever the watermarks say.
     #[arg(long)]
     pub force_full: bool,
+    /// Let key reconciliation delete more than a table's max_delete_share.
+    #[arg(long)]
+    pub allow_mass_delete: bool,
     /// Tables processed at once (default: one per core, 2 to 8).
     #[arg(long, default_value_t = pipeline::default_max_workers(), value_parser = parse_workers)]
     pub max_workers: usize,
@@ -526,6 +529,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 RunPlan {
                     tables,
                     force_full: args.force_full,
+                    allow_mass_delete: args.allow_mass_delete,
                     max_workers: args.max_workers,
                     phases,
                     if_locked,

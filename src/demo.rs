@@ -408,8 +408,9 @@ fn value_expr(name: &str, ty: &SourceType, latin1: bool, n: u64, how: Fill) -> S
 }
 
 /// What a clinic does between two runs: edits 1% of procedures and 2% of
-/// patients (their edit stamps move), enters new procedures, commlog notes
-/// and security log entries. Only tables the demo has are touched.
+/// patients (their edit stamps move), deletes 1% of procedures and 2.5% of
+/// appointments outright, enters new procedures, commlog notes and security
+/// log entries. Only tables the demo has are touched.
 async fn change_source(settings: &MySqlSettings, tables: &[String]) -> Result<String> {
     let mut conn = my::connect(settings).await?;
     let mut done = Vec::new();
@@ -424,6 +425,16 @@ async fn change_source(settings: &MySqlSettings, tables: &[String]) -> Result<St
             "patient",
             "UPDATE `patient` SET `EstBalance` = `EstBalance` + 1 WHERE `PatNum` % 50 = 3",
             "patient balances edited",
+        ),
+        (
+            "procedurelog",
+            "DELETE FROM `procedurelog` WHERE `ProcNum` % 100 = 13",
+            "procedures deleted",
+        ),
+        (
+            "appointment",
+            "DELETE FROM `appointment` WHERE `AptNum` % 40 = 5",
+            "appointments deleted",
         ),
     ] {
         if has(table) {
@@ -547,6 +558,7 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
     let plan = RunPlan {
         tables: config.tables().cloned().collect(),
         force_full: false,
+        allow_mass_delete: false,
         max_workers: pipeline::default_max_workers(),
         phases: Phases {
             extract: true,

@@ -31,6 +31,8 @@ pub enum ErrorKind {
     Interrupted,
     /// Another run holds the table; it was skipped.
     Busy,
+    /// A safety check stopped the table before it changed anything.
+    Refused,
 }
 
 impl ErrorKind {

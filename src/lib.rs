@@ -13,6 +13,7 @@ pub mod mysql;
 pub mod pipeline;
 pub mod postgres;
 pub mod progress;
+pub mod reconcile;
 pub mod schema;
 pub mod shutdown;
 pub mod tracking;

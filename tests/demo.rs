@@ -105,7 +105,7 @@ fn the_demo_runs_full_then_incremental_and_verifies_clean() {
             .map(str::to_string)
             .collect::<Vec<_>>()
     };
-    // Fields: table, phase, status, strategy, read, inserted, updated, ...
+    // Fields: table, phase, status, strategy, read, inserted, updated, deleted, ...
     let procedures = line("procedurelog", "load");
     assert_eq!(procedures[3], "incremental", "{second}");
     assert_eq!(
@@ -115,6 +115,10 @@ fn the_demo_runs_full_then_incremental_and_verifies_clean() {
     assert!(
         procedures[6].parse::<u64>().unwrap() >= 120,
         "the edited fees arrive as updates: {second}"
+    );
+    assert_eq!(
+        procedures[7], "120",
+        "the deleted procedures leave the warehouse: {second}"
     );
     let log = line("securitylog", "extract");
     assert_eq!(log[5], "500", "{second}");

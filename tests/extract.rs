@@ -245,6 +245,7 @@ async fn a_select_only_source_user_is_enough() {
     let plan = etl_pipeline::pipeline::RunPlan {
         tables: config(100).tables().cloned().collect(),
         force_full: false,
+        allow_mass_delete: false,
         max_workers: 2,
         phases: etl_pipeline::pipeline::Phases {
             extract: true,
@@ -306,6 +307,7 @@ async fn direct_mode_loads_the_warehouse_straight_from_the_source() {
     let plan = etl_pipeline::pipeline::RunPlan {
         tables: config(300).tables().cloned().collect(),
         force_full: false,
+        allow_mass_delete: false,
         max_workers: 2,
         phases: etl_pipeline::pipeline::Phases {
             extract: true,

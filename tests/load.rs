@@ -489,6 +489,7 @@ async fn a_run_before_init_says_to_run_init() {
         etl_pipeline::pipeline::RunPlan {
             tables: config.tables().cloned().collect(),
             force_full: false,
+            allow_mass_delete: false,
             max_workers: 1,
             phases: etl_pipeline::pipeline::Phases {
                 extract: false,

@@ -39,6 +39,10 @@ const PATTERNS: [(&str, u8); 7] = [
 const MAX_BAD_SHARE: f64 = 0.05;
 /// Tables below this many rows are refreshed in full: cheaper than tracking.
 const FULL_REFRESH_BELOW_ROWS: u64 = 10_000;
+/// From this size on, key reconciliation (a pass over the key index on
+/// each side) runs every few hours rather than every run.
+const RECONCILE_HOURLY_FROM_ROWS: u64 = 1_000_000;
+const RECONCILE_EVERY_HOURS: u32 = 6;
 /// Bytes of rows per batch the generated `batch_size` aims at.
 const TARGET_BATCH_BYTES: u64 = 8 * 1024 * 1024;
 /// The lower quality bound written when a column holds older values.
@@ -400,6 +404,25 @@ fn category(rows: u64) -> &'static str {
     }
 }
 
+/// Whether every primary-key column is an integer key reconciliation can
+/// compare (signed, or unsigned narrower than `bigint`).
+fn integer_key(p: &TablePlan) -> bool {
+    !p.primary_key.is_empty()
+        && p.primary_key.iter().all(|k| {
+            p.columns
+                .iter()
+                .position(|c| c == k)
+                .and_then(|i| p.column_types.get(i))
+                .is_some_and(|t| {
+                    let t = t.to_ascii_lowercase();
+                    ["tinyint", "smallint", "mediumint", "int", "bigint"]
+                        .iter()
+                        .any(|n| t.starts_with(n))
+                        && !(t.starts_with("bigint") && t.contains("unsigned"))
+                })
+        })
+}
+
 /// Renders `tables.yml`: a metadata block, then one entry per table with
 /// the profile behind each choice as comments.
 pub fn render(
@@ -509,6 +532,16 @@ pub fn render(
             many => {
                 let keys: Vec<String> = many.iter().map(|k| quote(k)).collect();
                 let _ = writeln!(out, "    primary_key: [{}]", keys.join(", "));
+            }
+        }
+        if incremental && integer_key(p) {
+            let _ = writeln!(out, "    delete_detection: key_reconcile");
+            if p.estimated_rows >= RECONCILE_HOURLY_FROM_ROWS {
+                let _ = writeln!(
+                    out,
+                    "    # {RECONCILE_HOURLY_FROM_ROWS}+ rows: deletes looked for every {RECONCILE_EVERY_HOURS} hours, not every run"
+                );
+                let _ = writeln!(out, "    reconcile_every_hours: {RECONCILE_EVERY_HOURS}");
             }
         }
         let chosen = p

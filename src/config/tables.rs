@@ -32,6 +32,36 @@ pub const DEFAULT_LOOKBACK_SECONDS: u64 = 600;
 /// commit a lower id after a higher one was read.
 pub const DEFAULT_LOOKBACK_KEYS: u64 = 1_000;
 
+/// Share of a table a key reconciliation may delete before it stops and
+/// asks for `--allow-mass-delete`: a broken or emptied source must never
+/// wipe the warehouse.
+pub const DEFAULT_MAX_DELETE_SHARE: f64 = 0.10;
+
+/// How rows deleted at the source are found (`delete_detection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteDetection {
+    /// Deleted rows stay until a full refresh.
+    #[default]
+    None,
+    /// Compare the primary-key sets of each copy with the one it is read from.
+    KeyReconcile,
+}
+
+/// How rows deleted at the source are found and what happens to them.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DeletePolicy {
+    pub detection: DeleteDetection,
+    /// Reconcile once this many runs (1: every run).
+    pub every_runs: Option<u32>,
+    /// Reconcile when the last reconciliation is this many hours old.
+    pub every_hours: Option<u32>,
+    /// Keep deleted rows in the warehouse, stamped in `_deleted_at`.
+    pub soft_delete: bool,
+    /// Largest share of a table one reconciliation may delete.
+    pub max_share: f64,
+}
+
 /// How the config says a table is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -103,6 +133,11 @@ struct RawTable {
     lookback_seconds: Option<u64>,
     lookback_keys: Option<u64>,
     estimated_rows: Option<u64>,
+    delete_detection: Option<DeleteDetection>,
+    reconcile_every_runs: Option<u32>,
+    reconcile_every_hours: Option<u32>,
+    soft_delete: Option<bool>,
+    max_delete_share: Option<f64>,
     // Written by the old system's analyzer; accepted, not used here.
     #[serde(rename = "estimated_size_mb")]
     _estimated_size_mb: Option<IgnoredAny>,
@@ -158,6 +193,7 @@ pub struct TableConfig {
     pub lookback_seconds: u64,
     pub lookback_keys: u64,
     pub estimated_rows: Option<u64>,
+    pub deletes: DeletePolicy,
 }
 
 impl TableConfig {
@@ -176,6 +212,10 @@ impl TableConfig {
             lookback_seconds: DEFAULT_LOOKBACK_SECONDS,
             lookback_keys: DEFAULT_LOOKBACK_KEYS,
             estimated_rows: None,
+            deletes: DeletePolicy {
+                max_share: DEFAULT_MAX_DELETE_SHARE,
+                ..DeletePolicy::default()
+            },
         }
     }
 
@@ -427,6 +467,31 @@ fn validate(name: &str, raw: RawTable) -> Result<TableConfig> {
         Some(OneOrMany::One(k)) => vec![k],
         Some(OneOrMany::Many(ks)) => ks,
     };
+    let max_share = raw.max_delete_share.unwrap_or(DEFAULT_MAX_DELETE_SHARE);
+    if !(0.0..=1.0).contains(&max_share) {
+        return Err(err(
+            "max_delete_share",
+            format!("{max_share} is outside 0..=1 (a share of the table, e.g. 0.1)"),
+        ));
+    }
+    for (key, value) in [
+        ("reconcile_every_runs", raw.reconcile_every_runs),
+        ("reconcile_every_hours", raw.reconcile_every_hours),
+    ] {
+        if value == Some(0) {
+            return Err(err(
+                key,
+                "must be at least 1 (leave it out to reconcile every run)".into(),
+            ));
+        }
+    }
+    let deletes = DeletePolicy {
+        detection: raw.delete_detection.unwrap_or_default(),
+        every_runs: raw.reconcile_every_runs,
+        every_hours: raw.reconcile_every_hours,
+        soft_delete: raw.soft_delete.unwrap_or(false),
+        max_share,
+    };
     Ok(TableConfig {
         name: name.to_string(),
         extraction_strategy: raw.extraction_strategy,
@@ -442,6 +507,7 @@ fn validate(name: &str, raw: RawTable) -> Result<TableConfig> {
         lookback_seconds: raw.lookback_seconds.unwrap_or(DEFAULT_LOOKBACK_SECONDS),
         lookback_keys: raw.lookback_keys.unwrap_or(DEFAULT_LOOKBACK_KEYS),
         estimated_rows: raw.estimated_rows,
+        deletes,
     })
 }
 

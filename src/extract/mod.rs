@@ -18,13 +18,14 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, TxOpts, Value};
 use tokio::sync::Semaphore;
 
-use crate::config::{MySqlSettings, Strategy, TableConfig, TableFacts, resolve};
+use crate::config::{DeleteDetection, MySqlSettings, Strategy, TableConfig, TableFacts, resolve};
 use crate::error::{Error, ErrorKind, Result};
 use crate::incremental::{self, Marks};
 use crate::load::TableReport;
 use crate::mysql::{
     self as my, Encoder, Pass, RateLimit, ReadJob, ReadRange, ReadSpec, SourceTable, spawn_reader,
 };
+use crate::reconcile::{self, Side};
 use crate::schema::ident;
 use crate::shutdown::Stop;
 use crate::tracking::{self, Progress, StoredWatermark};
@@ -280,6 +281,7 @@ pub async fn copy_table(
     ctx: &ExtractContext,
     cfg: &TableConfig,
     force_full: bool,
+    allow_mass_delete: bool,
     run_id: &str,
     resume: ResumeSlot,
     stop: &Stop,
@@ -358,6 +360,7 @@ pub async fn copy_table(
         rows_read: 0,
         rows_inserted: 0,
         rows_updated: 0,
+        rows_deleted: 0,
         rows_outside_bounds: 0,
         zero_dates: BTreeMap::new(),
         warnings,
@@ -384,8 +387,58 @@ pub async fn copy_table(
             incremental_copy(&job, source, replica, &stored, columns, &mut report).await?
         }
     }
+    if reconcile::applies(&cfg.deletes, &decision.strategy) {
+        report.rows_deleted = reconcile_copy(ctx, cfg, &source_table, allow_mass_delete).await?;
+    } else if cfg.deletes.detection == DeleteDetection::KeyReconcile {
+        let mut replica = session(&ctx.replica).await?;
+        tracking::mark_copy_reconciled(&mut replica, &cfg.name, true).await?;
+    }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Removes from the replica the rows the source no longer has (key
+/// reconciliation), when the table's schedule says it is due.
+async fn reconcile_copy(
+    ctx: &ExtractContext,
+    cfg: &TableConfig,
+    table: &SourceTable,
+    allow_mass_delete: bool,
+) -> Result<u64> {
+    let key = reconcile::reconcilable_key(table)?;
+    let mut replica = session(&ctx.replica).await?;
+    let (since, runs) = tracking::copy_reconcile_state(&mut replica, &cfg.name).await?;
+    if !reconcile::due(&cfg.deletes, since, runs) {
+        tracking::mark_copy_reconciled(&mut replica, &cfg.name, false).await?;
+        return Ok(0);
+    }
+    let mut source = session(&ctx.source).await?;
+    let keys = reconcile::deletions(
+        &mut Side::MySql {
+            conn: &mut source,
+            table: cfg.name.clone(),
+            rate: ctx.rate.clone(),
+        },
+        &mut Side::MySql {
+            conn: &mut replica,
+            table: cfg.name.clone(),
+            rate: None,
+        },
+        &key,
+        &cfg.name,
+        &cfg.deletes,
+        allow_mass_delete,
+    )
+    .await?;
+    let err = |e| Error::mysql(format!("reconciling replica table `{}`", cfg.name), e);
+    replica.query_drop("START TRANSACTION").await.map_err(err)?;
+    let removed = reconcile::delete_mysql(&mut replica, &cfg.name, &key, &keys).await?;
+    tracking::mark_copy_reconciled(&mut replica, &cfg.name, true).await?;
+    replica.query_drop("COMMIT").await.map_err(err)?;
+    if removed > 0 {
+        tracing::info!(table = %cfg.name, removed, "rows deleted at the source removed from the replica");
+    }
+    Ok(removed)
 }
 
 struct CopyJob<'a> {

@@ -13,15 +13,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mysql_async::Conn;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use crate::config::{
-    Decision, MySqlSettings, PgSettings, Strategy, TableConfig, TableFacts, resolve,
+    Decision, DeleteDetection, MySqlSettings, PgSettings, Strategy, TableConfig, TableFacts,
+    resolve,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::incremental::{self, Marks};
 use crate::mysql::{self as my, RateLimit, ReadJob, ReadSpec, SourceTable, spawn_reader};
 use crate::postgres::{self as pg, CopyIn, DestTable};
+use crate::reconcile::{self, Side};
 use crate::schema::{DataProfile, PgType, ident, is_widening, map_type};
 use crate::shutdown::Stop;
 use crate::tracking::{self, Progress, StoredWatermark};
@@ -42,6 +44,8 @@ pub struct LoadContext {
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     pub force_full: bool,
+    /// Lets a key reconciliation delete more than the table's `max_delete_share`.
+    pub allow_mass_delete: bool,
     pub run_id: String,
     /// Asked to stop: finish the batch in hand (a full refresh rolls back).
     pub stop: Stop,
@@ -55,6 +59,8 @@ pub struct TableReport {
     pub rows_read: u64,
     pub rows_inserted: u64,
     pub rows_updated: u64,
+    /// Rows removed (or soft-deleted) because the copy read from no longer has them.
+    pub rows_deleted: u64,
     /// Rows whose watermark value lies outside the quality bounds (re-read, not moving the watermark).
     pub rows_outside_bounds: u64,
     /// Zero dates written as NULL, by column.
@@ -212,8 +218,21 @@ async fn prepare(
     } else {
         describe_dest(client, schema, &cfg.name).await?
     };
+    let dest = if cfg.deletes.soft_delete && dest.column(reconcile::DELETED_AT).is_none() {
+        pg::add_column(
+            client,
+            schema,
+            &cfg.name,
+            reconcile::DELETED_AT,
+            &PgType::TimestampTz(None),
+        )
+        .await?;
+        describe_dest(client, schema, &cfg.name).await?
+    } else {
+        dest
+    };
     for column in &dest.columns {
-        if source.column(&column.name).is_none() {
+        if source.column(&column.name).is_none() && column.name != reconcile::DELETED_AT {
             warnings.push(format!(
                 "column `{}` is no longer in the source; kept in the warehouse, new rows get NULL",
                 column.name
@@ -368,6 +387,7 @@ pub async fn load_table(
         rows_read: 0,
         rows_inserted: 0,
         rows_updated: 0,
+        rows_deleted: 0,
         rows_outside_bounds: 0,
         zero_dates: BTreeMap::new(),
         warnings: prepared.warnings.clone(),
@@ -399,8 +419,66 @@ pub async fn load_table(
             incremental_load(&job, mysql, &mut client, columns, &mut report).await?
         }
     }
+    if reconcile::applies(&cfg.deletes, &prepared.decision.strategy) {
+        report.rows_deleted = reconcile_load(&job, &mut client).await?;
+    } else if cfg.deletes.detection == DeleteDetection::KeyReconcile {
+        let schema = &ctx.warehouse.schema;
+        tracking::mark_load_reconciled(&client, schema, &cfg.name, true).await?;
+    }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Removes from the warehouse (or stamps in `_deleted_at`) the rows the
+/// MySQL copy it is loaded from no longer has, when the schedule says so.
+async fn reconcile_load(job: &Job<'_>, client: &mut Client) -> Result<u64> {
+    let Job {
+        ctx,
+        cfg,
+        opts,
+        prepared,
+    } = *job;
+    let schema = &ctx.warehouse.schema;
+    let key = reconcile::reconcilable_key(&prepared.source)?;
+    let (since, runs) = tracking::load_reconcile_state(&*client, schema, &cfg.name).await?;
+    if !reconcile::due(&cfg.deletes, since, runs) {
+        tracking::mark_load_reconciled(&*client, schema, &cfg.name, false).await?;
+        return Ok(0);
+    }
+    let mut mysql = my::connect(&ctx.replica).await?;
+    let keys = reconcile::deletions(
+        &mut Side::MySql {
+            conn: &mut mysql,
+            table: cfg.name.clone(),
+            rate: ctx.rate.clone(),
+        },
+        &mut Side::Pg {
+            client,
+            schema: schema.clone(),
+            table: cfg.name.clone(),
+            live_only: cfg.deletes.soft_delete,
+        },
+        &key,
+        &cfg.name,
+        &cfg.deletes,
+        opts.allow_mass_delete,
+    )
+    .await?;
+    let target = ident::pg_qualified(schema, &cfg.name);
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| Error::postgres(format!("starting the reconciliation of {target}"), e))?;
+    let removed =
+        reconcile::delete_pg(&tx, schema, &cfg.name, &key, &keys, cfg.deletes.soft_delete).await?;
+    tracking::mark_load_reconciled(&tx, schema, &cfg.name, true).await?;
+    tx.commit()
+        .await
+        .map_err(|e| Error::postgres(format!("committing the reconciliation of {target}"), e))?;
+    if removed > 0 {
+        tracing::info!(table = %cfg.name, removed, "rows gone from the replica removed from the warehouse");
+    }
+    Ok(removed)
 }
 
 /// Up to this table size on disk a full refresh empties the table with
@@ -443,12 +521,47 @@ fn read_spec(ctx: &LoadContext, cfg: &TableConfig, prepared: &Prepared) -> ReadS
     }
 }
 
+/// Creates the session's staging table for the target (emptied at each
+/// commit) and returns the `copy` into it and the merge out of it.
+async fn staging(client: &impl GenericClient, job: &Job<'_>) -> Result<(String, String)> {
+    let schema = &job.ctx.warehouse.schema;
+    let target = ident::pg_qualified(schema, &job.cfg.name);
+    client
+        .batch_execute(&format!(
+            "create temporary table if not exists {} (like {target} including defaults) on commit delete rows",
+            ident::pg(STAGE_TABLE)
+        ))
+        .await
+        .map_err(|e| Error::postgres(format!("creating the staging table for {target}"), e))?;
+    let names = ident::pg_list(job.prepared.dest_columns.iter().map(|(n, _)| n.as_str()));
+    let copy_sql = format!(
+        "copy pg_temp.{} ({names}) from stdin (format binary)",
+        ident::pg(STAGE_TABLE)
+    );
+    let merge = pg::merge_sql(
+        schema,
+        &job.cfg.name,
+        STAGE_TABLE,
+        &job.prepared.dest_columns,
+        &job.prepared.key,
+        job.soft_delete().then_some(reconcile::DELETED_AT),
+    );
+    Ok((copy_sql, merge))
+}
+
 /// What a strategy's load works from.
 struct Job<'a> {
     ctx: &'a LoadContext,
     cfg: &'a TableConfig,
     opts: &'a LoadOptions,
     prepared: &'a Prepared,
+}
+
+impl Job<'_> {
+    /// Deleted rows are kept, stamped in `_deleted_at` (needs a key to merge on).
+    fn soft_delete(&self) -> bool {
+        self.cfg.deletes.soft_delete && !self.prepared.key.is_empty()
+    }
 }
 
 async fn full_load(
@@ -478,14 +591,21 @@ async fn full_load(
         .transaction()
         .await
         .map_err(|e| Error::postgres(format!("starting the load of {target}"), e))?;
-    let empty = empty_statement(&tx, schema, &cfg.name).await?;
-    tx.batch_execute(&empty)
-        .await
-        .map_err(|e| Error::postgres(format!("emptying {target} for a full refresh"), e))?;
-    let copy_sql = format!(
-        "copy {target} ({}) from stdin (format binary)",
-        ident::pg_list(prepared.dest_columns.iter().map(|(n, _)| n.as_str()))
-    );
+    let soft = job.soft_delete();
+    let (copy_sql, merge) = if soft {
+        let (copy_sql, merge) = staging(&tx, job).await?;
+        (copy_sql, Some(merge))
+    } else {
+        let empty = empty_statement(&tx, schema, &cfg.name).await?;
+        tx.batch_execute(&empty)
+            .await
+            .map_err(|e| Error::postgres(format!("emptying {target} for a full refresh"), e))?;
+        let copy_sql = format!(
+            "copy {target} ({}) from stdin (format binary)",
+            ident::pg_list(prepared.dest_columns.iter().map(|(n, _)| n.as_str()))
+        );
+        (copy_sql, None)
+    };
     let mut copy = CopyIn::start(&tx, &copy_sql, &target).await?;
     while let Some(batch) = rx.recv().await {
         let batch = batch?;
@@ -508,6 +628,10 @@ async fn full_load(
             ),
         ));
     }
+    let (inserted, updated, deleted) = match &merge {
+        Some(merge) => soft_refresh(&tx, job, merge).await?,
+        None => (copied, 0, 0),
+    };
     let primary = marks.first().map(|(c, m)| (c.clone(), m.value.clone()));
     let progress = Progress {
         watermarks: marks.clone(),
@@ -522,9 +646,54 @@ async fn full_load(
     tx.commit()
         .await
         .map_err(|e| Error::postgres(format!("committing the full refresh of {target}"), e))?;
-    report.rows_inserted = copied;
+    report.rows_inserted = inserted;
+    report.rows_updated = updated;
+    report.rows_deleted = deleted;
     report.watermark_end = incremental::describe_marks(&marks);
     Ok(())
+}
+
+/// The end of a full refresh in soft-delete mode, the rows staged: live rows
+/// whose key is gone are stamped deleted, then the staged rows are merged
+/// (a stamped row that came back is live again). Returns (inserted,
+/// updated, deleted).
+async fn soft_refresh(
+    tx: &tokio_postgres::Transaction<'_>,
+    job: &Job<'_>,
+    merge: &str,
+) -> Result<(u64, u64, u64)> {
+    let schema = &job.ctx.warehouse.schema;
+    let target = ident::pg_qualified(schema, &job.cfg.name);
+    let keys = ident::pg_list(job.prepared.key.iter().map(String::as_str));
+    let stamped = tx
+        .execute(
+            &format!(
+                "update {target} t set {deleted} = now() where t.{deleted} is null \
+                 and not exists (select 1 from pg_temp.{stage} s where ({s_keys}) = ({t_keys}))",
+                deleted = ident::pg(reconcile::DELETED_AT),
+                stage = ident::pg(STAGE_TABLE),
+                s_keys = prefixed("s", &job.prepared.key),
+                t_keys = prefixed("t", &job.prepared.key),
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("stamping deleted rows of {target} ({keys})"), e))?;
+    let counts = tx
+        .query_one(merge, &[])
+        .await
+        .map_err(|e| Error::postgres(format!("merging the full refresh into {target}"), e))?;
+    let inserted = u64::try_from(counts.get::<_, i64>(0)).unwrap_or(0);
+    let updated = u64::try_from(counts.get::<_, i64>(1)).unwrap_or(0);
+    Ok((inserted, updated, stamped))
+}
+
+fn prefixed(alias: &str, columns: &[String]) -> String {
+    columns
+        .iter()
+        .map(|c| format!("{alias}.{}", ident::pg(c)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn incremental_load(
@@ -552,25 +721,7 @@ async fn incremental_load(
     .await?;
 
     let target = ident::pg_qualified(schema, &cfg.name);
-    client
-        .batch_execute(&format!(
-            "create temporary table if not exists {} (like {target} including defaults) on commit delete rows",
-            ident::pg(STAGE_TABLE)
-        ))
-        .await
-        .map_err(|e| Error::postgres(format!("creating the staging table for {target}"), e))?;
-    let names = ident::pg_list(prepared.dest_columns.iter().map(|(n, _)| n.as_str()));
-    let copy_sql = format!(
-        "copy pg_temp.{} ({names}) from stdin (format binary)",
-        ident::pg(STAGE_TABLE)
-    );
-    let merge = pg::merge_sql(
-        schema,
-        &cfg.name,
-        STAGE_TABLE,
-        &prepared.dest_columns,
-        &prepared.key,
-    );
+    let (copy_sql, merge) = staging(&*client, job).await?;
     let (mut rx, reader) = spawn_reader(
         mysql,
         read_spec(ctx, cfg, prepared),

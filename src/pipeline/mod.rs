@@ -78,6 +78,8 @@ pub enum IfLocked {
 pub struct RunPlan {
     pub tables: Vec<TableConfig>,
     pub force_full: bool,
+    /// Lets key reconciliation delete more than a table's `max_delete_share`.
+    pub allow_mass_delete: bool,
     pub max_workers: usize,
     pub phases: Phases,
     pub if_locked: IfLocked,
@@ -233,6 +235,7 @@ fn history_outcome(result: &Result<TableReport>) -> HistoryOutcome {
             rows_read: i64::try_from(report.rows_read).unwrap_or(i64::MAX),
             rows_inserted: i64::try_from(report.rows_inserted).unwrap_or(i64::MAX),
             rows_updated: i64::try_from(report.rows_updated).unwrap_or(i64::MAX),
+            rows_deleted: i64::try_from(report.rows_deleted).unwrap_or(i64::MAX),
             watermark_start: report.watermark_start.clone(),
             watermark_end: report.watermark_end.clone(),
             zero_dates: serde_json::json!(report.zero_dates),
@@ -255,6 +258,7 @@ struct Shared<'a> {
     schema: &'a str,
     run_id: &'a str,
     force_full: bool,
+    allow_mass_delete: bool,
     phases: Phases,
     if_locked: IfLocked,
 }
@@ -296,6 +300,7 @@ async fn extract_one(shared: &Shared<'_>, ctx: &ExtractContext, cfg: &TableConfi
             ctx,
             cfg,
             shared.force_full,
+            shared.allow_mass_delete,
             shared.run_id,
             resume.clone(),
             &shared.ctx.stop,
@@ -327,6 +332,7 @@ async fn load_one(shared: &Shared<'_>, ctx: &LoadContext, cfg: &TableConfig) -> 
     phase_started(cfg, "load");
     let opts = LoadOptions {
         force_full: shared.force_full,
+        allow_mass_delete: shared.allow_mass_delete,
         run_id: shared.run_id.to_string(),
         stop: shared.ctx.stop.clone(),
     };
@@ -504,6 +510,7 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
         schema: &schema,
         run_id: &run_id,
         force_full: plan.force_full,
+        allow_mass_delete: plan.allow_mass_delete,
         phases: plan.phases,
         if_locked: plan.if_locked,
     };

@@ -19,15 +19,24 @@ pub fn render_summary(report: &RunReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<28} {:<7} {:<8} {:>8} {:>12} {:>12} {:>12} {:>9} {:>12}  why",
-        "table", "phase", "status", "strategy", "read", "inserted", "updated", "seconds", "rows/s"
+        "{:<28} {:<7} {:<8} {:>8} {:>12} {:>12} {:>12} {:>9} {:>9} {:>12}  why",
+        "table",
+        "phase",
+        "status",
+        "strategy",
+        "read",
+        "inserted",
+        "updated",
+        "deleted",
+        "seconds",
+        "rows/s"
     );
     for outcome in &report.outcomes {
         match &outcome.result {
             Ok(r) => {
                 let _ = writeln!(
                     out,
-                    "{:<28} {:<7} {:<8} {:>8} {:>12} {:>12} {:>12} {:>9.2} {:>12.0}  {}",
+                    "{:<28} {:<7} {:<8} {:>8} {:>12} {:>12} {:>12} {:>9} {:>9.2} {:>12.0}  {}",
                     r.table,
                     outcome.phase,
                     "ok",
@@ -35,6 +44,7 @@ pub fn render_summary(report: &RunReport) -> String {
                     r.rows_read,
                     r.rows_inserted,
                     r.rows_updated,
+                    r.rows_deleted,
                     r.elapsed.as_secs_f64(),
                     r.rows_per_second(),
                     r.decision.reason
@@ -49,7 +59,7 @@ pub fn render_summary(report: &RunReport) -> String {
             Err(e) => {
                 let _ = writeln!(
                     out,
-                    "{:<28} {:<7} {:<8} {:>8} {:>12} {:>12} {:>12} {:>9.2} {:>12}",
+                    "{:<28} {:<7} {:<8} {:>8} {:>12} {:>12} {:>12} {:>9} {:>9.2} {:>12}",
                     outcome.table,
                     outcome.phase,
                     match e.kind() {
@@ -57,6 +67,7 @@ pub fn render_summary(report: &RunReport) -> String {
                         ErrorKind::Interrupted => "STOPPED",
                         _ => "FAILED",
                     },
+                    "-",
                     "-",
                     "-",
                     "-",
@@ -120,6 +131,7 @@ pub fn summary_json(report: &RunReport) -> serde_json::Value {
                 "rows_read": r.rows_read,
                 "rows_inserted": r.rows_inserted,
                 "rows_updated": r.rows_updated,
+                "rows_deleted": r.rows_deleted,
                 "rows_outside_bounds": r.rows_outside_bounds,
                 "seconds": r.elapsed.as_secs_f64(),
                 "rows_per_second": r.rows_per_second(),

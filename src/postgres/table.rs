@@ -196,23 +196,35 @@ pub async fn alter_column_type(
 
 /// The upsert of a staged batch: insert new keys, update changed rows (only
 /// where a value differs, so re-read rows write nothing), and count both.
-/// Returns one row: (inserted, updated).
+/// Returns one row: (inserted, updated). With `revive` (the soft-delete
+/// column), a row that comes back is live again: the column is cleared.
 pub fn merge_sql(
     schema: &str,
     table: &str,
     stage: &str,
     columns: &[(String, PgType)],
     key: &[String],
+    revive: Option<&str>,
 ) -> String {
     let names = ident::pg_list(columns.iter().map(|(n, _)| n.as_str()));
     let non_key: Vec<&(String, PgType)> =
         columns.iter().filter(|(n, _)| !key.contains(n)).collect();
+    let revived = revive.map(|c| {
+        (
+            format!("{} = null", ident::pg(c)),
+            format!("t.{} is not null", ident::pg(c)),
+        )
+    });
     let conflict = if non_key.is_empty() {
-        "do nothing".to_string()
+        match &revived {
+            Some((set, check)) => format!("do update set {set} where {check}"),
+            None => "do nothing".to_string(),
+        }
     } else {
         let sets = non_key
             .iter()
             .map(|(n, _)| format!("{0} = excluded.{0}", ident::pg(n)))
+            .chain(revived.iter().map(|(set, _)| set.clone()))
             .collect::<Vec<_>>()
             .join(", ");
         let compare = |prefix: &str| {
@@ -226,7 +238,11 @@ pub fn merge_sql(
                 .join(", ")
         };
         format!(
-            "do update set {sets} where ({}) is distinct from ({})",
+            "do update set {sets} where {}({}) is distinct from ({})",
+            revived
+                .as_ref()
+                .map(|(_, check)| format!("{check} or "))
+                .unwrap_or_default(),
             compare("t"),
             compare("excluded")
         )
@@ -252,7 +268,7 @@ mod tests {
             ("Note".to_string(), PgType::Text),
             ("Doc".to_string(), PgType::Json),
         ];
-        let sql = merge_sql("raw", "t", "etl_stage", &cols, &["Id".to_string()]);
+        let sql = merge_sql("raw", "t", "etl_stage", &cols, &["Id".to_string()], None);
         assert!(
             sql.contains("on conflict (\"Id\") do update set \"Note\" = excluded.\"Note\""),
             "{sql}"
@@ -268,7 +284,7 @@ mod tests {
         ];
         let key = vec!["A".to_string(), "B".to_string()];
         assert!(
-            merge_sql("raw", "t", "s", &cols, &key)
+            merge_sql("raw", "t", "s", &cols, &key, None)
                 .contains("on conflict (\"A\", \"B\") do nothing")
         );
     }

@@ -46,7 +46,9 @@ fn warehouse_ddl(schema: &str) -> Vec<String> {
                 add column if not exists _updated_at timestamp default current_timestamp,
                 add column if not exists last_strategy varchar(20),
                 add column if not exists last_error text,
-                add column if not exists last_run_id varchar(64)",
+                add column if not exists last_run_id varchar(64),
+                add column if not exists last_reconciled timestamp,
+                add column if not exists runs_since_reconcile integer not null default 0",
             t("etl_load_status")
         ),
         format!(
@@ -134,12 +136,18 @@ const REPLICA_WATERMARK_DDL: &str = "CREATE TABLE IF NOT EXISTS `etl_copy_waterm
     PRIMARY KEY (`table_name`, `column_name`)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4";
 
+/// Columns `etl_copy_status` gained after the old system: when the table's
+/// keys were last reconciled with the source, and copies since.
+const REPLICA_STATUS_COLUMNS: &str = "ALTER TABLE `etl_copy_status`
+    ADD COLUMN IF NOT EXISTS `last_reconciled` datetime NULL,
+    ADD COLUMN IF NOT EXISTS `runs_since_reconcile` int NOT NULL DEFAULT 0";
+
 /// Tracking tables in the replica.
 pub const REPLICA_TABLES: [&str; 2] = ["etl_copy_status", "etl_copy_watermark"];
 
 /// Creates the replica's `etl_copy_status` and `etl_copy_watermark` (idempotent).
 pub async fn init_replica(conn: &mut Conn) -> Result<()> {
-    for ddl in [REPLICA_DDL, REPLICA_WATERMARK_DDL] {
+    for ddl in [REPLICA_DDL, REPLICA_STATUS_COLUMNS, REPLICA_WATERMARK_DDL] {
         conn.query_drop(ddl)
             .await
             .map_err(|e| Error::mysql("creating the tracking tables in the replica", e))?;
@@ -414,6 +422,7 @@ pub struct HistoryOutcome {
     pub rows_read: i64,
     pub rows_inserted: i64,
     pub rows_updated: i64,
+    pub rows_deleted: i64,
     pub watermark_start: Option<String>,
     pub watermark_end: Option<String>,
     pub zero_dates: serde_json::Value,
@@ -456,7 +465,8 @@ pub async fn finish_history(
             &format!(
                 "update {} set finished_at = now(), status = $2, strategy = $3, strategy_reason = $4, \
                  rows_read = $5, rows_inserted = $6, rows_updated = $7, watermark_start = $8, \
-                 watermark_end = $9, zero_dates = $10::text::jsonb, warnings = $11::text::jsonb, error = $12 \
+                 watermark_end = $9, zero_dates = $10::text::jsonb, warnings = $11::text::jsonb, error = $12, \
+                 rows_deleted = $13 \
                  where id = $1",
                 ident::pg_qualified(schema, "etl_run_history")
             ),
@@ -473,10 +483,86 @@ pub async fn finish_history(
                 &zero_dates,
                 &warnings,
                 &outcome.error,
+                &outcome.rows_deleted,
             ],
         )
         .await
         .map_err(|e| Error::postgres("closing the run history", e))?;
+    Ok(())
+}
+
+/// When a table's replica copy was last reconciled with the source (seconds
+/// ago; `None` if never) and how many copies ran since.
+pub async fn copy_reconcile_state(conn: &mut Conn, table: &str) -> Result<(Option<i64>, i64)> {
+    let row: Option<(Option<i64>, i64)> = conn
+        .exec_first(
+            "SELECT TIMESTAMPDIFF(SECOND, `last_reconciled`, NOW()), `runs_since_reconcile` \
+             FROM `etl_copy_status` WHERE `table_name` = ?",
+            (table,),
+        )
+        .await
+        .map_err(|e| Error::mysql(format!("reading the reconcile state of `{table}`"), e))?;
+    Ok(row.unwrap_or((None, 0)))
+}
+
+/// Records a reconciliation of the replica copy (`done`) or one more copy without.
+pub async fn mark_copy_reconciled(conn: &mut Conn, table: &str, done: bool) -> Result<()> {
+    let set = if done {
+        "`last_reconciled` = NOW(), `runs_since_reconcile` = 0"
+    } else {
+        "`runs_since_reconcile` = `runs_since_reconcile` + 1"
+    };
+    conn.exec_drop(
+        format!("UPDATE `etl_copy_status` SET {set} WHERE `table_name` = ?"),
+        (table,),
+    )
+    .await
+    .map_err(|e| Error::mysql(format!("recording the reconciliation of `{table}`"), e))
+}
+
+/// When a table's warehouse copy was last reconciled with the MySQL copy it
+/// is loaded from (seconds ago; `None` if never) and how many loads ran since.
+pub async fn load_reconcile_state(
+    client: &impl GenericClient,
+    schema: &str,
+    table: &str,
+) -> Result<(Option<i64>, i64)> {
+    let row = client
+        .query_opt(
+            &format!(
+                "select extract(epoch from now() - last_reconciled)::bigint, runs_since_reconcile::bigint \
+                 from {} where table_name = $1",
+                ident::pg_qualified(schema, "etl_load_status")
+            ),
+            &[&table],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("reading the reconcile state of {table}"), e))?;
+    Ok(row.map_or((None, 0), |r| (r.get(0), r.get(1))))
+}
+
+/// Records a reconciliation of the warehouse copy (`done`) or one more load without.
+pub async fn mark_load_reconciled(
+    client: &impl GenericClient,
+    schema: &str,
+    table: &str,
+    done: bool,
+) -> Result<()> {
+    let set = if done {
+        "last_reconciled = now(), runs_since_reconcile = 0"
+    } else {
+        "runs_since_reconcile = runs_since_reconcile + 1"
+    };
+    client
+        .execute(
+            &format!(
+                "update {} set {set} where table_name = $1",
+                ident::pg_qualified(schema, "etl_load_status")
+            ),
+            &[&table],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("recording the reconciliation of {table}"), e))?;
     Ok(())
 }
 

@@ -133,6 +133,17 @@ impl TestDb {
 
     /// Runs tables through both phases (source → replica → warehouse).
     pub async fn run_two_hop(&self, config: &TablesConfig, rate: Option<u32>) -> RunReport {
+        self.run_two_hop_with(config, rate, false).await
+    }
+
+    /// Runs both phases, saying whether key reconciliation may delete more
+    /// than a table's `max_delete_share`.
+    pub async fn run_two_hop_with(
+        &self,
+        config: &TablesConfig,
+        rate: Option<u32>,
+        allow_mass_delete: bool,
+    ) -> RunReport {
         let ctx = pipeline::RunContext {
             extract: Some(self.extract_ctx(rate)),
             load: Some(self.ctx.clone()),
@@ -142,6 +153,7 @@ impl TestDb {
         let plan = RunPlan {
             tables: config.tables().cloned().collect(),
             force_full: false,
+            allow_mass_delete,
             max_workers: 2,
             phases: pipeline::Phases {
                 extract: true,
@@ -210,6 +222,7 @@ impl TestDb {
     ) -> etl_pipeline::Result<TableReport> {
         let opts = LoadOptions {
             force_full,
+            allow_mass_delete: false,
             run_id: "test".into(),
             stop: Default::default(),
         };
@@ -223,6 +236,7 @@ impl TestDb {
             RunPlan {
                 tables: config.tables().cloned().collect(),
                 force_full: false,
+                allow_mass_delete: false,
                 max_workers: 2,
                 phases: pipeline::Phases {
                     extract: false,

@@ -1,0 +1,524 @@
+//! Delete detection by key reconciliation.
+//!
+//! An incremental read never sees a deleted row. To find them, the primary-key
+//! sets of a copy (the replica, the warehouse) and of what it is read from
+//! (the source, the replica) are compared without moving the rows: each side
+//! computes, per range of the leading key column, a row count and a sum of a
+//! hash of the key, in the database; only ranges whose aggregates differ are
+//! split again, down to ranges small enough to list their keys. A table of
+//! millions of rows with a handful of deletes costs one aggregate pass over
+//! its key index on each side plus a few small ranges.
+//!
+//! The hash is integer arithmetic both servers compute alike:
+//! `h = ((k1 mod P) * 31 + (k2 mod P)) mod P …`, then `h * 48271 mod P` with
+//! `P = 2^31 - 1`; every intermediate stays below 2^47.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row};
+use tokio_postgres::GenericClient;
+
+use crate::config::{DeleteDetection, DeletePolicy, Strategy};
+use crate::error::{Error, ErrorKind, Result};
+use crate::mysql::{RateLimit, SourceTable};
+use crate::schema::{SourceType, ident};
+
+/// Ranges a differing range is split into.
+const BUCKETS: i128 = 64;
+/// At or below this many rows a range's keys are listed and compared.
+const LEAF_ROWS: u64 = 4096;
+const MODULUS: i64 = 2_147_483_647;
+/// Keys per `DELETE` statement.
+const DELETE_CHUNK: usize = 1000;
+
+/// The column a warehouse table gets in soft-delete mode.
+pub const DELETED_AT: &str = "_deleted_at";
+
+/// A primary key value (every key column is an integer).
+pub type Key = Vec<i64>;
+
+/// One copy of a table whose keys are compared.
+pub enum Side<'a> {
+    MySql {
+        conn: &'a mut Conn,
+        table: String,
+        /// Charged with the rows each query scans (the source is read gently).
+        rate: Option<Arc<RateLimit>>,
+    },
+    Pg {
+        client: &'a tokio_postgres::Client,
+        schema: String,
+        table: String,
+        /// Only rows not soft-deleted count.
+        live_only: bool,
+    },
+}
+
+/// A range's count and key-hash sum.
+#[derive(Debug, PartialEq, Eq)]
+struct Aggregate {
+    count: u64,
+    hash: String,
+}
+
+fn hash_expr(columns: &[String]) -> String {
+    let mut h = format!("({} % {MODULUS})", columns[0]);
+    for c in &columns[1..] {
+        h = format!("(({h} * 31 + ({c} % {MODULUS})) % {MODULUS})");
+    }
+    format!("(({h} * 48271) % {MODULUS})")
+}
+
+impl Side<'_> {
+    fn columns(&self, key: &[String]) -> Vec<String> {
+        match self {
+            Side::MySql { .. } => key.iter().map(|k| ident::mysql(k)).collect(),
+            Side::Pg { .. } => key
+                .iter()
+                .map(|k| format!("{}::bigint", ident::pg(k)))
+                .collect(),
+        }
+    }
+
+    fn source_clause(&self, first: &str, range: Option<(i64, i64)>) -> String {
+        let (table, live) = match self {
+            Side::MySql { table, .. } => (ident::mysql(table), false),
+            Side::Pg {
+                schema,
+                table,
+                live_only,
+                ..
+            } => (ident::pg_qualified(schema, table), *live_only),
+        };
+        let mut conditions = Vec::new();
+        if let Some((lo, hi)) = range {
+            conditions.push(format!("{first} BETWEEN {lo} AND {hi}"));
+        }
+        if live {
+            conditions.push(format!("{} IS NULL", ident::pg(DELETED_AT)));
+        }
+        if conditions.is_empty() {
+            format!("FROM {table}")
+        } else {
+            format!("FROM {table} WHERE {}", conditions.join(" AND "))
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Side::MySql { table, .. } => format!("MySQL table `{table}`"),
+            Side::Pg { schema, table, .. } => format!("{schema}.{table}"),
+        }
+    }
+
+    async fn rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+        let what = format!("reconciling the keys of {}", self.name());
+        match self {
+            Side::MySql { conn, .. } => {
+                let rows: Vec<Row> = conn.query(sql).await.map_err(|e| Error::mysql(what, e))?;
+                Ok(rows
+                    .into_iter()
+                    .map(|mut r| {
+                        (0..r.len())
+                            .map(|i| {
+                                Some(crate::mysql::row_text(&mut r, i)).filter(|v| !v.is_empty())
+                            })
+                            .collect()
+                    })
+                    .collect())
+            }
+            Side::Pg { client, .. } => {
+                let rows = client
+                    .simple_query(sql)
+                    .await
+                    .map_err(|e| Error::postgres(what, e))?;
+                Ok(rows
+                    .into_iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => {
+                            Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                        }
+                        _ => None,
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    async fn charge(&self, rows: u64) {
+        if let Side::MySql {
+            rate: Some(rate), ..
+        } = self
+        {
+            rate.pay(rows).await;
+        }
+    }
+
+    async fn bounds(&mut self, key: &[String]) -> Result<Option<(i64, i64)>> {
+        let first = &self.columns(key)[0];
+        let sql = format!(
+            "SELECT MIN({first}), MAX({first}) {}",
+            self.source_clause(first, None)
+        );
+        let rows = self.rows(&sql).await?;
+        let row = rows.first();
+        let value = |i: usize| {
+            row.and_then(|r| r[i].as_deref())
+                .and_then(|v| v.parse::<i64>().ok())
+        };
+        Ok(value(0).zip(value(1)))
+    }
+
+    async fn buckets(
+        &mut self,
+        key: &[String],
+        lo: i64,
+        hi: i64,
+        width: i64,
+    ) -> Result<HashMap<i64, Aggregate>> {
+        let columns = self.columns(key);
+        let first = &columns[0];
+        let divide = match self {
+            Side::MySql { .. } => "DIV",
+            Side::Pg { .. } => "/",
+        };
+        let sql = format!(
+            "SELECT ({first} - {lo}) {divide} {width} AS b, COUNT(*), CAST(SUM({}) AS {}) {} GROUP BY b",
+            hash_expr(&columns),
+            match self {
+                Side::MySql { .. } => "CHAR",
+                Side::Pg { .. } => "text",
+            },
+            self.source_clause(first, Some((lo, hi)))
+        );
+        let mut out = HashMap::new();
+        let mut scanned = 0;
+        for row in self.rows(&sql).await? {
+            let number = |i: usize| row[i].as_deref().and_then(|v| v.parse::<i64>().ok());
+            let (Some(bucket), Some(count)) = (number(0), number(1)) else {
+                continue;
+            };
+            let count = u64::try_from(count).unwrap_or(0);
+            scanned += count;
+            out.insert(
+                bucket,
+                Aggregate {
+                    count,
+                    hash: row[2].clone().unwrap_or_default(),
+                },
+            );
+        }
+        self.charge(scanned).await;
+        Ok(out)
+    }
+
+    async fn keys(&mut self, key: &[String], lo: i64, hi: i64) -> Result<BTreeSet<Key>> {
+        let columns = self.columns(key);
+        let sql = format!(
+            "SELECT {} {}",
+            columns.join(", "),
+            self.source_clause(&columns[0], Some((lo, hi)))
+        );
+        let keys: BTreeSet<Key> = self
+            .rows(&sql)
+            .await?
+            .into_iter()
+            .map(|r| {
+                r.iter()
+                    .map(|v| v.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0))
+                    .collect()
+            })
+            .collect();
+        self.charge(keys.len() as u64).await;
+        Ok(keys)
+    }
+}
+
+/// What a comparison found.
+#[derive(Debug, Default)]
+pub struct Extra {
+    /// Keys the copy holds that the reference does not, in key order.
+    pub keys: Vec<Key>,
+    /// Rows in the copy.
+    pub copy_rows: u64,
+}
+
+/// The keys `copy` holds that `reference` does not.
+pub async fn extra_keys(
+    reference: &mut Side<'_>,
+    copy: &mut Side<'_>,
+    key: &[String],
+) -> Result<Extra> {
+    let Some((copy_lo, copy_hi)) = copy.bounds(key).await? else {
+        return Ok(Extra::default());
+    };
+    let (lo, hi) = match reference.bounds(key).await? {
+        Some((a, b)) => (a.min(copy_lo), b.max(copy_hi)),
+        None => (copy_lo, copy_hi),
+    };
+    let mut found = Vec::new();
+    let mut copy_rows = None;
+    let mut queue = vec![(lo, hi, u64::MAX)];
+    while let Some((lo, hi, rows)) = queue.pop() {
+        let span = i128::from(hi) - i128::from(lo) + 1;
+        if rows <= LEAF_ROWS || span <= BUCKETS {
+            let theirs = reference.keys(key, lo, hi).await?;
+            let ours = copy.keys(key, lo, hi).await?;
+            copy_rows.get_or_insert(ours.len() as u64);
+            found.extend(ours.difference(&theirs).cloned());
+            continue;
+        }
+        let width = i64::try_from((span + BUCKETS - 1) / BUCKETS).unwrap_or(i64::MAX);
+        let theirs = reference.buckets(key, lo, hi, width).await?;
+        let ours = copy.buckets(key, lo, hi, width).await?;
+        copy_rows.get_or_insert(ours.values().map(|a| a.count).sum());
+        for (bucket, agg) in &ours {
+            let other = theirs.get(bucket);
+            if other == Some(agg) {
+                continue;
+            }
+            let start = i128::from(lo) + i128::from(*bucket) * i128::from(width);
+            let end = (start + i128::from(width) - 1).min(i128::from(hi));
+            let (Ok(start), Ok(end)) = (i64::try_from(start), i64::try_from(end)) else {
+                continue;
+            };
+            queue.push((start, end, agg.count.max(other.map_or(0, |a| a.count))));
+        }
+    }
+    found.sort();
+    Ok(Extra {
+        keys: found,
+        copy_rows: copy_rows.unwrap_or(0),
+    })
+}
+
+/// The keys to delete from `copy`: those `reference` no longer has, unless
+/// they are more than the policy's share of the copy and not `allowed`.
+pub async fn deletions(
+    reference: &mut Side<'_>,
+    copy: &mut Side<'_>,
+    key: &[String],
+    table: &str,
+    policy: &DeletePolicy,
+    allowed: bool,
+) -> Result<Vec<Key>> {
+    let extra = extra_keys(reference, copy, key).await?;
+    check_share(
+        table,
+        extra.keys.len() as u64,
+        extra.copy_rows,
+        policy,
+        allowed,
+    )?;
+    Ok(extra.keys)
+}
+
+/// The key columns reconciliation can compare: every primary-key column a
+/// signed integer (or an unsigned one narrower than 8 bytes).
+pub fn reconcilable_key(table: &SourceTable) -> Result<Vec<String>> {
+    if table.primary_key.is_empty() {
+        return Err(Error::config(format!(
+            "`{}` has no primary key; delete_detection: key_reconcile needs one (set delete_detection: none)",
+            table.name
+        )));
+    }
+    for k in &table.primary_key {
+        let ok = matches!(
+            table.column(k).map(|c| &c.ty),
+            Some(SourceType::Integer {
+                unsigned: false,
+                ..
+            }) | Some(SourceType::Integer { bytes: 1..=4, .. })
+                | Some(SourceType::TinyIntOne { .. })
+        );
+        if !ok {
+            return Err(Error::config(format!(
+                "`{}`: key column `{k}` is not an integer; delete_detection: key_reconcile compares integer keys \
+                 only (set delete_detection: none)",
+                table.name
+            )));
+        }
+    }
+    Ok(table.primary_key.clone())
+}
+
+/// Whether a reconciliation is due: never done, no schedule, or the
+/// schedule's runs or hours have passed.
+pub fn due(policy: &DeletePolicy, seconds_since: Option<i64>, runs_since: i64) -> bool {
+    let Some(seconds) = seconds_since else {
+        return true;
+    };
+    match (policy.every_runs, policy.every_hours) {
+        (None, None) => true,
+        (runs, hours) => {
+            runs.is_some_and(|n| runs_since + 1 >= i64::from(n))
+                || hours.is_some_and(|h| seconds >= i64::from(h) * 3600)
+        }
+    }
+}
+
+/// Whether this phase of the table reconciles at all.
+pub fn applies(policy: &DeletePolicy, strategy: &Strategy) -> bool {
+    policy.detection == DeleteDetection::KeyReconcile
+        && matches!(strategy, Strategy::Incremental { .. })
+}
+
+/// Stops a reconciliation that would delete more than the allowed share.
+pub fn check_share(
+    table: &str,
+    deleting: u64,
+    rows: u64,
+    policy: &DeletePolicy,
+    allowed: bool,
+) -> Result<()> {
+    if allowed || deleting == 0 || (deleting as f64) <= policy.max_share * rows as f64 {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Refused,
+        format!(
+            "key reconciliation of `{table}` would delete {deleting} of its {rows} rows ({:.1}%), more than \
+             max_delete_share {}; nothing was deleted. Check that the source is complete; if these rows \
+             really were deleted, rerun with --allow-mass-delete",
+            100.0 * deleting as f64 / rows.max(1) as f64,
+            policy.max_share
+        ),
+    ))
+}
+
+/// `WHERE` condition matching `keys` on `columns` (quoted), numbers inline.
+fn key_condition(columns: &[String], keys: &[Key]) -> String {
+    let tuple = |k: &Key| {
+        let parts: Vec<String> = k.iter().map(i64::to_string).collect();
+        if parts.len() == 1 {
+            parts[0].clone()
+        } else {
+            format!("({})", parts.join(", "))
+        }
+    };
+    let lhs = if columns.len() == 1 {
+        columns[0].clone()
+    } else {
+        format!("({})", columns.join(", "))
+    };
+    format!(
+        "{lhs} IN ({})",
+        keys.iter().map(tuple).collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// Deletes `keys` from a MySQL table; returns the rows removed.
+pub async fn delete_mysql(
+    conn: &mut Conn,
+    table: &str,
+    key: &[String],
+    keys: &[Key],
+) -> Result<u64> {
+    let columns: Vec<String> = key.iter().map(|k| ident::mysql(k)).collect();
+    let mut removed = 0;
+    for chunk in keys.chunks(DELETE_CHUNK) {
+        conn.query_drop(format!(
+            "DELETE FROM {} WHERE {}",
+            ident::mysql(table),
+            key_condition(&columns, chunk)
+        ))
+        .await
+        .map_err(|e| Error::mysql(format!("deleting rows from replica table `{table}`"), e))?;
+        removed += conn.affected_rows();
+    }
+    Ok(removed)
+}
+
+/// Deletes `keys` from a warehouse table, or stamps them in `_deleted_at`
+/// (soft delete); returns the rows affected.
+pub async fn delete_pg(
+    tx: &impl GenericClient,
+    schema: &str,
+    table: &str,
+    key: &[String],
+    keys: &[Key],
+    soft: bool,
+) -> Result<u64> {
+    let columns: Vec<String> = key.iter().map(|k| ident::pg(k)).collect();
+    let target = ident::pg_qualified(schema, table);
+    let mut affected = 0;
+    for chunk in keys.chunks(DELETE_CHUNK) {
+        let condition = key_condition(&columns, chunk);
+        let sql = if soft {
+            format!(
+                "update {target} set {0} = now() where {condition} and {0} is null",
+                ident::pg(DELETED_AT)
+            )
+        } else {
+            format!("delete from {target} where {condition}")
+        };
+        affected += tx
+            .execute(&sql, &[])
+            .await
+            .map_err(|e| Error::postgres(format!("deleting rows from {target}"), e))?;
+    }
+    Ok(affected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_is_plain_integer_arithmetic_within_bigint() {
+        assert_eq!(
+            hash_expr(&["`a`".into()]),
+            "(((`a` % 2147483647) * 48271) % 2147483647)"
+        );
+        let max = (MODULUS - 1) as i128;
+        assert!((max * 31 + max) < i128::from(i64::MAX));
+        assert!(max * 48271 < i128::from(i64::MAX));
+    }
+
+    #[test]
+    fn a_schedule_decides_when_reconciliation_is_due() {
+        let every_run = DeletePolicy::default();
+        assert!(due(&every_run, Some(10), 0));
+        let three_runs = DeletePolicy {
+            every_runs: Some(3),
+            ..DeletePolicy::default()
+        };
+        assert!(due(&three_runs, None, 0), "never reconciled");
+        assert!(!due(&three_runs, Some(10), 0));
+        assert!(!due(&three_runs, Some(10), 1));
+        assert!(due(&three_runs, Some(10), 2));
+        let six_hours = DeletePolicy {
+            every_hours: Some(6),
+            ..DeletePolicy::default()
+        };
+        assert!(!due(&six_hours, Some(5 * 3600), 40));
+        assert!(due(&six_hours, Some(6 * 3600), 0));
+    }
+
+    #[test]
+    fn the_guard_refuses_mass_deletes_unless_allowed() {
+        let policy = DeletePolicy {
+            max_share: 0.1,
+            ..DeletePolicy::default()
+        };
+        assert!(check_share("t", 10, 100, &policy, false).is_ok());
+        let err = check_share("t", 11, 100, &policy, false).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Refused);
+        assert!(err.to_string().contains("--allow-mass-delete"), "{err}");
+        assert!(check_share("t", 100, 100, &policy, true).is_ok());
+    }
+
+    #[test]
+    fn key_conditions_cover_single_and_composite_keys() {
+        assert_eq!(
+            key_condition(&["`a`".into()], &[vec![1], vec![5]]),
+            "`a` IN (1, 5)"
+        );
+        assert_eq!(
+            key_condition(&["a".into(), "b".into()], &[vec![1, 2], vec![3, 4]]),
+            "(a, b) IN ((1, 2), (3, 4))"
+        );
+    }
+}

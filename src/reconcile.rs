@@ -20,7 +20,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 use tokio_postgres::GenericClient;
 
-use crate::config::{DeleteDetection, DeletePolicy, Strategy};
+use crate::config::{DeleteDetection, DeletePolicy, Strategy, TableConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::mysql::{RateLimit, SourceTable};
 use crate::schema::{SourceType, ident};
@@ -32,6 +32,14 @@ const LEAF_ROWS: u64 = 4096;
 const MODULUS: i64 = 2_147_483_647;
 /// Keys per `DELETE` statement.
 const DELETE_CHUNK: usize = 1000;
+
+/// OpenDental's own deletion log, `deletedobject`, and the tables whose
+/// deletions it records (by `ObjectType`): every deleted appointment, and
+/// deleted provider schedules (other schedules are not logged).
+const DELETION_LOG: &[(&str, i64)] = &[("appointment", 0), ("schedule", 1)];
+/// How far before the last reconciliation the log is read again, for rows
+/// logged by transactions that committed late.
+const LOG_MARGIN_SECONDS: i64 = 3600;
 
 /// The column a warehouse table gets in soft-delete mode.
 pub const DELETED_AT: &str = "_deleted_at";
@@ -313,6 +321,70 @@ pub async fn deletions(
         allowed,
     )?;
     Ok(extra.keys)
+}
+
+/// The fast path between reconciliations: keys OpenDental logged in
+/// `deletedobject` for `table` since shortly before the last reconciliation
+/// (`since_seconds` ago) that `reference` no longer has. Empty when the
+/// table's deletions are not logged or `reference` has no `deletedobject`.
+pub async fn logged_deletions(
+    reference: &mut Conn,
+    table: &str,
+    key: &[String],
+    since_seconds: i64,
+) -> Result<Vec<Key>> {
+    let Some((_, object_type)) = DELETION_LOG.iter().find(|(t, _)| *t == table) else {
+        return Ok(Vec::new());
+    };
+    let [column] = key else {
+        return Ok(Vec::new());
+    };
+    let sql = format!(
+        "SELECT DISTINCT d.`ObjectNum` FROM `deletedobject` d WHERE d.`ObjectType` = {object_type} \
+         AND d.`DateTStamp` >= NOW() - INTERVAL {} SECOND \
+         AND NOT EXISTS (SELECT 1 FROM {} x WHERE x.{} = d.`ObjectNum`) ORDER BY 1",
+        since_seconds.max(0) + LOG_MARGIN_SECONDS,
+        ident::mysql(table),
+        ident::mysql(column)
+    );
+    match reference.query::<i64, _>(sql).await {
+        Ok(keys) => Ok(keys.into_iter().map(|k| vec![k]).collect()),
+        Err(e) => {
+            let err = Error::mysql(format!("reading deletedobject for `{table}`"), e);
+            if err.kind() == ErrorKind::Schema {
+                Ok(Vec::new())
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// The keys to remove from `copy` this run, and whether they come from a
+/// full reconciliation (due by the table's policy given the last one `since` seconds
+/// ago and `runs` runs since) or from OpenDental's deletion log.
+pub async fn keys_to_delete(
+    reference: &mut Conn,
+    rate: Option<Arc<RateLimit>>,
+    copy: &mut Side<'_>,
+    cfg: &TableConfig,
+    key: &[String],
+    (since, runs): (Option<i64>, i64),
+    allowed: bool,
+) -> Result<(Vec<Key>, bool)> {
+    let (table, policy) = (cfg.name.as_str(), &cfg.deletes);
+    if due(policy, since, runs) {
+        let mut theirs = Side::MySql {
+            conn: reference,
+            table: table.to_string(),
+            rate,
+        };
+        let keys = deletions(&mut theirs, copy, key, table, policy, allowed).await?;
+        Ok((keys, true))
+    } else {
+        let keys = logged_deletions(reference, table, key, since.unwrap_or(0)).await?;
+        Ok((keys, false))
+    }
 }
 
 /// The key columns reconciliation can compare: every primary-key column a

@@ -247,3 +247,49 @@ async fn reconciliation_runs_on_its_schedule() {
     assert_eq!(deleted(&third, "appointment", "load"), 1);
     assert_eq!(db.pg_count("appointment").await, 199);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_opendental_logs_apply_between_reconciliations() {
+    let db = TestDb::new("del_logged").await;
+    db.source_sql(&[
+        APPOINTMENT,
+        "INSERT INTO `appointment` (`PatNum`, `Note`) SELECT seq, 'x' FROM seq_1_to_300",
+        "CREATE TABLE `deletedobject` (`DeletedObjectNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+         `ObjectNum` bigint NOT NULL, `ObjectType` int NOT NULL, \
+         `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP)",
+    ])
+    .await;
+    let cfg = TablesConfig::parse(
+        "tables:\n  appointment:\n    extraction_strategy: incremental\n    incremental_columns: [DateTStamp]\n    \
+         primary_incremental_column: DateTStamp\n    primary_key: AptNum\n    delete_detection: key_reconcile\n    \
+         reconcile_every_runs: 100\n  deletedobject:\n    extraction_strategy: full_table\n",
+    )
+    .unwrap();
+    assert!(db.run_two_hop(&cfg, None).await.succeeded());
+    // 5 and 6 are logged as deleted appointments; 7 is deleted unlogged
+    // (ObjectType 1 is a schedule), so only a reconciliation would find it.
+    db.source_sql(&[
+        "DELETE FROM `appointment` WHERE `AptNum` IN (5, 6, 7)",
+        "INSERT INTO `deletedobject` (`ObjectNum`, `ObjectType`) VALUES (5, 0), (6, 0), (7, 1)",
+    ])
+    .await;
+    let second = db.run_two_hop(&cfg, None).await;
+    assert_eq!(deleted(&second, "appointment", "extract"), 2);
+    let third = db.run_two_hop(&cfg, None).await;
+    assert_eq!(
+        deleted(&second, "appointment", "load") + deleted(&third, "appointment", "load"),
+        2,
+        "the warehouse follows once the replica's deletedobject has the log"
+    );
+    assert_eq!(db.pg_count("appointment").await, 298);
+    let client = db.pg().await;
+    let seven: i64 = client
+        .query_one(
+            "select count(*) from raw.appointment where \"AptNum\" = 7",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seven, 1, "an unlogged delete waits for the reconciliation");
+}

@@ -397,8 +397,9 @@ pub async fn copy_table(
     Ok(report)
 }
 
-/// Removes from the replica the rows the source no longer has (key
-/// reconciliation), when the table's schedule says it is due.
+/// Removes from the replica the rows the source no longer has: all of them
+/// (key reconciliation) when the table's schedule says it is due, else those
+/// OpenDental logged as deleted.
 async fn reconcile_copy(
     ctx: &ExtractContext,
     cfg: &TableConfig,
@@ -407,33 +408,26 @@ async fn reconcile_copy(
 ) -> Result<u64> {
     let key = reconcile::reconcilable_key(table)?;
     let mut replica = session(&ctx.replica).await?;
-    let (since, runs) = tracking::copy_reconcile_state(&mut replica, &cfg.name).await?;
-    if !reconcile::due(&cfg.deletes, since, runs) {
-        tracking::mark_copy_reconciled(&mut replica, &cfg.name, false).await?;
-        return Ok(0);
-    }
+    let state = tracking::copy_reconcile_state(&mut replica, &cfg.name).await?;
     let mut source = session(&ctx.source).await?;
-    let keys = reconcile::deletions(
-        &mut Side::MySql {
-            conn: &mut source,
-            table: cfg.name.clone(),
-            rate: ctx.rate.clone(),
-        },
+    let (keys, due) = reconcile::keys_to_delete(
+        &mut source,
+        ctx.rate.clone(),
         &mut Side::MySql {
             conn: &mut replica,
             table: cfg.name.clone(),
             rate: None,
         },
+        cfg,
         &key,
-        &cfg.name,
-        &cfg.deletes,
+        state,
         allow_mass_delete,
     )
     .await?;
     let err = |e| Error::mysql(format!("reconciling replica table `{}`", cfg.name), e);
     replica.query_drop("START TRANSACTION").await.map_err(err)?;
     let removed = reconcile::delete_mysql(&mut replica, &cfg.name, &key, &keys).await?;
-    tracking::mark_copy_reconciled(&mut replica, &cfg.name, true).await?;
+    tracking::mark_copy_reconciled(&mut replica, &cfg.name, due).await?;
     replica.query_drop("COMMIT").await.map_err(err)?;
     if removed > 0 {
         tracing::info!(table = %cfg.name, removed, "rows deleted at the source removed from the replica");

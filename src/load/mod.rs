@@ -430,7 +430,8 @@ pub async fn load_table(
 }
 
 /// Removes from the warehouse (or stamps in `_deleted_at`) the rows the
-/// MySQL copy it is loaded from no longer has, when the schedule says so.
+/// MySQL copy it is loaded from no longer has: all of them when the schedule
+/// says so, else those OpenDental logged as deleted.
 async fn reconcile_load(job: &Job<'_>, client: &mut Client) -> Result<u64> {
     let Job {
         ctx,
@@ -440,27 +441,20 @@ async fn reconcile_load(job: &Job<'_>, client: &mut Client) -> Result<u64> {
     } = *job;
     let schema = &ctx.warehouse.schema;
     let key = reconcile::reconcilable_key(&prepared.source)?;
-    let (since, runs) = tracking::load_reconcile_state(&*client, schema, &cfg.name).await?;
-    if !reconcile::due(&cfg.deletes, since, runs) {
-        tracking::mark_load_reconciled(&*client, schema, &cfg.name, false).await?;
-        return Ok(0);
-    }
+    let state = tracking::load_reconcile_state(&*client, schema, &cfg.name).await?;
     let mut mysql = my::connect(&ctx.replica).await?;
-    let keys = reconcile::deletions(
-        &mut Side::MySql {
-            conn: &mut mysql,
-            table: cfg.name.clone(),
-            rate: ctx.rate.clone(),
-        },
+    let (keys, due) = reconcile::keys_to_delete(
+        &mut mysql,
+        ctx.rate.clone(),
         &mut Side::Pg {
             client,
             schema: schema.clone(),
             table: cfg.name.clone(),
             live_only: cfg.deletes.soft_delete,
         },
+        cfg,
         &key,
-        &cfg.name,
-        &cfg.deletes,
+        state,
         opts.allow_mass_delete,
     )
     .await?;
@@ -471,7 +465,7 @@ async fn reconcile_load(job: &Job<'_>, client: &mut Client) -> Result<u64> {
         .map_err(|e| Error::postgres(format!("starting the reconciliation of {target}"), e))?;
     let removed =
         reconcile::delete_pg(&tx, schema, &cfg.name, &key, &keys, cfg.deletes.soft_delete).await?;
-    tracking::mark_load_reconciled(&tx, schema, &cfg.name, true).await?;
+    tracking::mark_load_reconciled(&tx, schema, &cfg.name, due).await?;
     tx.commit()
         .await
         .map_err(|e| Error::postgres(format!("committing the reconciliation of {target}"), e))?;

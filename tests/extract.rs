@@ -412,3 +412,52 @@ async fn verify_deep_is_clean_after_a_run_and_names_planted_differences() {
     );
     assert!(!checks[0].is_clean() && !checks[1].is_clean());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_full_table_is_skipped_in_both_phases_and_refreshed_when_it_changes() {
+    let db = TestDb::new("ex_unchanged").await;
+    db.source_sql(&[
+        "CREATE TABLE `definition` (`DefNum` bigint NOT NULL PRIMARY KEY, `ItemName` varchar(255) NOT NULL)",
+        "INSERT INTO `definition` SELECT seq, CONCAT('def ', seq) FROM seq_1_to_400",
+    ])
+    .await;
+    let cfg = etl_pipeline::config::TablesConfig::parse(
+        "tables:\n  definition:\n    extraction_strategy: full_table\n",
+    )
+    .unwrap();
+    let report = |r: &etl_pipeline::pipeline::RunReport, phase: &str| {
+        let o = r.outcome("definition", phase).unwrap();
+        let t = o.result.as_ref().unwrap();
+        (t.rows_read, t.decision.reason.clone())
+    };
+    let first = db.run_two_hop(&cfg, None).await;
+    assert_eq!(report(&first, "extract").0, 400);
+    assert_eq!(report(&first, "load").0, 400);
+
+    let second = db.run_two_hop(&cfg, None).await;
+    for phase in ["extract", "load"] {
+        let (rows, reason) = report(&second, phase);
+        assert_eq!(rows, 0, "{phase}: {reason}");
+        assert!(reason.starts_with("unchanged"), "{phase}: {reason}");
+    }
+
+    db.source_sql(&["UPDATE `definition` SET `ItemName` = 'renamed' WHERE `DefNum` = 200"])
+        .await;
+    let third = db.run_two_hop(&cfg, None).await;
+    assert_eq!(report(&third, "extract").0, 400);
+    assert_eq!(report(&third, "load").0, 400);
+    db.assert_replica_same("definition", &["DefNum"]).await;
+    db.assert_same("definition", &["DefNum"]).await;
+
+    // A refresh older than a day runs again even when the checksum agrees.
+    db.mysql(&["UPDATE `etl_copy_status` SET `last_copied` = NOW() - INTERVAL 2 DAY"])
+        .await;
+    db.pg()
+        .await
+        .batch_execute("update raw.etl_load_status set last_loaded = now() - interval '2 days'")
+        .await
+        .unwrap();
+    let fourth = db.run_two_hop(&cfg, None).await;
+    assert_eq!(report(&fourth, "extract").0, 400);
+    assert_eq!(report(&fourth, "load").0, 400);
+}

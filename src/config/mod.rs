@@ -12,7 +12,9 @@ pub use settings::{
     DEFAULT_SCHEMA, DEFAULT_SOURCE_CONNECTIONS, Env, Environment, Mode, MySqlSettings, PgSettings,
     Secret, SslMode,
 };
-pub use strategy::{Decision, Strategy, TableFacts, resolve};
+pub use strategy::{
+    Decision, Strategy, TableFacts, UNCHANGED_SKIP_MAX_SECONDS, resolve, unchanged,
+};
 pub use tables::{
     DEFAULT_BATCH_SIZE, DEFAULT_LOOKBACK_KEYS, DEFAULT_LOOKBACK_SECONDS, DEFAULT_MAX_DELETE_SHARE,
     DeleteDetection, DeletePolicy, ExtractionStrategy, MAX_BATCH_SIZE, PerformanceCategory,

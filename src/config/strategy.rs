@@ -59,6 +59,32 @@ fn full(reason: impl Into<String>) -> Decision {
     }
 }
 
+/// A full refresh of an unchanged table is skipped for at most this long:
+/// the next one after it runs whatever the checksum says, so even a
+/// checksum collision cannot keep a change out for more than a day.
+pub const UNCHANGED_SKIP_MAX_SECONDS: i64 = 86_400;
+
+/// Whether a config-driven full refresh can be skipped: the table it reads
+/// has the checksum the last refresh recorded before reading, that refresh
+/// is under a day old, and nothing else (a flag, a new destination, a schema
+/// change) asks for a refresh.
+pub fn unchanged(
+    config: &TableConfig,
+    facts: &TableFacts,
+    checksum: Option<&str>,
+    last: Option<(&str, i64)>,
+) -> bool {
+    config.extraction_strategy == ExtractionStrategy::FullTable
+        && !facts.force_full
+        && !facts.destination_created
+        && facts.added_columns.is_empty()
+        && facts.altered_columns.is_empty()
+        && matches!(
+            (checksum, last),
+            (Some(now), Some((then, age))) if now == then && age < UNCHANGED_SKIP_MAX_SECONDS
+        )
+}
+
 /// Decides how to read a table. The order of the checks is the order of
 /// precedence: an explicit flag, then what makes an incremental read unsafe,
 /// then what makes it impossible.
@@ -145,6 +171,52 @@ mod tests {
             watermarked_columns: set(&["DateTStamp"]),
             ..TableFacts::default()
         }
+    }
+
+    #[test]
+    fn only_a_config_full_refresh_with_the_same_recent_checksum_is_skipped() {
+        let full = TableConfig::full_table("definition");
+        let facts = TableFacts {
+            key: vec!["DefNum".into()],
+            ..TableFacts::default()
+        };
+        let same = Some(("123", 60));
+        assert!(unchanged(&full, &facts, Some("123"), same));
+        assert!(!unchanged(&full, &facts, Some("124"), same), "changed");
+        assert!(!unchanged(&full, &facts, None, same), "no checksum");
+        assert!(
+            !unchanged(&full, &facts, Some("123"), None),
+            "never recorded"
+        );
+        assert!(
+            !unchanged(
+                &full,
+                &facts,
+                Some("123"),
+                Some(("123", UNCHANGED_SKIP_MAX_SECONDS))
+            ),
+            "a day old"
+        );
+        for facts in [
+            TableFacts {
+                force_full: true,
+                ..facts.clone()
+            },
+            TableFacts {
+                destination_created: true,
+                ..facts.clone()
+            },
+            TableFacts {
+                added_columns: vec!["New".into()],
+                ..facts.clone()
+            },
+        ] {
+            assert!(!unchanged(&full, &facts, Some("123"), same), "{facts:?}");
+        }
+        assert!(
+            !unchanged(&procedurelog(), &ready(), Some("123"), same),
+            "incremental tables are never skipped this way"
+        );
     }
 
     #[test]

@@ -18,7 +18,9 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, TxOpts, Value};
 use tokio::sync::Semaphore;
 
-use crate::config::{DeleteDetection, MySqlSettings, Strategy, TableConfig, TableFacts, resolve};
+use crate::config::{
+    DeleteDetection, MySqlSettings, Strategy, TableConfig, TableFacts, resolve, unchanged,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::incremental::{self, Marks};
 use crate::load::TableReport;
@@ -276,6 +278,10 @@ async fn table_exists(conn: &mut Conn, database: &str, table: &str) -> Result<bo
     Ok(n.unwrap_or(0) > 0)
 }
 
+/// Why a full refresh was skipped.
+pub const UNCHANGED_REASON: &str =
+    "unchanged since the last full refresh (same CHECKSUM TABLE, refreshed at least daily)";
+
 /// Copies one table from the source into the replica.
 pub async fn copy_table(
     ctx: &ExtractContext,
@@ -373,6 +379,22 @@ pub async fn copy_table(
         watermark_end: None,
         elapsed: Duration::ZERO,
     };
+    let checksum = if decision.strategy == Strategy::Full && !resuming {
+        my::table_checksum(&mut source, &cfg.name).await?
+    } else {
+        None
+    };
+    let last = tracking::copy_checksum(&mut replica, &cfg.name).await?;
+    if unchanged(
+        cfg,
+        &facts,
+        checksum.as_deref(),
+        last.as_ref().map(|(c, age)| (c.as_str(), *age)),
+    ) {
+        report.decision.reason = UNCHANGED_REASON.to_string();
+        report.elapsed = started.elapsed();
+        return Ok(report);
+    }
     let job = CopyJob {
         ctx,
         cfg,
@@ -382,7 +404,13 @@ pub async fn copy_table(
         key: &key,
     };
     match &decision.strategy {
-        Strategy::Full => full_copy(&job, source, replica, &resume, &mut report).await?,
+        Strategy::Full => {
+            full_copy(&job, source, replica, &resume, &mut report).await?;
+            if let Some(sum) = &checksum {
+                let mut replica = session(&ctx.replica).await?;
+                tracking::save_copy_checksum(&mut replica, &cfg.name, sum).await?;
+            }
+        }
         Strategy::Incremental { columns } => {
             incremental_copy(&job, source, replica, &stored, columns, &mut report).await?
         }

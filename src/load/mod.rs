@@ -17,7 +17,7 @@ use tokio_postgres::{Client, GenericClient};
 
 use crate::config::{
     Decision, DeleteDetection, MySqlSettings, PgSettings, Strategy, TableConfig, TableFacts,
-    resolve,
+    resolve, unchanged,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::incremental::{self, Marks};
@@ -101,6 +101,7 @@ struct Prepared {
     key: Vec<String>,
     dest_columns: Vec<(String, PgType)>,
     decision: Decision,
+    facts: TableFacts,
     stored: HashMap<String, StoredWatermark>,
     warnings: Vec<String>,
 }
@@ -332,6 +333,7 @@ async fn prepare(
         altered_columns,
     };
     let decision = resolve(cfg, &facts);
+    let facts = facts.clone();
     if let Strategy::Incremental { columns } = &decision.strategy {
         for column in columns {
             if !source.indexed_first_columns.contains(column) {
@@ -347,6 +349,7 @@ async fn prepare(
         key,
         dest_columns,
         decision,
+        facts,
         stored,
         warnings,
     })
@@ -407,6 +410,25 @@ pub async fn load_table(
         reason = %prepared.decision.reason,
         "loading"
     );
+    let mut mysql = mysql;
+    let checksum = if prepared.decision.strategy == Strategy::Full {
+        my::table_checksum(&mut mysql, &cfg.name).await?
+    } else {
+        None
+    };
+    let schema = &ctx.warehouse.schema;
+    let last = tracking::load_checksum(&client, schema, &cfg.name).await?;
+    if unchanged(
+        cfg,
+        &prepared.facts,
+        checksum.as_deref(),
+        last.as_ref().map(|(c, age)| (c.as_str(), *age)),
+    ) {
+        tracking::mark_status(&client, schema, &cfg.name, "success", None, &opts.run_id).await?;
+        report.decision.reason = crate::extract::UNCHANGED_REASON.to_string();
+        report.elapsed = started.elapsed();
+        return Ok(report);
+    }
     let job = Job {
         ctx,
         cfg,
@@ -414,7 +436,12 @@ pub async fn load_table(
         prepared: &prepared,
     };
     match &prepared.decision.strategy {
-        Strategy::Full => full_load(&job, mysql, &mut client, &mut report).await?,
+        Strategy::Full => {
+            full_load(&job, mysql, &mut client, &mut report).await?;
+            if let Some(sum) = &checksum {
+                tracking::save_load_checksum(&client, schema, &cfg.name, sum).await?;
+            }
+        }
         Strategy::Incremental { columns } => {
             incremental_load(&job, mysql, &mut client, columns, &mut report).await?
         }

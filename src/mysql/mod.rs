@@ -21,6 +21,19 @@ use mysql_async::{Conn, DriverError, Opts, OptsBuilder, SslOpts};
 use crate::config::{MySqlSettings, SslMode};
 use crate::error::{Error, ErrorKind, Result};
 
+/// `CHECKSUM TABLE`: a checksum of every row's content, as text; `None`
+/// when the server gives none (a missing table).
+pub async fn table_checksum(conn: &mut Conn, table: &str) -> Result<Option<String>> {
+    let row: Option<(String, Option<u64>)> = conn
+        .query_first(format!(
+            "CHECKSUM TABLE {}",
+            crate::schema::ident::mysql(table)
+        ))
+        .await
+        .map_err(|e| Error::mysql(format!("checksumming `{table}`"), e))?;
+    Ok(row.and_then(|(_, sum)| sum).map(|s| s.to_string()))
+}
+
 /// How long to wait for a TCP connection before giving up: a host that does
 /// not answer must fail the run, not hang it.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

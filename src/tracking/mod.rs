@@ -48,7 +48,8 @@ fn warehouse_ddl(schema: &str) -> Vec<String> {
                 add column if not exists last_error text,
                 add column if not exists last_run_id varchar(64),
                 add column if not exists last_reconciled timestamp,
-                add column if not exists runs_since_reconcile integer not null default 0",
+                add column if not exists runs_since_reconcile integer not null default 0,
+                add column if not exists source_checksum varchar(20)",
             t("etl_load_status")
         ),
         format!(
@@ -137,10 +138,12 @@ const REPLICA_WATERMARK_DDL: &str = "CREATE TABLE IF NOT EXISTS `etl_copy_waterm
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4";
 
 /// Columns `etl_copy_status` gained after the old system: when the table's
-/// keys were last reconciled with the source, and copies since.
+/// keys were last reconciled with the source, copies since, and the
+/// source's checksum taken before the last full copy.
 const REPLICA_STATUS_COLUMNS: &str = "ALTER TABLE `etl_copy_status`
     ADD COLUMN IF NOT EXISTS `last_reconciled` datetime NULL,
-    ADD COLUMN IF NOT EXISTS `runs_since_reconcile` int NOT NULL DEFAULT 0";
+    ADD COLUMN IF NOT EXISTS `runs_since_reconcile` int NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS `source_checksum` varchar(20) NULL";
 
 /// Tracking tables in the replica.
 pub const REPLICA_TABLES: [&str; 2] = ["etl_copy_status", "etl_copy_watermark"];
@@ -488,6 +491,69 @@ pub async fn finish_history(
         )
         .await
         .map_err(|e| Error::postgres("closing the run history", e))?;
+    Ok(())
+}
+
+/// The source checksum recorded before the last full copy, and that copy's
+/// age in seconds.
+pub async fn copy_checksum(conn: &mut Conn, table: &str) -> Result<Option<(String, i64)>> {
+    conn.exec_first(
+        "SELECT `source_checksum`, TIMESTAMPDIFF(SECOND, `last_copied`, NOW()) FROM `etl_copy_status` \
+         WHERE `table_name` = ? AND `source_checksum` IS NOT NULL",
+        (table,),
+    )
+    .await
+    .map_err(|e| Error::mysql(format!("reading the checksum of `{table}`"), e))
+}
+
+/// Records the source checksum taken before a full copy that succeeded.
+pub async fn save_copy_checksum(conn: &mut Conn, table: &str, checksum: &str) -> Result<()> {
+    conn.exec_drop(
+        "UPDATE `etl_copy_status` SET `source_checksum` = ? WHERE `table_name` = ?",
+        (checksum, table),
+    )
+    .await
+    .map_err(|e| Error::mysql(format!("recording the checksum of `{table}`"), e))
+}
+
+/// The checksum of the MySQL table recorded before the last full load, and
+/// that load's age in seconds.
+pub async fn load_checksum(
+    client: &impl GenericClient,
+    schema: &str,
+    table: &str,
+) -> Result<Option<(String, i64)>> {
+    let row = client
+        .query_opt(
+            &format!(
+                "select source_checksum, extract(epoch from now() - last_loaded)::bigint from {} \
+                 where table_name = $1 and source_checksum is not null",
+                ident::pg_qualified(schema, "etl_load_status")
+            ),
+            &[&table],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("reading the checksum of {table}"), e))?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// Records the MySQL table's checksum taken before a full load that succeeded.
+pub async fn save_load_checksum(
+    client: &impl GenericClient,
+    schema: &str,
+    table: &str,
+    checksum: &str,
+) -> Result<()> {
+    client
+        .execute(
+            &format!(
+                "update {} set source_checksum = $2 where table_name = $1",
+                ident::pg_qualified(schema, "etl_load_status")
+            ),
+            &[&table, &checksum],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("recording the checksum of {table}"), e))?;
     Ok(())
 }
 

@@ -154,6 +154,9 @@ pub struct RunArgs {
     /// Let key reconciliation delete more than a table's max_delete_share.
     #[arg(long)]
     pub allow_mass_delete: bool,
+    /// Read incrementally even after a gap longer than time_gap_threshold_days.
+    #[arg(long)]
+    pub no_time_gap: bool,
     /// Tables processed at once (default: one per core, 2 to 8).
     #[arg(long, default_value_t = pipeline::default_max_workers(), value_parser = parse_workers)]
     pub max_workers: usize,
@@ -530,6 +533,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                     tables,
                     force_full: args.force_full,
                     allow_mass_delete: args.allow_mass_delete,
+                    ignore_time_gap: args.no_time_gap,
                     max_workers: args.max_workers,
                     phases,
                     if_locked,

@@ -559,6 +559,7 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
         tables: config.tables().cloned().collect(),
         force_full: false,
         allow_mass_delete: false,
+        ignore_time_gap: false,
         max_workers: pipeline::default_max_workers(),
         phases: Phases {
             extract: true,

@@ -69,16 +69,9 @@ async fn single_range_and_edge_deletes_with_updates_and_inserts_reach_both_copie
     assert_eq!(db.pg_count("appointment").await, 20000 - 104 + 5);
 
     let history: i64 = db
-        .pg()
+        .last_history("appointment", "load")
         .await
-        .query_one(
-            "select rows_deleted from raw.etl_run_history where table_name = 'appointment' and phase = 'load' \
-             order by id desc limit 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+        .get("rows_deleted");
     assert_eq!(history, 104, "the run history counts the deletes");
 
     let third = db.run_two_hop(&cfg, None).await;

@@ -246,6 +246,7 @@ async fn a_select_only_source_user_is_enough() {
         tables: config(100).tables().cloned().collect(),
         force_full: false,
         allow_mass_delete: false,
+        ignore_time_gap: false,
         max_workers: 2,
         phases: etl_pipeline::pipeline::Phases {
             extract: true,
@@ -308,6 +309,7 @@ async fn direct_mode_loads_the_warehouse_straight_from_the_source() {
         tables: config(300).tables().cloned().collect(),
         force_full: false,
         allow_mass_delete: false,
+        ignore_time_gap: false,
         max_workers: 2,
         phases: etl_pipeline::pipeline::Phases {
             extract: true,
@@ -460,4 +462,71 @@ async fn an_unchanged_full_table_is_skipped_in_both_phases_and_refreshed_when_it
     let fourth = db.run_two_hop(&cfg, None).await;
     assert_eq!(report(&fourth, "extract").0, 400);
     assert_eq!(report(&fourth, "load").0, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_idle_past_its_time_gap_is_refreshed_in_full_and_says_why() {
+    let db = TestDb::new("ex_time_gap").await;
+    db.source_sql(&[
+        "CREATE TABLE `commlog` (`CommlogNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, `Note` text NOT NULL, \
+         `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP, KEY (`DateTStamp`))",
+        "INSERT INTO `commlog` (`Note`) SELECT CONCAT('call ', seq) FROM seq_1_to_300",
+    ])
+    .await;
+    let cfg = etl_pipeline::config::TablesConfig::parse(
+        "tables:\n  commlog:\n    extraction_strategy: incremental\n    incremental_columns: [DateTStamp]\n    \
+         primary_incremental_column: DateTStamp\n    primary_key: CommlogNum\n    time_gap_threshold_days: 7\n",
+    )
+    .unwrap();
+    let decision = |r: &etl_pipeline::pipeline::RunReport, phase: &str| {
+        let o = r.outcome("commlog", phase).unwrap();
+        let t = o.result.as_ref().unwrap();
+        (
+            t.decision.strategy.name().to_string(),
+            t.decision.reason.clone(),
+        )
+    };
+    db.run_two_hop(&cfg, None).await;
+    let recent = db.run_two_hop(&cfg, None).await;
+    assert_eq!(decision(&recent, "extract").0, "incremental");
+    assert_eq!(decision(&recent, "load").0, "incremental");
+
+    let age = |days: u32| {
+        (
+            format!("UPDATE `etl_copy_status` SET `last_copied` = NOW() - INTERVAL {days} DAY"),
+            format!("update raw.etl_load_status set last_loaded = now() - interval '{days} days'"),
+        )
+    };
+    let (copy, load) = age(10);
+    db.mysql(&[copy.as_str()]).await;
+    db.pg().await.batch_execute(&load).await.unwrap();
+    let idle = db.run_two_hop(&cfg, None).await;
+    for phase in ["extract", "load"] {
+        let (strategy, reason) = decision(&idle, phase);
+        assert_eq!(strategy, "full", "{phase}: {reason}");
+        assert!(
+            reason.contains("10.0 days ago") && reason.contains("time_gap_threshold_days (7)"),
+            "{phase}: {reason}"
+        );
+    }
+    let recorded: String = db
+        .last_history("commlog", "load")
+        .await
+        .get("strategy_reason");
+    assert!(recorded.contains("time_gap_threshold_days"), "{recorded}");
+    db.assert_same("commlog", &["CommlogNum"]).await;
+
+    // --no-time-gap reads incrementally whatever the gap.
+    db.pg().await.batch_execute(&load).await.unwrap();
+    let report = etl_pipeline::load::load_table(
+        &db.ctx,
+        cfg.get("commlog").unwrap(),
+        &etl_pipeline::load::LoadOptions {
+            ignore_time_gap: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.decision.strategy.name(), "incremental");
 }

@@ -490,6 +490,7 @@ async fn a_run_before_init_says_to_run_init() {
             tables: config.tables().cloned().collect(),
             force_full: false,
             allow_mass_delete: false,
+            ignore_time_gap: false,
             max_workers: 1,
             phases: etl_pipeline::pipeline::Phases {
                 extract: false,

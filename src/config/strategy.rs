@@ -50,6 +50,10 @@ pub struct TableFacts {
     pub added_columns: Vec<String>,
     /// Destination columns widened by this run because their source type grew.
     pub altered_columns: Vec<String>,
+    /// Seconds since this phase last wrote the table (`None`: never).
+    pub seconds_since_last: Option<i64>,
+    /// `--no-time-gap` was given.
+    pub ignore_time_gap: bool,
 }
 
 fn full(reason: impl Into<String>) -> Decision {
@@ -94,6 +98,18 @@ pub fn resolve(config: &TableConfig, facts: &TableFacts) -> Decision {
     }
     if config.extraction_strategy == ExtractionStrategy::FullTable {
         return full("config: extraction_strategy is full_table");
+    }
+    if let (Some(days), Some(seconds), false) = (
+        config.time_gap_days,
+        facts.seconds_since_last,
+        facts.ignore_time_gap,
+    ) && seconds > i64::from(days) * 86_400
+    {
+        return full(format!(
+            "last run {:.1} days ago, over time_gap_threshold_days ({days}): a refresh is faster and safer \
+             than catching up",
+            seconds as f64 / 86_400.0
+        ));
     }
     if facts.key.is_empty() {
         return full("table has no primary key, so changed rows cannot be upserted");
@@ -171,6 +187,33 @@ mod tests {
             watermarked_columns: set(&["DateTStamp"]),
             ..TableFacts::default()
         }
+    }
+
+    #[test]
+    fn a_gap_longer_than_the_threshold_means_a_full_refresh_unless_ignored() {
+        let mut cfg = procedurelog();
+        cfg.time_gap_days = Some(7);
+        let after = |seconds: i64, ignore: bool| {
+            resolve(
+                &cfg,
+                &TableFacts {
+                    seconds_since_last: Some(seconds),
+                    ignore_time_gap: ignore,
+                    ..ready()
+                },
+            )
+        };
+        assert_eq!(after(6 * 86_400, false).strategy.name(), "incremental");
+        let d = after(8 * 86_400, false);
+        assert_eq!(d.strategy, Strategy::Full);
+        assert!(d.reason.contains("8.0 days ago"), "{}", d.reason);
+        assert_eq!(after(8 * 86_400, true).strategy.name(), "incremental");
+        let never = resolve(&cfg, &ready());
+        assert_eq!(
+            never.strategy.name(),
+            "incremental",
+            "no gap without a last run"
+        );
     }
 
     #[test]

@@ -138,6 +138,7 @@ struct RawTable {
     reconcile_every_hours: Option<u32>,
     soft_delete: Option<bool>,
     max_delete_share: Option<f64>,
+    time_gap_threshold_days: Option<u32>,
     // Written by the old system's analyzer; accepted, not used here.
     #[serde(rename = "estimated_size_mb")]
     _estimated_size_mb: Option<IgnoredAny>,
@@ -153,8 +154,6 @@ struct RawTable {
     _dbt_model_types: Option<IgnoredAny>,
     #[serde(rename = "column_names")]
     _column_names: Option<IgnoredAny>,
-    #[serde(rename = "time_gap_threshold_days")]
-    _time_gap_threshold_days: Option<IgnoredAny>,
     #[serde(rename = "estimated_processing_time_minutes")]
     _estimated_processing_time_minutes: Option<IgnoredAny>,
     #[serde(rename = "memory_requirements_mb")]
@@ -194,6 +193,9 @@ pub struct TableConfig {
     pub lookback_keys: u64,
     pub estimated_rows: Option<u64>,
     pub deletes: DeletePolicy,
+    /// A table last copied or loaded longer ago than this many days is
+    /// refreshed in full instead of read incrementally.
+    pub time_gap_days: Option<u32>,
 }
 
 impl TableConfig {
@@ -216,6 +218,7 @@ impl TableConfig {
                 max_share: DEFAULT_MAX_DELETE_SHARE,
                 ..DeletePolicy::default()
             },
+            time_gap_days: None,
         }
     }
 
@@ -508,6 +511,7 @@ fn validate(name: &str, raw: RawTable) -> Result<TableConfig> {
         lookback_keys: raw.lookback_keys.unwrap_or(DEFAULT_LOOKBACK_KEYS),
         estimated_rows: raw.estimated_rows,
         deletes,
+        time_gap_days: raw.time_gap_threshold_days,
     })
 }
 

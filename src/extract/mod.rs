@@ -23,7 +23,7 @@ use crate::config::{
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::incremental::{self, Marks};
-use crate::load::TableReport;
+use crate::load::{LoadOptions, TableReport};
 use crate::mysql::{
     self as my, Encoder, Pass, RateLimit, ReadJob, ReadRange, ReadSpec, SourceTable, spawn_reader,
 };
@@ -286,12 +286,10 @@ pub const UNCHANGED_REASON: &str =
 pub async fn copy_table(
     ctx: &ExtractContext,
     cfg: &TableConfig,
-    force_full: bool,
-    allow_mass_delete: bool,
-    run_id: &str,
+    opts: &LoadOptions,
     resume: ResumeSlot,
-    stop: &Stop,
 ) -> Result<TableReport> {
+    let (run_id, stop) = (opts.run_id.as_str(), &opts.stop);
     let started = Instant::now();
     let _slot = ctx
         .source_slots
@@ -324,7 +322,9 @@ pub async fn copy_table(
     }
     let stored = tracking::load_copy_watermarks(&mut replica, &cfg.name).await?;
     let facts = TableFacts {
-        force_full,
+        force_full: opts.force_full,
+        seconds_since_last: tracking::copy_age(&mut replica, &cfg.name).await?,
+        ignore_time_gap: opts.ignore_time_gap,
         key: key.clone(),
         orderable_columns: source_table
             .columns
@@ -416,7 +416,8 @@ pub async fn copy_table(
         }
     }
     if reconcile::applies(&cfg.deletes, &decision.strategy) {
-        report.rows_deleted = reconcile_copy(ctx, cfg, &source_table, allow_mass_delete).await?;
+        report.rows_deleted =
+            reconcile_copy(ctx, cfg, &source_table, opts.allow_mass_delete).await?;
     } else if cfg.deletes.detection == DeleteDetection::KeyReconcile {
         let mut replica = session(&ctx.replica).await?;
         tracking::mark_copy_reconciled(&mut replica, &cfg.name, true).await?;

@@ -46,6 +46,8 @@ pub struct LoadOptions {
     pub force_full: bool,
     /// Lets a key reconciliation delete more than the table's `max_delete_share`.
     pub allow_mass_delete: bool,
+    /// Reads incrementally even after a gap longer than `time_gap_threshold_days`.
+    pub ignore_time_gap: bool,
     pub run_id: String,
     /// Asked to stop: finish the batch in hand (a full refresh rolls back).
     pub stop: Stop,
@@ -331,6 +333,8 @@ async fn prepare(
         destination_created,
         added_columns,
         altered_columns,
+        seconds_since_last: tracking::load_age(client, schema, &cfg.name).await?,
+        ignore_time_gap: opts.ignore_time_gap,
     };
     let decision = resolve(cfg, &facts);
     let facts = facts.clone();

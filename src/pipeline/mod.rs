@@ -80,6 +80,8 @@ pub struct RunPlan {
     pub force_full: bool,
     /// Lets key reconciliation delete more than a table's `max_delete_share`.
     pub allow_mass_delete: bool,
+    /// Reads incrementally even after a gap longer than `time_gap_threshold_days`.
+    pub ignore_time_gap: bool,
     pub max_workers: usize,
     pub phases: Phases,
     pub if_locked: IfLocked,
@@ -259,8 +261,22 @@ struct Shared<'a> {
     run_id: &'a str,
     force_full: bool,
     allow_mass_delete: bool,
+    ignore_time_gap: bool,
     phases: Phases,
     if_locked: IfLocked,
+}
+
+impl Shared<'_> {
+    /// How each phase of each table runs.
+    fn options(&self) -> LoadOptions {
+        LoadOptions {
+            force_full: self.force_full,
+            allow_mass_delete: self.allow_mass_delete,
+            ignore_time_gap: self.ignore_time_gap,
+            run_id: self.run_id.to_string(),
+            stop: self.ctx.stop.clone(),
+        }
+    }
 }
 
 fn phase_started(cfg: &TableConfig, phase: &str) {
@@ -295,16 +311,9 @@ async fn extract_one(shared: &Shared<'_>, ctx: &ExtractContext, cfg: &TableConfi
         None => None,
     };
     let resume = Arc::new(Mutex::new(None));
+    let opts = shared.options();
     let result = with_retries(&cfg.name, || {
-        extract::copy_table(
-            ctx,
-            cfg,
-            shared.force_full,
-            shared.allow_mass_delete,
-            shared.run_id,
-            resume.clone(),
-            &shared.ctx.stop,
-        )
+        extract::copy_table(ctx, cfg, &opts, resume.clone())
     })
     .await;
     if let Err(e) = &result {
@@ -330,12 +339,7 @@ async fn load_one(shared: &Shared<'_>, ctx: &LoadContext, cfg: &TableConfig) -> 
     let schema = &ctx.warehouse.schema;
     let started = Instant::now();
     phase_started(cfg, "load");
-    let opts = LoadOptions {
-        force_full: shared.force_full,
-        allow_mass_delete: shared.allow_mass_delete,
-        run_id: shared.run_id.to_string(),
-        stop: shared.ctx.stop.clone(),
-    };
+    let opts = shared.options();
     let control = shared.control;
     let history = match control {
         Some(c) => {
@@ -511,6 +515,7 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
         run_id: &run_id,
         force_full: plan.force_full,
         allow_mass_delete: plan.allow_mass_delete,
+        ignore_time_gap: plan.ignore_time_gap,
         phases: plan.phases,
         if_locked: plan.if_locked,
     };

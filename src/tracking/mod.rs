@@ -494,6 +494,35 @@ pub async fn finish_history(
     Ok(())
 }
 
+/// Seconds since the replica copy of a table was last written (`None`: never).
+pub async fn copy_age(conn: &mut Conn, table: &str) -> Result<Option<i64>> {
+    let age: Option<Option<i64>> = conn
+        .exec_first(
+            "SELECT TIMESTAMPDIFF(SECOND, `last_copied`, NOW()) FROM `etl_copy_status` \
+             WHERE `table_name` = ? AND `rows_copied` IS NOT NULL",
+            (table,),
+        )
+        .await
+        .map_err(|e| Error::mysql(format!("reading when `{table}` was last copied"), e))?;
+    Ok(age.flatten())
+}
+
+/// Seconds since a table was last loaded into the warehouse (`None`: never).
+pub async fn load_age(client: &Client, schema: &str, table: &str) -> Result<Option<i64>> {
+    let row = client
+        .query_opt(
+            &format!(
+                "select extract(epoch from now() - last_loaded)::bigint from {} \
+                 where table_name = $1 and last_strategy is not null",
+                ident::pg_qualified(schema, "etl_load_status")
+            ),
+            &[&table],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("reading when {table} was last loaded"), e))?;
+    Ok(row.and_then(|r| r.get(0)))
+}
+
 /// The source checksum recorded before the last full copy, and that copy's
 /// age in seconds.
 pub async fn copy_checksum(conn: &mut Conn, table: &str) -> Result<Option<(String, i64)>> {

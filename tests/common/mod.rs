@@ -154,6 +154,7 @@ impl TestDb {
             tables: config.tables().cloned().collect(),
             force_full: false,
             allow_mass_delete,
+            ignore_time_gap: false,
             max_workers: 2,
             phases: pipeline::Phases {
                 extract: true,
@@ -204,6 +205,18 @@ async fn exec(settings: &MySqlSettings, statements: &[&str]) {
 }
 
 impl TestDb {
+    /// The newest run-history row of a table and phase.
+    pub async fn last_history(&self, table: &str, phase: &str) -> tokio_postgres::Row {
+        self.pg()
+            .await
+            .query_one(
+                "select * from raw.etl_run_history where table_name = $1 and phase = $2 order by id desc limit 1",
+                &[&table, &phase],
+            )
+            .await
+            .unwrap()
+    }
+
     /// A warehouse connection.
     pub async fn pg(&self) -> tokio_postgres::Client {
         pg::connect(&self.ctx.warehouse).await.unwrap()
@@ -223,6 +236,7 @@ impl TestDb {
         let opts = LoadOptions {
             force_full,
             allow_mass_delete: false,
+            ignore_time_gap: false,
             run_id: "test".into(),
             stop: Default::default(),
         };
@@ -237,6 +251,7 @@ impl TestDb {
                 tables: config.tables().cloned().collect(),
                 force_full: false,
                 allow_mass_delete: false,
+                ignore_time_gap: false,
                 max_workers: 2,
                 phases: pipeline::Phases {
                     extract: false,

@@ -25,8 +25,12 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::mysql::{RateLimit, SourceTable};
 use crate::schema::{SourceType, ident};
 
-/// Ranges a differing range is split into.
-const BUCKETS: i128 = 64;
+/// Ranges a differing range is split into: enough that each holds about
+/// [`LEAF_ROWS`] rows (keys assumed dense where the count is not known yet),
+/// so scattered deletes send each differing range straight to a key listing
+/// instead of another aggregate pass, within these bounds.
+const MIN_BUCKETS: i128 = 64;
+const MAX_BUCKETS: i128 = 1024;
 /// At or below this many rows a range's keys are listed and compared.
 const LEAF_ROWS: u64 = 4096;
 const MODULUS: i64 = 2_147_483_647;
@@ -271,14 +275,16 @@ pub async fn extra_keys(
     let mut queue = vec![(lo, hi, u64::MAX)];
     while let Some((lo, hi, rows)) = queue.pop() {
         let span = i128::from(hi) - i128::from(lo) + 1;
-        if rows <= LEAF_ROWS || span <= BUCKETS {
+        if rows <= LEAF_ROWS || span <= MIN_BUCKETS {
             let theirs = reference.keys(key, lo, hi).await?;
             let ours = copy.keys(key, lo, hi).await?;
             copy_rows.get_or_insert(ours.len() as u64);
             found.extend(ours.difference(&theirs).cloned());
             continue;
         }
-        let width = i64::try_from((span + BUCKETS - 1) / BUCKETS).unwrap_or(i64::MAX);
+        let expected = i128::from(rows).min(span);
+        let buckets = (expected / i128::from(LEAF_ROWS)).clamp(MIN_BUCKETS, MAX_BUCKETS);
+        let width = i64::try_from((span + buckets - 1) / buckets).unwrap_or(i64::MAX);
         let theirs = reference.buckets(key, lo, hi, width).await?;
         let ours = copy.buckets(key, lo, hi, width).await?;
         copy_rows.get_or_insert(ours.values().map(|a| a.count).sum());

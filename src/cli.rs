@@ -78,6 +78,37 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Build a demo clinic from OpenDental's schema on this machine, then analyze, run and verify it.
     Demo(DemoArgs),
+    /// Record dbt's progress in the warehouse's etl_transform_status.
+    #[command(subcommand)]
+    Transform(TransformCommand),
+}
+
+/// `transform` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TransformCommand {
+    /// Record that a dbt model over a table ran (or failed).
+    Mark(TransformMarkArgs),
+}
+
+/// Arguments of `transform mark`.
+#[derive(Debug, Args)]
+pub struct TransformMarkArgs {
+    /// The raw table the transformation read.
+    #[arg(long, value_name = "T")]
+    pub table: String,
+    /// How the transformation ended.
+    #[arg(long, value_enum)]
+    pub status: TransformStatus,
+    /// Rows the transformation wrote.
+    #[arg(long)]
+    pub rows: Option<i64>,
+}
+
+/// `transform mark --status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransformStatus {
+    Success,
+    Failed,
 }
 
 /// Which phases `run` performs.
@@ -490,6 +521,20 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             println!("wrote {}", args.output.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Transform(TransformCommand::Mark(args)) => {
+            let env = Env::load(cli.env_file.as_deref())?;
+            let warehouse = env.warehouse()?;
+            let client = pg::connect(&warehouse).await?;
+            tracking::check_warehouse(&client, &warehouse.schema).await?;
+            let status = match args.status {
+                TransformStatus::Success => "success",
+                TransformStatus::Failed => "failed",
+            };
+            tracking::mark_transform(&client, &warehouse.schema, &args.table, status, args.rows)
+                .await?;
+            println!("{}: transform {status}", args.table);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Init => {
             let env = Env::load(cli.env_file.as_deref())?;
             let warehouse = env.warehouse()?;
@@ -593,7 +638,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
-                "{:<28} {:<11} {:<19} {:<11} {:<19} {:<11} {:>10} {:>5} {:>9} {:>9}  watermark",
+                "{:<28} {:<11} {:<19} {:<11} {:<19} {:<11} {:>10} {:>5} {:>9} {:>9} {:<9} {:>9}  watermark",
                 "table",
                 "copy",
                 "last copied",
@@ -603,11 +648,13 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 "rows",
                 "fails",
                 "behind",
-                "lag"
+                "lag",
+                "transform",
+                "dbt lag"
             );
             for l in &lines {
                 println!(
-                    "{:<28} {:<11} {:<19} {:<11} {:<19} {:<11} {:>10} {:>5} {:>9} {:>9}  {}",
+                    "{:<28} {:<11} {:<19} {:<11} {:<19} {:<11} {:>10} {:>5} {:>9} {:>9} {:<9} {:>9}  {}",
                     l.table,
                     l.copy_status.as_deref().unwrap_or("-"),
                     l.last_copied.as_deref().unwrap_or("-"),
@@ -622,6 +669,9 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                     l.failures_24h,
                     l.rows_behind.map_or_else(|| "-".into(), |n| n.to_string()),
                     l.lag_seconds.map_or_else(|| "-".into(), human_duration),
+                    l.transform_status.as_deref().unwrap_or("-"),
+                    l.transform_behind_seconds
+                        .map_or_else(|| "-".into(), human_duration),
                     l.watermark
                 );
                 if !l.error.is_empty() {

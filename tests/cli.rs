@@ -29,6 +29,15 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// 40 patients (incremental on `DateTStamp`) and 12 definitions (full).
+const PATIENTS_AND_DEFINITIONS: [&str; 4] = [
+    "CREATE TABLE `patient` (`PatNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, `LName` varchar(100) NOT NULL, \
+     `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP, KEY (`DateTStamp`))",
+    "INSERT INTO `patient` (`LName`) SELECT CONCAT('Lee', seq) FROM seq_1_to_40",
+    "CREATE TABLE `definition` (`DefNum` bigint NOT NULL PRIMARY KEY, `ItemName` varchar(255) NOT NULL)",
+    "INSERT INTO `definition` SELECT seq, CONCAT('def ', seq) FROM seq_1_to_12",
+];
+
 /// A table's line of `status --format json`.
 fn status_of(env: &Path, tables: &Path, table: &str) -> serde_json::Value {
     let out = run(env, tables, &["status", "--format", "json"]);
@@ -223,14 +232,7 @@ fn passwords_never_appear_in_output_even_when_connections_fail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn summary_json_status_json_category_filter_and_history_retention() {
     let db = TestDb::new("cli_reporting").await;
-    db.source_sql(&[
-        "CREATE TABLE `patient` (`PatNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, `LName` varchar(100) NOT NULL, \
-         `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP, KEY (`DateTStamp`))",
-        "INSERT INTO `patient` (`LName`) SELECT CONCAT('Lee', seq) FROM seq_1_to_40",
-        "CREATE TABLE `definition` (`DefNum` bigint NOT NULL PRIMARY KEY, `ItemName` varchar(255) NOT NULL)",
-        "INSERT INTO `definition` SELECT seq, CONCAT('def ', seq) FROM seq_1_to_12",
-    ])
-    .await;
+    db.source_sql(&PATIENTS_AND_DEFINITIONS).await;
     let dir = scratch("cli_reporting");
     let env = db.env_file(&dir);
     let s = &db.source;
@@ -370,4 +372,59 @@ async fn dbt_sources_lists_every_table_and_column_with_documentation_and_freshne
     assert_eq!(columns.len(), 3);
     assert_eq!(columns[0]["name"].as_str(), Some("PatNum"));
     assert_eq!(columns[0]["description"].as_str(), Some("Primary key."));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transform_mark_and_the_dbt_macro_record_what_status_shows() {
+    let db = TestDb::new("cli_transform").await;
+    db.mysql(&PATIENTS_AND_DEFINITIONS).await;
+    let dir = scratch("cli_transform");
+    let env = db.env_file(&dir);
+    let tables = dir.join("tables.yml");
+    std::fs::write(
+        &tables,
+        format!("{TABLES}  definition:\n    extraction_strategy: full_table\n"),
+    )
+    .unwrap();
+    let out = run(&env, &tables, &["run", "--phase", "load", "--all"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let mark = |extra: &[&str]| {
+        let mut args = vec!["transform", "mark", "--table", "patient"];
+        args.extend_from_slice(extra);
+        let out = run(&env, &tables, &args);
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    mark(&["--status", "success", "--rows", "40"]);
+    let patient = status_of(&env, &tables, "patient");
+    assert_eq!(patient["transform_status"], "success", "{patient}");
+    assert_eq!(patient["transform_behind_seconds"], 0, "{patient}");
+    mark(&["--status", "failed"]);
+    let failed = status_of(&env, &tables, "patient");
+    assert_eq!(failed["transform_status"], "failed");
+    assert_eq!(
+        failed["last_transformed"], patient["last_transformed"],
+        "a failure keeps the last successful time"
+    );
+
+    // The dbt macro, rendered as dbt would for a post-hook, does the same.
+    let macro_text = std::fs::read_to_string("macros/etl_transform_status.sql").unwrap();
+    let body = macro_text
+        .split_once("-%}\ninsert")
+        .map(|(_, rest)| format!("insert{rest}"))
+        .and_then(|s| s.split_once("{%- endmacro").map(|(sql, _)| sql.to_string()))
+        .unwrap();
+    let sql = body
+        .replace("{{ schema }}", "raw")
+        .replace("{{ table_name }}", "definition")
+        .replace("{{ status }}", "success")
+        .replace("{{ rows }}", "null");
+    assert!(!sql.contains("{{"), "{sql}");
+    db.pg().await.batch_execute(&sql).await.unwrap();
+    let definition = status_of(&env, &tables, "definition");
+    assert_eq!(definition["transform_status"], "success", "{definition}");
+    let out = run(&env, &tables, &["status"]);
+    let line = text(&out);
+    let line = line.lines().find(|l| l.starts_with("definition")).unwrap();
+    assert!(line.contains(" success   "), "{line}");
 }

@@ -661,6 +661,36 @@ pub async fn mark_load_reconciled(
     Ok(())
 }
 
+/// Records a transformation (a dbt model) over a table in
+/// `etl_transform_status`, the old system's table for it.
+pub async fn mark_transform(
+    client: &Client,
+    schema: &str,
+    table: &str,
+    status: &str,
+    rows: Option<i64>,
+) -> Result<()> {
+    client
+        .execute(
+            &format!(
+                "insert into {} as s (table_name, last_transformed, rows_transformed, transform_status, \
+                                      _transformed_at, _created_at, _updated_at) \
+                 values ($1, case when $2 = 'success' then now() else '1970-01-01 00:00:01' end, \
+                         coalesce($3::bigint, 0), $2, now(), now(), now()) \
+                 on conflict (table_name) do update set \
+                   last_transformed = case when excluded.transform_status = 'success' then now() \
+                                           else s.last_transformed end, \
+                   rows_transformed = coalesce($3::bigint, s.rows_transformed), \
+                   transform_status = excluded.transform_status, _transformed_at = now(), _updated_at = now()",
+                ident::pg_qualified(schema, "etl_transform_status")
+            ),
+            &[&table, &status, &rows],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("recording the transformation of {table}"), e))?;
+    Ok(())
+}
+
 /// One line of `etl-pipeline status`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StatusLine {
@@ -689,6 +719,12 @@ pub struct StatusLine {
     pub lag_seconds: Option<i64>,
     /// Why the lag is unknown, when it is.
     pub lag_note: Option<String>,
+    /// The last transformation recorded by dbt (`etl_transform_status`).
+    pub transform_status: Option<String>,
+    pub last_transformed: Option<String>,
+    /// How long the warehouse has held rows no successful transformation
+    /// has read: last load minus last transformation, when the load is newer.
+    pub transform_behind_seconds: Option<i64>,
 }
 
 /// Every table's load status, in name order.
@@ -699,8 +735,13 @@ pub async fn status_lines(client: &Client, schema: &str) -> Result<Vec<StatusLin
                 coalesce(s.primary_column_name || ' = ' || s.last_primary_value, ''), coalesce(s.last_error, ''), \
                 (select count(*) from {history} h where h.table_name = s.table_name and h.status = 'failed' \
                    and h.started_at > now() - interval '24 hours'), \
-                coalesce(s.primary_column_name, ''), coalesce(s.last_primary_value, '') \
-         from {status} s order by s.table_name",
+                coalesce(s.primary_column_name, ''), coalesce(s.last_primary_value, ''), \
+                t.transform_status::text, \
+                to_char(nullif(t.last_transformed, '1970-01-01 00:00:01'), 'YYYY-MM-DD HH24:MI:SS'), \
+                case when t.table_name is not null then \
+                  greatest(0, extract(epoch from s.last_loaded - t.last_transformed))::bigint end \
+         from {status} s left join {transform} t on t.table_name = s.table_name order by s.table_name",
+        transform = ident::pg_qualified(schema, "etl_transform_status"),
         status = ident::pg_qualified(schema, "etl_load_status"),
         history = ident::pg_qualified(schema, "etl_run_history"),
     );
@@ -727,6 +768,9 @@ pub async fn status_lines(client: &Client, schema: &str) -> Result<Vec<StatusLin
             source_newest: None,
             lag_seconds: None,
             lag_note: None,
+            transform_status: r.get(10),
+            last_transformed: r.get(11),
+            transform_behind_seconds: r.get(12),
         })
         .collect())
 }
@@ -763,6 +807,9 @@ pub async fn add_copy_status(conn: &mut Conn, lines: &mut Vec<StatusLine>) -> Re
                 source_newest: None,
                 lag_seconds: None,
                 lag_note: None,
+                transform_status: None,
+                last_transformed: None,
+                transform_behind_seconds: None,
             }),
         }
     }

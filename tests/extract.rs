@@ -530,3 +530,50 @@ async fn a_table_idle_past_its_time_gap_is_refreshed_in_full_and_says_why() {
     .unwrap();
     assert_eq!(report.decision.strategy.name(), "incremental");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phase_over_its_timeout_is_stopped_retried_and_fails_with_nothing_half_written() {
+    let db = TestDb::new("ex_timeout").await;
+    db.source_sql(&[
+        "CREATE TABLE `sheetfield` (`SheetFieldNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+         `FieldValue` text NOT NULL)",
+        "INSERT INTO `sheetfield` (`FieldValue`) SELECT CONCAT('value ', seq) FROM seq_1_to_40000",
+    ])
+    .await;
+    let table = "tables:\n  sheetfield:\n    extraction_strategy: incremental\n    \
+                 incremental_columns: [SheetFieldNum]\n    primary_incremental_column: SheetFieldNum\n    \
+                 batch_size: 1000\n";
+    let slow = etl_pipeline::config::TablesConfig::parse(&format!(
+        "{table}    timeout_seconds: 1\n    retry_count: 1\n"
+    ))
+    .unwrap();
+    // 40,000 rows at 4,000 rows/s take ten seconds: each try is stopped after one.
+    let started = std::time::Instant::now();
+    let report = db.run_two_hop(&slow, Some(4000)).await;
+    let outcome = report.outcome("sheetfield", "extract").unwrap();
+    let err = outcome.result.as_ref().unwrap_err();
+    assert!(
+        err.to_string().contains("timeout_seconds (1)")
+            && err.to_string().contains("gave up after 1 retries"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "stopped, not run to the end: {:?}",
+        started.elapsed()
+    );
+    assert!(!report.succeeded());
+    assert_eq!(
+        db.last_history("sheetfield", "extract")
+            .await
+            .get::<_, String>("status"),
+        "failed"
+    );
+
+    let config = etl_pipeline::config::TablesConfig::parse(table).unwrap();
+    let rerun = db.run_two_hop(&config, None).await;
+    assert!(rerun.succeeded(), "{rerun:?}");
+    db.assert_replica_same("sheetfield", &["SheetFieldNum"])
+        .await;
+    db.assert_same("sheetfield", &["SheetFieldNum"]).await;
+}

@@ -139,6 +139,8 @@ struct RawTable {
     soft_delete: Option<bool>,
     max_delete_share: Option<f64>,
     time_gap_threshold_days: Option<u32>,
+    timeout_seconds: Option<u64>,
+    retry_count: Option<u32>,
     // Written by the old system's analyzer; accepted, not used here.
     #[serde(rename = "estimated_size_mb")]
     _estimated_size_mb: Option<IgnoredAny>,
@@ -196,6 +198,11 @@ pub struct TableConfig {
     /// A table last copied or loaded longer ago than this many days is
     /// refreshed in full instead of read incrementally.
     pub time_gap_days: Option<u32>,
+    /// A phase of this table running longer than this is stopped (the batch
+    /// in hand rolled back) and retried.
+    pub timeout_seconds: Option<u64>,
+    /// Tries after the first when a phase fails transiently or times out.
+    pub retry_count: Option<u32>,
 }
 
 impl TableConfig {
@@ -219,6 +226,8 @@ impl TableConfig {
                 ..DeletePolicy::default()
             },
             time_gap_days: None,
+            timeout_seconds: None,
+            retry_count: None,
         }
     }
 
@@ -488,6 +497,12 @@ fn validate(name: &str, raw: RawTable) -> Result<TableConfig> {
             ));
         }
     }
+    if raw.timeout_seconds == Some(0) {
+        return Err(err(
+            "timeout_seconds",
+            "must be at least 1 (leave it out for no limit)".into(),
+        ));
+    }
     let deletes = DeletePolicy {
         detection: raw.delete_detection.unwrap_or_default(),
         every_runs: raw.reconcile_every_runs,
@@ -512,6 +527,8 @@ fn validate(name: &str, raw: RawTable) -> Result<TableConfig> {
         estimated_rows: raw.estimated_rows,
         deletes,
         time_gap_days: raw.time_gap_threshold_days,
+        timeout_seconds: raw.timeout_seconds,
+        retry_count: raw.retry_count,
     })
 }
 

@@ -182,22 +182,39 @@ pub const DEFAULT_RETRIES: u32 = 2;
 /// Wait before the first retry; doubled for each further one.
 const RETRY_BACKOFF: Duration = Duration::from_secs(1);
 
-async fn with_retries<F, Fut>(table: &str, mut attempt: F) -> Result<TableReport>
+async fn with_retries<F, Fut>(cfg: &TableConfig, mut attempt: F) -> Result<TableReport>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<TableReport>>,
 {
+    let table = cfg.name.as_str();
+    let retries = cfg.retry_count.unwrap_or(DEFAULT_RETRIES);
     let mut retried = Vec::new();
     let mut wait = RETRY_BACKOFF;
     loop {
-        match attempt().await {
+        let outcome = match cfg.timeout_seconds {
+            // Dropping the attempt drops its connections: the open
+            // transaction rolls back and the watermark stays where it was.
+            Some(limit) => tokio::time::timeout(Duration::from_secs(limit), attempt())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::new(
+                        ErrorKind::Transient,
+                        format!(
+                            "`{table}` ran longer than its timeout_seconds ({limit}); the batch in hand was rolled back"
+                        ),
+                    ))
+                }),
+            None => attempt().await,
+        };
+        match outcome {
             Ok(mut report) => {
                 report.warnings.extend(retried);
                 return Ok(report);
             }
             Err(e)
                 if e.kind().is_retryable()
-                    && retried.len() < usize::try_from(DEFAULT_RETRIES).unwrap_or(0) =>
+                    && retried.len() < usize::try_from(retries).unwrap_or(0) =>
             {
                 tracing::warn!(table = %table, error = %chain(&e), wait_s = wait.as_secs(), "retrying");
                 retried.push(format!("retried after: {}", chain(&e)));
@@ -312,10 +329,7 @@ async fn extract_one(shared: &Shared<'_>, ctx: &ExtractContext, cfg: &TableConfi
     };
     let resume = Arc::new(Mutex::new(None));
     let opts = shared.options();
-    let result = with_retries(&cfg.name, || {
-        extract::copy_table(ctx, cfg, &opts, resume.clone())
-    })
-    .await;
+    let result = with_retries(cfg, || extract::copy_table(ctx, cfg, &opts, resume.clone())).await;
     if let Err(e) = &result {
         tracing::error!(table = %cfg.name, error = %chain(e), "copy failed");
         if let Ok(mut replica) = crate::mysql::connect(&ctx.replica).await {
@@ -352,7 +366,7 @@ async fn load_one(shared: &Shared<'_>, ctx: &LoadContext, cfg: &TableConfig) -> 
         }
         None => None,
     };
-    let result = with_retries(&cfg.name, || load_table(ctx, cfg, &opts)).await;
+    let result = with_retries(cfg, || load_table(ctx, cfg, &opts)).await;
     if let Err(e) = &result {
         tracing::error!(table = %cfg.name, error = %chain(e), "load failed");
         if let Some(c) = control {

@@ -321,9 +321,10 @@ pub async fn copy_table(
         ));
     }
     let stored = tracking::load_copy_watermarks(&mut replica, &cfg.name).await?;
+    let state = tracking::copy_state(&mut replica, &cfg.name).await?;
     let facts = TableFacts {
         force_full: opts.force_full,
-        seconds_since_last: tracking::copy_age(&mut replica, &cfg.name).await?,
+        seconds_since_last: state.seconds_since_last,
         ignore_time_gap: opts.ignore_time_gap,
         key: key.clone(),
         orderable_columns: source_table
@@ -384,13 +385,7 @@ pub async fn copy_table(
     } else {
         None
     };
-    let last = tracking::copy_checksum(&mut replica, &cfg.name).await?;
-    if unchanged(
-        cfg,
-        &facts,
-        checksum.as_deref(),
-        last.as_ref().map(|(c, age)| (c.as_str(), *age)),
-    ) {
+    if unchanged(cfg, &facts, checksum.as_deref(), state.last_refresh()) {
         report.decision.reason = UNCHANGED_REASON.to_string();
         report.elapsed = started.elapsed();
         return Ok(report);
@@ -416,8 +411,14 @@ pub async fn copy_table(
         }
     }
     if reconcile::applies(&cfg.deletes, &decision.strategy) {
-        report.rows_deleted =
-            reconcile_copy(ctx, cfg, &source_table, opts.allow_mass_delete).await?;
+        report.rows_deleted = reconcile_copy(
+            ctx,
+            cfg,
+            &source_table,
+            state.reconciled(),
+            opts.allow_mass_delete,
+        )
+        .await?;
     } else if cfg.deletes.detection == DeleteDetection::KeyReconcile {
         let mut replica = session(&ctx.replica).await?;
         tracking::mark_copy_reconciled(&mut replica, &cfg.name, true).await?;
@@ -433,11 +434,11 @@ async fn reconcile_copy(
     ctx: &ExtractContext,
     cfg: &TableConfig,
     table: &SourceTable,
+    state: (Option<i64>, i64),
     allow_mass_delete: bool,
 ) -> Result<u64> {
     let key = reconcile::reconcilable_key(table)?;
     let mut replica = session(&ctx.replica).await?;
-    let state = tracking::copy_reconcile_state(&mut replica, &cfg.name).await?;
     let mut source = session(&ctx.source).await?;
     let (keys, due) = reconcile::keys_to_delete(
         &mut source,

@@ -26,7 +26,7 @@ use crate::postgres::{self as pg, CopyIn, DestTable};
 use crate::reconcile::{self, Side};
 use crate::schema::{DataProfile, PgType, ident, is_widening, map_type};
 use crate::shutdown::Stop;
-use crate::tracking::{self, Progress, StoredWatermark};
+use crate::tracking::{self, PhaseState, Progress, StoredWatermark};
 
 pub use batch::{CopyEncoder, MAX_BATCH_BYTES, Plan, PlannedColumn};
 
@@ -104,6 +104,7 @@ struct Prepared {
     dest_columns: Vec<(String, PgType)>,
     decision: Decision,
     facts: TableFacts,
+    state: PhaseState,
     stored: HashMap<String, StoredWatermark>,
     warnings: Vec<String>,
 }
@@ -319,6 +320,7 @@ async fn prepare(
         .collect();
 
     let stored = tracking::load_watermarks(client, schema, &cfg.name).await?;
+    let state = tracking::load_state(client, schema, &cfg.name).await?;
     let facts = TableFacts {
         force_full: opts.force_full,
         key: key.clone(),
@@ -333,7 +335,7 @@ async fn prepare(
         destination_created,
         added_columns,
         altered_columns,
-        seconds_since_last: tracking::load_age(client, schema, &cfg.name).await?,
+        seconds_since_last: state.seconds_since_last,
         ignore_time_gap: opts.ignore_time_gap,
     };
     let decision = resolve(cfg, &facts);
@@ -354,6 +356,7 @@ async fn prepare(
         dest_columns,
         decision,
         facts,
+        state,
         stored,
         warnings,
     })
@@ -414,19 +417,17 @@ pub async fn load_table(
         reason = %prepared.decision.reason,
         "loading"
     );
-    let mut mysql = mysql;
     let checksum = if prepared.decision.strategy == Strategy::Full {
         my::table_checksum(&mut mysql, &cfg.name).await?
     } else {
         None
     };
     let schema = &ctx.warehouse.schema;
-    let last = tracking::load_checksum(&client, schema, &cfg.name).await?;
     if unchanged(
         cfg,
         &prepared.facts,
         checksum.as_deref(),
-        last.as_ref().map(|(c, age)| (c.as_str(), *age)),
+        prepared.state.last_refresh(),
     ) {
         tracking::mark_status(&client, schema, &cfg.name, "success", None, &opts.run_id).await?;
         report.decision.reason = crate::extract::UNCHANGED_REASON.to_string();
@@ -472,7 +473,6 @@ async fn reconcile_load(job: &Job<'_>, client: &mut Client) -> Result<u64> {
     } = *job;
     let schema = &ctx.warehouse.schema;
     let key = reconcile::reconcilable_key(&prepared.source)?;
-    let state = tracking::load_reconcile_state(&*client, schema, &cfg.name).await?;
     let mut mysql = my::connect(&ctx.replica).await?;
     let (keys, due) = reconcile::keys_to_delete(
         &mut mysql,
@@ -485,7 +485,7 @@ async fn reconcile_load(job: &Job<'_>, client: &mut Client) -> Result<u64> {
         },
         cfg,
         &key,
-        state,
+        prepared.state.reconciled(),
         opts.allow_mass_delete,
     )
     .await?;

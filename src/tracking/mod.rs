@@ -494,45 +494,73 @@ pub async fn finish_history(
     Ok(())
 }
 
-/// Seconds since the replica copy of a table was last written (`None`: never).
-pub async fn copy_age(conn: &mut Conn, table: &str) -> Result<Option<i64>> {
-    let age: Option<Option<i64>> = conn
+/// What the tracking tables say of a table's last copy (or load), read
+/// once per phase: what decides a full refresh, a skipped one, and a key
+/// reconciliation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PhaseState {
+    /// Seconds since the phase last wrote the table (`None`: never).
+    pub seconds_since_last: Option<i64>,
+    /// The checksum recorded before the last full refresh that succeeded.
+    pub checksum: Option<String>,
+    /// Seconds since the last key reconciliation (`None`: never).
+    pub seconds_since_reconciled: Option<i64>,
+    /// Runs of the phase since then.
+    pub runs_since_reconcile: i64,
+}
+
+impl PhaseState {
+    /// The last full refresh's checksum and age, when both are known.
+    pub fn last_refresh(&self) -> Option<(&str, i64)> {
+        self.checksum.as_deref().zip(self.seconds_since_last)
+    }
+
+    /// When the table was last reconciled and how many runs ago.
+    pub fn reconciled(&self) -> (Option<i64>, i64) {
+        (self.seconds_since_reconciled, self.runs_since_reconcile)
+    }
+}
+
+/// The replica copy's [`PhaseState`] (`etl_copy_status`).
+pub async fn copy_state(conn: &mut Conn, table: &str) -> Result<PhaseState> {
+    let row: Option<mysql_async::Row> = conn
         .exec_first(
-            "SELECT TIMESTAMPDIFF(SECOND, `last_copied`, NOW()) FROM `etl_copy_status` \
-             WHERE `table_name` = ? AND `rows_copied` IS NOT NULL",
+            "SELECT IF(`rows_copied` IS NULL, NULL, TIMESTAMPDIFF(SECOND, `last_copied`, NOW())), \
+                    `source_checksum`, TIMESTAMPDIFF(SECOND, `last_reconciled`, NOW()), `runs_since_reconcile` \
+             FROM `etl_copy_status` WHERE `table_name` = ?",
             (table,),
         )
         .await
-        .map_err(|e| Error::mysql(format!("reading when `{table}` was last copied"), e))?;
-    Ok(age.flatten())
+        .map_err(|e| Error::mysql(format!("reading the copy status of `{table}`"), e))?;
+    Ok(row.map_or_else(PhaseState::default, |r| PhaseState {
+        seconds_since_last: r.get::<Option<i64>, _>(0).flatten(),
+        checksum: r.get::<Option<String>, _>(1).flatten(),
+        seconds_since_reconciled: r.get::<Option<i64>, _>(2).flatten(),
+        runs_since_reconcile: r.get::<i64, _>(3).unwrap_or(0),
+    }))
 }
 
-/// Seconds since a table was last loaded into the warehouse (`None`: never).
-pub async fn load_age(client: &Client, schema: &str, table: &str) -> Result<Option<i64>> {
+/// The warehouse load's [`PhaseState`] (`etl_load_status`).
+pub async fn load_state(client: &Client, schema: &str, table: &str) -> Result<PhaseState> {
     let row = client
         .query_opt(
             &format!(
-                "select extract(epoch from now() - last_loaded)::bigint from {} \
-                 where table_name = $1 and last_strategy is not null",
+                "select case when last_strategy is not null then extract(epoch from now() - last_loaded)::bigint end, \
+                        source_checksum::text, extract(epoch from now() - last_reconciled)::bigint, \
+                        runs_since_reconcile::bigint \
+                 from {} where table_name = $1",
                 ident::pg_qualified(schema, "etl_load_status")
             ),
             &[&table],
         )
         .await
-        .map_err(|e| Error::postgres(format!("reading when {table} was last loaded"), e))?;
-    Ok(row.and_then(|r| r.get(0)))
-}
-
-/// The source checksum recorded before the last full copy, and that copy's
-/// age in seconds.
-pub async fn copy_checksum(conn: &mut Conn, table: &str) -> Result<Option<(String, i64)>> {
-    conn.exec_first(
-        "SELECT `source_checksum`, TIMESTAMPDIFF(SECOND, `last_copied`, NOW()) FROM `etl_copy_status` \
-         WHERE `table_name` = ? AND `source_checksum` IS NOT NULL",
-        (table,),
-    )
-    .await
-    .map_err(|e| Error::mysql(format!("reading the checksum of `{table}`"), e))
+        .map_err(|e| Error::postgres(format!("reading the load status of {table}"), e))?;
+    Ok(row.map_or_else(PhaseState::default, |r| PhaseState {
+        seconds_since_last: r.get(0),
+        checksum: r.get(1),
+        seconds_since_reconciled: r.get(2),
+        runs_since_reconcile: r.get(3),
+    }))
 }
 
 /// Records the source checksum taken before a full copy that succeeded.
@@ -543,27 +571,6 @@ pub async fn save_copy_checksum(conn: &mut Conn, table: &str, checksum: &str) ->
     )
     .await
     .map_err(|e| Error::mysql(format!("recording the checksum of `{table}`"), e))
-}
-
-/// The checksum of the MySQL table recorded before the last full load, and
-/// that load's age in seconds.
-pub async fn load_checksum(
-    client: &impl GenericClient,
-    schema: &str,
-    table: &str,
-) -> Result<Option<(String, i64)>> {
-    let row = client
-        .query_opt(
-            &format!(
-                "select source_checksum, extract(epoch from now() - last_loaded)::bigint from {} \
-                 where table_name = $1 and source_checksum is not null",
-                ident::pg_qualified(schema, "etl_load_status")
-            ),
-            &[&table],
-        )
-        .await
-        .map_err(|e| Error::postgres(format!("reading the checksum of {table}"), e))?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
 /// Records the MySQL table's checksum taken before a full load that succeeded.
@@ -586,20 +593,6 @@ pub async fn save_load_checksum(
     Ok(())
 }
 
-/// When a table's replica copy was last reconciled with the source (seconds
-/// ago; `None` if never) and how many copies ran since.
-pub async fn copy_reconcile_state(conn: &mut Conn, table: &str) -> Result<(Option<i64>, i64)> {
-    let row: Option<(Option<i64>, i64)> = conn
-        .exec_first(
-            "SELECT TIMESTAMPDIFF(SECOND, `last_reconciled`, NOW()), `runs_since_reconcile` \
-             FROM `etl_copy_status` WHERE `table_name` = ?",
-            (table,),
-        )
-        .await
-        .map_err(|e| Error::mysql(format!("reading the reconcile state of `{table}`"), e))?;
-    Ok(row.unwrap_or((None, 0)))
-}
-
 /// Records a reconciliation of the replica copy (`done`) or one more copy without.
 pub async fn mark_copy_reconciled(conn: &mut Conn, table: &str, done: bool) -> Result<()> {
     let set = if done {
@@ -613,27 +606,6 @@ pub async fn mark_copy_reconciled(conn: &mut Conn, table: &str, done: bool) -> R
     )
     .await
     .map_err(|e| Error::mysql(format!("recording the reconciliation of `{table}`"), e))
-}
-
-/// When a table's warehouse copy was last reconciled with the MySQL copy it
-/// is loaded from (seconds ago; `None` if never) and how many loads ran since.
-pub async fn load_reconcile_state(
-    client: &impl GenericClient,
-    schema: &str,
-    table: &str,
-) -> Result<(Option<i64>, i64)> {
-    let row = client
-        .query_opt(
-            &format!(
-                "select extract(epoch from now() - last_reconciled)::bigint, runs_since_reconcile::bigint \
-                 from {} where table_name = $1",
-                ident::pg_qualified(schema, "etl_load_status")
-            ),
-            &[&table],
-        )
-        .await
-        .map_err(|e| Error::postgres(format!("reading the reconcile state of {table}"), e))?;
-    Ok(row.map_or((None, 0), |r| (r.get(0), r.get(1))))
 }
 
 /// Records a reconciliation of the warehouse copy (`done`) or one more load without.

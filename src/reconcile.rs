@@ -250,15 +250,15 @@ impl Side<'_> {
 
 /// What a comparison found.
 #[derive(Debug, Default)]
-pub struct Extra {
+struct Extra {
     /// Keys the copy holds that the reference does not, in key order.
-    pub keys: Vec<Key>,
+    keys: Vec<Key>,
     /// Rows in the copy.
-    pub copy_rows: u64,
+    copy_rows: u64,
 }
 
 /// The keys `copy` holds that `reference` does not.
-pub async fn extra_keys(
+async fn extra_keys(
     reference: &mut Side<'_>,
     copy: &mut Side<'_>,
     key: &[String],
@@ -310,7 +310,7 @@ pub async fn extra_keys(
 
 /// The keys to delete from `copy`: those `reference` no longer has, unless
 /// they are more than the policy's share of the copy and not `allowed`.
-pub async fn deletions(
+async fn deletions(
     reference: &mut Side<'_>,
     copy: &mut Side<'_>,
     key: &[String],
@@ -333,7 +333,7 @@ pub async fn deletions(
 /// `deletedobject` for `table` since shortly before the last reconciliation
 /// (`since_seconds` ago) that `reference` no longer has. Empty when the
 /// table's deletions are not logged or `reference` has no `deletedobject`.
-pub async fn logged_deletions(
+async fn logged_deletions(
     reference: &mut Conn,
     table: &str,
     key: &[String],
@@ -393,8 +393,21 @@ pub async fn keys_to_delete(
     }
 }
 
-/// The key columns reconciliation can compare: every primary-key column a
-/// signed integer (or an unsigned one narrower than 8 bytes).
+/// Whether a key column's values fit the hash arithmetic on both servers:
+/// a signed integer, or an unsigned one narrower than 8 bytes.
+pub fn reconcilable_type(ty: &SourceType) -> bool {
+    matches!(
+        ty,
+        SourceType::Integer {
+            unsigned: false,
+            ..
+        } | SourceType::Integer { bytes: 1..=4, .. }
+            | SourceType::TinyIntOne { .. }
+    )
+}
+
+/// The key columns reconciliation can compare: every primary-key column of
+/// a [`reconcilable_type`].
 pub fn reconcilable_key(table: &SourceTable) -> Result<Vec<String>> {
     if table.primary_key.is_empty() {
         return Err(Error::config(format!(
@@ -403,15 +416,7 @@ pub fn reconcilable_key(table: &SourceTable) -> Result<Vec<String>> {
         )));
     }
     for k in &table.primary_key {
-        let ok = matches!(
-            table.column(k).map(|c| &c.ty),
-            Some(SourceType::Integer {
-                unsigned: false,
-                ..
-            }) | Some(SourceType::Integer { bytes: 1..=4, .. })
-                | Some(SourceType::TinyIntOne { .. })
-        );
-        if !ok {
+        if !table.column(k).is_some_and(|c| reconcilable_type(&c.ty)) {
             return Err(Error::config(format!(
                 "`{}`: key column `{k}` is not an integer; delete_detection: key_reconcile compares integer keys \
                  only (set delete_detection: none)",
@@ -424,7 +429,7 @@ pub fn reconcilable_key(table: &SourceTable) -> Result<Vec<String>> {
 
 /// Whether a reconciliation is due: never done, no schedule, or the
 /// schedule's runs or hours have passed.
-pub fn due(policy: &DeletePolicy, seconds_since: Option<i64>, runs_since: i64) -> bool {
+fn due(policy: &DeletePolicy, seconds_since: Option<i64>, runs_since: i64) -> bool {
     let Some(seconds) = seconds_since else {
         return true;
     };
@@ -444,7 +449,7 @@ pub fn applies(policy: &DeletePolicy, strategy: &Strategy) -> bool {
 }
 
 /// Stops a reconciliation that would delete more than the allowed share.
-pub fn check_share(
+fn check_share(
     table: &str,
     deleting: u64,
     rows: u64,

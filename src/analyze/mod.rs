@@ -21,6 +21,7 @@ use std::path::Path;
 use crate::config::{MySqlSettings, TablesConfig, write_atomically};
 use crate::error::{Error, Result};
 use crate::mysql as my;
+use crate::reconcile;
 use crate::schema::{SourceType, ident, value_to_text};
 
 /// Name patterns of OpenDental's change-tracking columns, best first: the
@@ -88,6 +89,8 @@ pub struct TablePlan {
     pub candidates: Vec<Candidate>,
     pub chosen: Option<String>,
     pub append_only: bool,
+    /// Every primary-key column can be compared by key reconciliation.
+    pub reconcilable_key: bool,
     pub notes: Vec<String>,
 }
 
@@ -97,6 +100,22 @@ struct RawColumn {
     data_type: String,
     column_type: String,
     extra: String,
+}
+
+impl RawColumn {
+    /// The column's type, where this tool understands it.
+    fn ty(&self) -> Option<SourceType> {
+        SourceType::parse(
+            &self.data_type,
+            &self.column_type,
+            None,
+            None,
+            None,
+            None,
+            false,
+        )
+        .ok()
+    }
 }
 
 fn text(row: &mut Row, i: usize) -> String {
@@ -270,8 +289,12 @@ async fn plan_table(
         && cols.iter().any(|c| {
             c.name == primary_key[0]
                 && c.extra.contains("auto_increment")
-                && SourceType::parse(&c.data_type, &c.column_type, None, None, None, None, false)
-                    .is_ok_and(|t| matches!(t, SourceType::Integer { .. }))
+                && matches!(c.ty(), Some(SourceType::Integer { .. }))
+        });
+    let reconcilable_key = !primary_key.is_empty()
+        && primary_key.iter().all(|k| {
+            cols.iter()
+                .any(|c| c.name == *k && c.ty().is_some_and(|t| reconcile::reconcilable_type(&t)))
         });
     let mut append_only = false;
     if chosen.is_none() && auto_increment_key {
@@ -295,6 +318,7 @@ async fn plan_table(
         candidates,
         chosen,
         append_only,
+        reconcilable_key,
         notes,
     })
 }
@@ -402,25 +426,6 @@ fn category(rows: u64) -> &'static str {
         r if r >= 10_000 => "small",
         _ => "tiny",
     }
-}
-
-/// Whether every primary-key column is an integer key reconciliation can
-/// compare (signed, or unsigned narrower than `bigint`).
-fn integer_key(p: &TablePlan) -> bool {
-    !p.primary_key.is_empty()
-        && p.primary_key.iter().all(|k| {
-            p.columns
-                .iter()
-                .position(|c| c == k)
-                .and_then(|i| p.column_types.get(i))
-                .is_some_and(|t| {
-                    let t = t.to_ascii_lowercase();
-                    ["tinyint", "smallint", "mediumint", "int", "bigint"]
-                        .iter()
-                        .any(|n| t.starts_with(n))
-                        && !(t.starts_with("bigint") && t.contains("unsigned"))
-                })
-        })
 }
 
 /// Renders `tables.yml`: a metadata block, then one entry per table with
@@ -534,7 +539,7 @@ pub fn render(
                 let _ = writeln!(out, "    primary_key: [{}]", keys.join(", "));
             }
         }
-        if incremental && integer_key(p) {
+        if incremental && p.reconcilable_key {
             let _ = writeln!(out, "    delete_detection: key_reconcile");
             if p.estimated_rows >= RECONCILE_HOURLY_FROM_ROWS {
                 let _ = writeln!(

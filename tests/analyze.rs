@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestDb, binary, scratch};
+use common::{TestDb, binary_with, scratch};
 use etl_pipeline::config::{ExtractionStrategy, PerformanceCategory, TablesConfig};
 use mysql_async::prelude::Queryable;
 
@@ -52,14 +52,8 @@ async fn analyze_profiles_the_opendental_fixture_and_its_config_drives_a_run() {
     std::fs::write(&env, env_text).unwrap();
     let tables = dir.join("config").join("tables.yml");
     let started = Instant::now();
-    let out = binary()
-        .args([
-            "--env-file",
-            env.to_str().unwrap(),
-            "--tables",
-            tables.to_str().unwrap(),
-            "analyze",
-        ])
+    let out = binary_with(&env, &tables)
+        .args(["analyze"])
         .output()
         .unwrap();
     assert!(
@@ -123,15 +117,8 @@ async fn analyze_profiles_the_opendental_fixture_and_its_config_drives_a_run() {
     // The NUL byte would (rightly) fail the load; the analysis has reported it.
     db.source_sql(&["DELETE FROM `oddtypes` WHERE `OddNum` = 1"])
         .await;
-    let out = binary()
-        .args([
-            "--env-file",
-            env.to_str().unwrap(),
-            "--tables",
-            tables.to_str().unwrap(),
-            "run",
-            "--all",
-        ])
+    let out = binary_with(&env, &tables)
+        .args(["run", "--all"])
         .output()
         .unwrap();
     assert!(

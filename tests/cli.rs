@@ -6,19 +6,10 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{TestDb, binary, scratch};
+use common::{TestDb, binary_with, scratch};
 
 fn run(env: &Path, tables: &Path, args: &[&str]) -> Output {
-    binary()
-        .args([
-            "--env-file",
-            env.to_str().unwrap(),
-            "--tables",
-            tables.to_str().unwrap(),
-        ])
-        .args(args)
-        .output()
-        .unwrap()
+    binary_with(env, tables).args(args).output().unwrap()
 }
 
 fn text(out: &Output) -> String {

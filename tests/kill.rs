@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestDb, binary, scratch, table_config};
+use common::{TestDb, binary_with, scratch, table_config};
 
 const ROWS: u32 = 120_000;
 
@@ -37,13 +37,7 @@ fn spawn_run(db: &TestDb, name: &str, batch: u32, extra: &[&str]) -> std::proces
     let env = db.env_file(&dir);
     let tables = dir.join("tables.yml");
     std::fs::write(&tables, config_yaml(batch)).unwrap();
-    binary()
-        .args([
-            "--env-file",
-            env.to_str().unwrap(),
-            "--tables",
-            tables.to_str().unwrap(),
-        ])
+    binary_with(&env, &tables)
         .args(["run", "--phase", "load", "--table", "visit"])
         .args(extra)
         .stdout(std::process::Stdio::null())

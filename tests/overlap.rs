@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestDb, binary, scratch};
+use common::{TestDb, binary_with, scratch};
 
 const TABLES: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
 
@@ -42,13 +42,7 @@ async fn setup(name: &str, rows: u32) -> (TestDb, std::path::PathBuf, std::path:
 }
 
 fn spawn(env: &std::path::Path, tables: &std::path::Path, extra: &[&str]) -> std::process::Child {
-    binary()
-        .args([
-            "--env-file",
-            env.to_str().unwrap(),
-            "--tables",
-            tables.to_str().unwrap(),
-        ])
+    binary_with(env, tables)
         .args(["run", "--phase", "load", "--all", "--max-workers", "2"])
         .args(extra)
         .stdout(std::process::Stdio::piped())

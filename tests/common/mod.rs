@@ -427,6 +427,18 @@ pub fn binary() -> std::process::Command {
     cmd
 }
 
+/// The binary with this test's env file and table config.
+pub fn binary_with(env: &std::path::Path, tables: &std::path::Path) -> std::process::Command {
+    let mut cmd = binary();
+    cmd.args([
+        "--env-file",
+        env.to_str().unwrap(),
+        "--tables",
+        tables.to_str().unwrap(),
+    ]);
+    cmd
+}
+
 /// Kills connections using `database`: only the one running a `SELECT` on
 /// `table` when a table is given (it must be mid-query), else every one
 /// (idle between pages too). Says whether it killed any.

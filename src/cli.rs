@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+use crate::alert::{Alert, Notifier};
 use crate::analyze;
 use crate::config::{self, Env, Mode, TablesConfig};
 use crate::demo::{self, DemoOptions};
@@ -204,6 +205,10 @@ pub struct RunArgs {
     /// OPENDENTAL_SOURCE_MAX_ROWS_PER_SECOND, else unlimited).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_rows_per_second: Option<u32>,
+    /// Command run for each alert, the alert as JSON on standard input
+    /// (default: ETL_ALERT_COMMAND).
+    #[arg(long, value_name = "CMD")]
+    pub on_alert: Option<String>,
 }
 
 fn parse_workers(text: &str) -> std::result::Result<usize, String> {
@@ -357,6 +362,68 @@ pub fn exit_code(err: &Error) -> ExitCode {
     })
 }
 
+/// `run`: the tables through the phases, the summary, history pruning.
+async fn run_tables(
+    tables_file: &std::path::Path,
+    args: &RunArgs,
+    env: &Env,
+    notifier: &Notifier,
+) -> Result<ExitCode> {
+    let config = TablesConfig::load(tables_file)?;
+    let mut tables = pipeline::select_tables(&config, &args.table, args.all)?;
+    if let Some(category) = args.category {
+        tables.retain(|t| category.matches(t));
+        if tables.is_empty() {
+            return Err(Error::config(format!(
+                "no table in {} has performance_category {category:?}",
+                tables_file.display()
+            )));
+        }
+    }
+    let phases = args.phase.phases();
+    let ctx = run_context(
+        env,
+        phases,
+        args.max_rows_per_second,
+        stop_on_signals(),
+        notifier.clone(),
+    )?;
+    let if_locked = match args.if_locked {
+        LockChoice::Skip => IfLocked::Skip,
+        LockChoice::Wait => IfLocked::Wait,
+    };
+    let report = pipeline::run(
+        &ctx,
+        RunPlan {
+            tables,
+            force_full: args.force_full,
+            allow_mass_delete: args.allow_mass_delete,
+            ignore_time_gap: args.no_time_gap,
+            max_workers: args.max_workers,
+            phases,
+            if_locked,
+        },
+    )
+    .await?;
+    print!("{}", render_summary(&report));
+    if let Some(path) = &args.summary_json {
+        write_json(path, &pipeline::summary_json(&report))?;
+    }
+    if let Some(warehouse) = &ctx.warehouse {
+        let days = env
+            .history_retention_days()?
+            .unwrap_or(tracking::DEFAULT_HISTORY_RETENTION_DAYS);
+        pipeline::prune_history(warehouse, days).await?;
+    }
+    Ok(if report.interrupted() {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else if report.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
 /// The databases a run with these phases needs, read from the environment
 /// (only the variables those databases need).
 fn run_context(
@@ -364,6 +431,7 @@ fn run_context(
     phases: Phases,
     max_rows_per_second: Option<u32>,
     stop: Stop,
+    notifier: Notifier,
 ) -> Result<RunContext> {
     let mode = env.mode()?;
     let rate = match max_rows_per_second {
@@ -394,6 +462,7 @@ fn run_context(
                 }),
                 warehouse,
                 stop,
+                notifier,
             })
         }
         Mode::Replica => {
@@ -420,6 +489,7 @@ fn run_context(
                     }),
                 warehouse,
                 stop,
+                notifier,
             })
         }
     }
@@ -554,54 +624,16 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
-            let config = TablesConfig::load(&cli.tables)?;
-            let mut tables = pipeline::select_tables(&config, &args.table, args.all)?;
-            if let Some(category) = args.category {
-                tables.retain(|t| category.matches(t));
-                if tables.is_empty() {
-                    return Err(Error::config(format!(
-                        "no table in {} has performance_category {category:?}",
-                        cli.tables.display()
-                    )));
-                }
-            }
             let env = Env::load(cli.env_file.as_deref())?;
-            let phases = args.phase.phases();
-            let ctx = run_context(&env, phases, args.max_rows_per_second, stop_on_signals())?;
-            let if_locked = match args.if_locked {
-                LockChoice::Skip => IfLocked::Skip,
-                LockChoice::Wait => IfLocked::Wait,
-            };
-            let report = pipeline::run(
-                &ctx,
-                RunPlan {
-                    tables,
-                    force_full: args.force_full,
-                    allow_mass_delete: args.allow_mass_delete,
-                    ignore_time_gap: args.no_time_gap,
-                    max_workers: args.max_workers,
-                    phases,
-                    if_locked,
-                },
-            )
-            .await?;
-            print!("{}", render_summary(&report));
-            if let Some(path) = &args.summary_json {
-                write_json(path, &pipeline::summary_json(&report))?;
+            let notifier = Notifier::from_env(&env, args.on_alert.as_deref())?;
+            let outcome = run_tables(&cli.tables, &args, &env, &notifier).await;
+            if let Err(e) = &outcome
+                && notifier.delivers()
+            {
+                notifier.send(&Alert::run_failed(&pipeline::new_run_id(), e));
+                notifier.flush().await;
             }
-            if let Some(warehouse) = &ctx.warehouse {
-                let days = env
-                    .history_retention_days()?
-                    .unwrap_or(tracking::DEFAULT_HISTORY_RETENTION_DAYS);
-                pipeline::prune_history(warehouse, days).await?;
-            }
-            Ok(if report.interrupted() {
-                ExitCode::from(EXIT_INTERRUPTED)
-            } else if report.succeeded() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_FAILED)
-            })
+            outcome
         }
         Command::Status(args) => {
             let env = Env::load(cli.env_file.as_deref())?;

@@ -553,6 +553,7 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
         }),
         warehouse: Some(warehouse.clone()),
         stop: Stop::never(),
+        notifier: crate::alert::Notifier::none(),
     };
     let config = TablesConfig::load(&tables_file)?;
     let plan = RunPlan {

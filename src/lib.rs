@@ -1,6 +1,7 @@
 //! etl-pipeline: keeps a PostgreSQL analytics warehouse in step with an
 //! OpenDental MySQL/MariaDB database.
 
+pub mod alert;
 pub mod analyze;
 pub mod cli;
 pub mod config;

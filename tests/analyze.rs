@@ -43,13 +43,6 @@ async fn analyze_profiles_the_opendental_fixture_and_its_config_drives_a_run() {
 
     let dir = scratch("analyze_fixture");
     let env = db.env_file(&dir);
-    let s = &db.source;
-    let mut env_text = std::fs::read_to_string(&env).unwrap();
-    env_text.push_str(&format!(
-        "TEST_OPENDENTAL_SOURCE_HOST={}\nTEST_OPENDENTAL_SOURCE_PORT={}\nTEST_OPENDENTAL_SOURCE_DB={}\nTEST_OPENDENTAL_SOURCE_USER={}\n",
-        s.host, s.port, s.database, s.user
-    ));
-    std::fs::write(&env, env_text).unwrap();
     let tables = dir.join("config").join("tables.yml");
     let started = Instant::now();
     let out = binary_with(&env, &tables)

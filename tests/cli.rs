@@ -226,13 +226,8 @@ async fn summary_json_status_json_category_filter_and_history_retention() {
     db.source_sql(&PATIENTS_AND_DEFINITIONS).await;
     let dir = scratch("cli_reporting");
     let env = db.env_file(&dir);
-    let s = &db.source;
     let mut env_text = std::fs::read_to_string(&env).unwrap();
-    env_text.push_str(&format!(
-        "TEST_OPENDENTAL_SOURCE_HOST={}\nTEST_OPENDENTAL_SOURCE_PORT={}\nTEST_OPENDENTAL_SOURCE_DB={}\n\
-         TEST_OPENDENTAL_SOURCE_USER={}\nETL_HISTORY_RETENTION_DAYS=30\n",
-        s.host, s.port, s.database, s.user
-    ));
+    env_text.push_str("ETL_HISTORY_RETENTION_DAYS=30\n");
     std::fs::write(&env, env_text).unwrap();
     let tables = dir.join("tables.yml");
     std::fs::write(

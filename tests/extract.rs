@@ -241,6 +241,7 @@ async fn a_select_only_source_user_is_enough() {
         load: Some(db.ctx.clone()),
         warehouse: Some(db.ctx.warehouse.clone()),
         stop: Default::default(),
+        notifier: Default::default(),
     };
     let plan = etl_pipeline::pipeline::RunPlan {
         tables: config(100).tables().cloned().collect(),
@@ -534,12 +535,7 @@ async fn a_table_idle_past_its_time_gap_is_refreshed_in_full_and_says_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phase_over_its_timeout_is_stopped_retried_and_fails_with_nothing_half_written() {
     let db = TestDb::new("ex_timeout").await;
-    db.source_sql(&[
-        "CREATE TABLE `sheetfield` (`SheetFieldNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, \
-         `FieldValue` text NOT NULL)",
-        "INSERT INTO `sheetfield` (`FieldValue`) SELECT CONCAT('value ', seq) FROM seq_1_to_40000",
-    ])
-    .await;
+    db.source_sheetfield(40_000).await;
     let table = "tables:\n  sheetfield:\n    extraction_strategy: incremental\n    \
                  incremental_columns: [SheetFieldNum]\n    primary_incremental_column: SheetFieldNum\n    \
                  batch_size: 1000\n";

@@ -450,7 +450,7 @@ async fn a_missing_table_fails_alone_and_the_run_history_says_why() {
     );
     let client = db.pg().await;
     let rows = client
-        .query("select table_name::text, status::text, coalesce(error, '') from raw.etl_run_history order by table_name", &[])
+        .query("select table_name::text, status::text, coalesce(error, '') from raw.etl_run_history order by table_name, id", &[])
         .await
         .unwrap();
     let statuses: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
@@ -458,6 +458,7 @@ async fn a_missing_table_fails_alone_and_the_run_history_says_why() {
         statuses,
         vec![
             ("ghost".into(), "failed".into()),
+            ("ghost".into(), "alert".into()),
             ("stamped".into(), "success".into())
         ]
     );

@@ -17,8 +17,9 @@ pub use strategy::{
 };
 pub use tables::{
     DEFAULT_BATCH_SIZE, DEFAULT_LOOKBACK_KEYS, DEFAULT_LOOKBACK_SECONDS, DEFAULT_MAX_DELETE_SHARE,
-    DeleteDetection, DeletePolicy, ExtractionStrategy, MAX_BATCH_SIZE, PerformanceCategory,
-    ProcessingPriority, QualityBounds, TableConfig, TablesConfig, override_path,
+    DeleteDetection, DeletePolicy, ExtractionStrategy, MAX_BATCH_SIZE, Monitoring,
+    PerformanceCategory, ProcessingPriority, QualityBounds, TableConfig, TablesConfig,
+    override_path,
 };
 
 /// Writes a file through a temporary file and a rename, so a reader never

@@ -326,18 +326,25 @@ impl Env {
 
     /// `ETL_HISTORY_RETENTION_DAYS`: run history older than this is pruned.
     pub fn history_retention_days(&self) -> Result<Option<u32>> {
-        match self
-            .vars
-            .get("ETL_HISTORY_RETENTION_DAYS")
-            .map(|v| v.trim())
-        {
-            None | Some("") => Ok(None),
-            Some(text) => text.parse::<u32>().map(Some).map_err(|_| {
-                Error::config(format!(
-                    "ETL_HISTORY_RETENTION_DAYS is `{text}`, not a number of days"
-                ))
-            }),
-        }
+        self.whole_number("ETL_HISTORY_RETENTION_DAYS")
+    }
+
+    /// A setting shared by both environments (`ETL_…`), when set and not blank.
+    pub fn var(&self, name: &str) -> Option<String> {
+        self.vars
+            .get(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A whole-number setting shared by both environments.
+    pub fn whole_number(&self, name: &str) -> Result<Option<u32>> {
+        self.var(name)
+            .map(|text| {
+                text.parse::<u32>()
+                    .map_err(|_| Error::config(format!("{name} is `{text}`, not a whole number")))
+            })
+            .transpose()
     }
 
     /// `OPENDENTAL_SOURCE_MAX_CONNECTIONS`: tables read from the source at once.

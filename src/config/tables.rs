@@ -115,6 +115,39 @@ pub struct QualityBounds {
     pub max: Option<DateTimeParts>,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMonitoring {
+    alert_on_failure: Option<bool>,
+    alert_on_slow_extraction: Option<bool>,
+    performance_threshold_records_per_second: Option<f64>,
+    memory_alert_threshold_mb: Option<f64>,
+}
+
+/// When a table raises alerts (`monitoring:`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Monitoring {
+    /// Alert when a phase of the table ends failed.
+    pub alert_on_failure: bool,
+    /// Alert when a phase runs below `min_rows_per_second` or above
+    /// `max_memory_mb` (whichever are set).
+    pub alert_on_performance: bool,
+    pub min_rows_per_second: Option<f64>,
+    pub max_memory_mb: Option<f64>,
+}
+
+impl Default for Monitoring {
+    /// Failures alert; speed and memory do not until thresholds are given.
+    fn default() -> Monitoring {
+        Monitoring {
+            alert_on_failure: true,
+            alert_on_performance: false,
+            min_rows_per_second: None,
+            max_memory_mb: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTable {
@@ -141,6 +174,7 @@ struct RawTable {
     time_gap_threshold_days: Option<u32>,
     timeout_seconds: Option<u64>,
     retry_count: Option<u32>,
+    monitoring: Option<RawMonitoring>,
     // Written by the old system's analyzer; accepted, not used here.
     #[serde(rename = "estimated_size_mb")]
     _estimated_size_mb: Option<IgnoredAny>,
@@ -160,8 +194,6 @@ struct RawTable {
     _estimated_processing_time_minutes: Option<IgnoredAny>,
     #[serde(rename = "memory_requirements_mb")]
     _memory_requirements_mb: Option<IgnoredAny>,
-    #[serde(rename = "monitoring")]
-    _monitoring: Option<IgnoredAny>,
     #[serde(rename = "schema_hash")]
     _schema_hash: Option<IgnoredAny>,
     #[serde(rename = "last_analyzed")]
@@ -203,6 +235,7 @@ pub struct TableConfig {
     pub timeout_seconds: Option<u64>,
     /// Tries after the first when a phase fails transiently or times out.
     pub retry_count: Option<u32>,
+    pub monitoring: Monitoring,
 }
 
 impl TableConfig {
@@ -228,6 +261,7 @@ impl TableConfig {
             time_gap_days: None,
             timeout_seconds: None,
             retry_count: None,
+            monitoring: Monitoring::default(),
         }
     }
 
@@ -503,6 +537,7 @@ fn validate(name: &str, raw: RawTable) -> Result<TableConfig> {
             "must be at least 1 (leave it out for no limit)".into(),
         ));
     }
+    let monitoring = validate_monitoring(name, raw.monitoring.unwrap_or_default())?;
     let deletes = DeletePolicy {
         detection: raw.delete_detection.unwrap_or_default(),
         every_runs: raw.reconcile_every_runs,
@@ -529,7 +564,36 @@ fn validate(name: &str, raw: RawTable) -> Result<TableConfig> {
         time_gap_days: raw.time_gap_threshold_days,
         timeout_seconds: raw.timeout_seconds,
         retry_count: raw.retry_count,
+        monitoring,
     })
+}
+
+fn validate_monitoring(name: &str, raw: RawMonitoring) -> Result<Monitoring> {
+    let positive = |key: &str, value: Option<f64>| match value {
+        Some(v) if !(v.is_finite() && v > 0.0) => Err(Error::config(format!(
+            "tables.{name}.monitoring.{key}: {v} is not a positive number"
+        ))),
+        _ => Ok(value),
+    };
+    let monitoring = Monitoring {
+        alert_on_failure: raw.alert_on_failure.unwrap_or(true),
+        alert_on_performance: raw.alert_on_slow_extraction.unwrap_or(false),
+        min_rows_per_second: positive(
+            "performance_threshold_records_per_second",
+            raw.performance_threshold_records_per_second,
+        )?,
+        max_memory_mb: positive("memory_alert_threshold_mb", raw.memory_alert_threshold_mb)?,
+    };
+    if monitoring.alert_on_performance
+        && monitoring.min_rows_per_second.is_none()
+        && monitoring.max_memory_mb.is_none()
+    {
+        return Err(Error::config(format!(
+            "tables.{name}.monitoring.alert_on_slow_extraction is true but no threshold is set; \
+             add performance_threshold_records_per_second and/or memory_alert_threshold_mb"
+        )));
+    }
+    Ok(monitoring)
 }
 
 #[cfg(test)]

@@ -10,9 +10,9 @@
 //! the same replica transaction. Values travel as the binary protocol's typed
 //! values, bound as parameters: nothing is converted on the way.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, TxOpts, Value};
@@ -362,14 +362,6 @@ pub async fn copy_table(
     }
     tracing::info!(table = %cfg.name, strategy = decision.strategy.name(), reason = %decision.reason, "copying");
     let mut report = TableReport {
-        table: cfg.name.clone(),
-        decision: decision.clone(),
-        rows_read: 0,
-        rows_inserted: 0,
-        rows_updated: 0,
-        rows_deleted: 0,
-        rows_outside_bounds: 0,
-        zero_dates: BTreeMap::new(),
         warnings,
         watermark_start: incremental::describe_marks(
             &stored
@@ -377,8 +369,7 @@ pub async fn copy_table(
                 .map(|(c, m)| (c.clone(), m.clone()))
                 .collect::<Vec<_>>(),
         ),
-        watermark_end: None,
-        elapsed: Duration::ZERO,
+        ..TableReport::new(&cfg.name, decision.clone())
     };
     let checksum = if decision.strategy == Strategy::Full && !resuming {
         my::table_checksum(&mut source, &cfg.name).await?

@@ -74,6 +74,24 @@ pub struct TableReport {
 }
 
 impl TableReport {
+    /// A report of nothing done yet.
+    pub fn new(table: &str, decision: Decision) -> TableReport {
+        TableReport {
+            table: table.to_string(),
+            decision,
+            rows_read: 0,
+            rows_inserted: 0,
+            rows_updated: 0,
+            rows_deleted: 0,
+            rows_outside_bounds: 0,
+            zero_dates: BTreeMap::new(),
+            warnings: Vec::new(),
+            watermark_start: None,
+            watermark_end: None,
+            elapsed: Duration::ZERO,
+        }
+    }
+
     /// Warns when rows outside the quality bounds were re-read.
     pub fn note_outside_bounds(&mut self) {
         if self.rows_outside_bounds > 0 {
@@ -392,14 +410,6 @@ pub async fn load_table(
     let mut client = pg::connect(&ctx.warehouse).await?;
     let prepared = prepare(&mut mysql, &client, ctx, cfg, opts).await?;
     let mut report = TableReport {
-        table: cfg.name.clone(),
-        decision: prepared.decision.clone(),
-        rows_read: 0,
-        rows_inserted: 0,
-        rows_updated: 0,
-        rows_deleted: 0,
-        rows_outside_bounds: 0,
-        zero_dates: BTreeMap::new(),
         warnings: prepared.warnings.clone(),
         watermark_start: incremental::describe_marks(
             &prepared
@@ -408,8 +418,7 @@ pub async fn load_table(
                 .map(|(c, m)| (c.clone(), m.clone()))
                 .collect::<Vec<_>>(),
         ),
-        watermark_end: None,
-        elapsed: Duration::ZERO,
+        ..TableReport::new(&cfg.name, prepared.decision.clone())
     };
     tracing::info!(
         table = %cfg.name,

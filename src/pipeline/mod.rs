@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::StreamExt;
 use tokio_postgres::Client;
 
+use crate::alert::{self, Alert, MemoryWatch, Notifier, PhaseMeasure, Tracked};
 use crate::config::{PgSettings, TableConfig};
 use crate::error::{Error, ErrorKind, Result, chain};
 use crate::extract::{self, ExtractContext};
@@ -49,6 +50,8 @@ pub struct RunContext {
     /// Asked to stop: tables not started are skipped, tables in flight stop
     /// at their next batch boundary.
     pub stop: Stop,
+    /// Where alerts are delivered besides the run history and summary.
+    pub notifier: Notifier,
 }
 
 impl RunContext {
@@ -59,6 +62,7 @@ impl RunContext {
             extract: None,
             load: Some(load),
             stop: Stop::never(),
+            notifier: Notifier::none(),
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct TableOutcome {
 pub struct RunReport {
     pub run_id: String,
     pub outcomes: Vec<TableOutcome>,
+    /// Alerts raised by the tables' `monitoring:` settings, in order.
+    pub alerts: Vec<Alert>,
     pub elapsed: Duration,
 }
 
@@ -281,9 +287,40 @@ struct Shared<'a> {
     ignore_time_gap: bool,
     phases: Phases,
     if_locked: IfLocked,
+    memory: MemoryWatch,
+    alerts: Mutex<Vec<Alert>>,
 }
 
 impl Shared<'_> {
+    /// Raises the alerts a finished phase calls for: recorded in the run
+    /// history, kept for the summary, handed to the notifier.
+    async fn raise_alerts(
+        &self,
+        cfg: &TableConfig,
+        phase: &'static str,
+        result: &Result<TableReport>,
+        memory: Option<Tracked>,
+    ) {
+        let measure = PhaseMeasure {
+            phase,
+            result,
+            peak_memory_mb: memory.map(|m| m.peak_mb()),
+        };
+        for alert in alert::table_alerts(cfg, self.run_id, &measure) {
+            tracing::warn!(table = %cfg.name, phase, kind = alert.kind.name(), "alert: {}", alert.message);
+            if let Some(control) = self.control
+                && let Err(e) = tracking::record_alert(control, self.schema, &alert).await
+            {
+                tracing::warn!(table = %cfg.name, error = %chain(&e), "alert not recorded");
+            }
+            self.ctx.notifier.send(&alert);
+            self.alerts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(alert);
+        }
+    }
+
     /// How each phase of each table runs.
     fn options(&self) -> LoadOptions {
         LoadOptions {
@@ -320,6 +357,7 @@ fn phase_finished(cfg: &TableConfig, phase: &str, result: &Result<TableReport>) 
 
 async fn extract_one(shared: &Shared<'_>, ctx: &ExtractContext, cfg: &TableConfig) -> TableOutcome {
     let started = Instant::now();
+    let memory = shared.memory.track();
     phase_started(cfg, "extract");
     let history = match shared.control {
         Some(c) => tracking::begin_history(c, shared.schema, shared.run_id, &cfg.name, "extract")
@@ -341,6 +379,7 @@ async fn extract_one(shared: &Shared<'_>, ctx: &ExtractContext, cfg: &TableConfi
             tracking::finish_history(control, shared.schema, id, &history_outcome(&result)).await;
     }
     phase_finished(cfg, "extract", &result);
+    shared.raise_alerts(cfg, "extract", &result, memory).await;
     TableOutcome {
         table: cfg.name.clone(),
         phase: "extract",
@@ -352,6 +391,7 @@ async fn extract_one(shared: &Shared<'_>, ctx: &ExtractContext, cfg: &TableConfi
 async fn load_one(shared: &Shared<'_>, ctx: &LoadContext, cfg: &TableConfig) -> TableOutcome {
     let schema = &ctx.warehouse.schema;
     let started = Instant::now();
+    let memory = shared.memory.track();
     phase_started(cfg, "load");
     let opts = shared.options();
     let control = shared.control;
@@ -382,6 +422,7 @@ async fn load_one(shared: &Shared<'_>, ctx: &LoadContext, cfg: &TableConfig) -> 
         tracing::warn!(table = %cfg.name, error = %chain(&e), "run history not written");
     }
     phase_finished(cfg, "load", &result);
+    shared.raise_alerts(cfg, "load", &result, memory).await;
     TableOutcome {
         table: cfg.name.clone(),
         phase: "load",
@@ -522,17 +563,22 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
         .as_ref()
         .map(|w| w.schema.clone())
         .unwrap_or_default();
-    let shared = Shared {
-        ctx,
-        control: control.as_ref(),
-        schema: &schema,
-        run_id: &run_id,
-        force_full: plan.force_full,
-        allow_mass_delete: plan.allow_mass_delete,
-        ignore_time_gap: plan.ignore_time_gap,
-        phases: plan.phases,
-        if_locked: plan.if_locked,
-    };
+    let shared =
+        Shared {
+            ctx,
+            control: control.as_ref(),
+            schema: &schema,
+            run_id: &run_id,
+            force_full: plan.force_full,
+            allow_mass_delete: plan.allow_mass_delete,
+            ignore_time_gap: plan.ignore_time_gap,
+            phases: plan.phases,
+            if_locked: plan.if_locked,
+            memory: MemoryWatch::start(plan.tables.iter().any(|t| {
+                t.monitoring.alert_on_performance && t.monitoring.max_memory_mb.is_some()
+            })),
+            alerts: Mutex::new(Vec::new()),
+        };
     let shared = &shared;
     let tables = u64::try_from(plan.tables.len()).unwrap_or(0);
     tracing::info!(target: progress::TARGET, run_id = %run_id, tables, "run started");
@@ -543,9 +589,12 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
         .collect()
         .await;
     tracing::info!(target: progress::TARGET, run_id = %run_id, "run finished");
+    ctx.notifier.flush().await;
+    let alerts = std::mem::take(&mut *shared.alerts.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(RunReport {
         run_id,
         outcomes,
+        alerts,
         elapsed: started.elapsed(),
     })
 }

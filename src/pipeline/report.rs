@@ -84,6 +84,9 @@ pub fn render_summary(report: &RunReport) -> String {
             }
         }
     }
+    for alert in &report.alerts {
+        let _ = writeln!(out, "ALERT ({}): {}", alert.kind.name(), alert.message);
+    }
     out.push_str(&totals_line(report));
     out.push('\n');
     out
@@ -102,8 +105,12 @@ pub fn totals_line(report: &RunReport) -> String {
         .count();
     let secs = report.elapsed.as_secs_f64();
     let rows = report.rows_read();
+    let alerts = match report.alerts.len() {
+        0 => String::new(),
+        n => format!(", {n} alert(s)"),
+    };
     format!(
-        "run {}: {} table(s), {} failed, {} rows in {:.2}s ({:.0} rows/s), peak memory {}",
+        "run {}: {} table(s), {} failed{alerts}, {} rows in {:.2}s ({:.0} rows/s), peak memory {}",
         report.run_id,
         report.outcomes.len(),
         failed,
@@ -161,5 +168,6 @@ pub fn summary_json(report: &RunReport) -> serde_json::Value {
         "rows_read": report.rows_read(),
         "peak_memory_kib": peak_rss_kib(),
         "tables": tables,
+        "alerts": report.alerts.iter().map(|a| a.to_json()).collect::<Vec<_>>(),
     })
 }

@@ -494,6 +494,34 @@ pub async fn finish_history(
     Ok(())
 }
 
+/// Records an alert as a run-history row of status `alert`: the message in
+/// `error`, the alert itself (kind, measured, threshold) in `warnings`.
+pub async fn record_alert(
+    client: &Client,
+    schema: &str,
+    alert: &crate::alert::Alert,
+) -> Result<()> {
+    let details = alert.to_json().to_string();
+    client
+        .execute(
+            &format!(
+                "insert into {} (run_id, table_name, phase, status, started_at, finished_at, error, warnings) \
+                 values ($1, $2, $3, 'alert', now(), now(), $4, $5::text::jsonb)",
+                ident::pg_qualified(schema, "etl_run_history")
+            ),
+            &[
+                &alert.run_id,
+                &alert.table.as_deref().unwrap_or(""),
+                &alert.phase.as_deref().unwrap_or(""),
+                &alert.message,
+                &details,
+            ],
+        )
+        .await
+        .map_err(|e| Error::postgres("recording an alert in the run history", e))?;
+    Ok(())
+}
+
 /// What the tracking tables say of a table's last copy (or load), read
 /// once per phase: what decides a full refresh, a skipped one, and a key
 /// reconciliation.

@@ -121,6 +121,20 @@ impl TestDb {
         exec(&self.source, statements).await;
     }
 
+    /// Creates an append-only `sheetfield` of `rows` rows in the source
+    /// (incremental on its auto-increment key).
+    pub async fn source_sheetfield(&self, rows: u32) {
+        let fill = format!(
+            "INSERT INTO `sheetfield` (`FieldValue`) SELECT CONCAT('value ', seq) FROM seq_1_to_{rows}"
+        );
+        self.source_sql(&[
+            "CREATE TABLE `sheetfield` (`SheetFieldNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+             `FieldValue` text NOT NULL)",
+            &fill,
+        ])
+        .await;
+    }
+
     /// An extract context from this test's source into its replica.
     pub fn extract_ctx(&self, rate: Option<u32>) -> ExtractContext {
         ExtractContext {
@@ -149,6 +163,7 @@ impl TestDb {
             load: Some(self.ctx.clone()),
             warehouse: Some(self.ctx.warehouse.clone()),
             stop: Default::default(),
+            notifier: Default::default(),
         };
         let plan = RunPlan {
             tables: config.tables().cloned().collect(),
@@ -210,7 +225,8 @@ impl TestDb {
         self.pg()
             .await
             .query_one(
-                "select * from raw.etl_run_history where table_name = $1 and phase = $2 order by id desc limit 1",
+                "select * from raw.etl_run_history where table_name = $1 and phase = $2 and status <> 'alert' \
+                 order by id desc limit 1",
                 &[&table, &phase],
             )
             .await
@@ -375,12 +391,12 @@ pub fn table_config(yaml: &str) -> TableConfig {
 }
 
 impl TestDb {
-    /// Writes an env file for the binary pointing at this test's databases;
+    /// Writes an env file for the binary pointing at this test's databases
+    /// (source, replica, warehouse);
     /// returns its path.
     pub fn env_file(&self, dir: &std::path::Path) -> std::path::PathBuf {
-        let r = &self.ctx.replica;
-        let w = &self.ctx.warehouse;
-        let text = format!(
+        let (r, w, s) = (&self.ctx.replica, &self.ctx.warehouse, &self.source);
+        let mut text = format!(
             "ETL_ENVIRONMENT=test\nTEST_MYSQL_REPLICATION_HOST={}\nTEST_MYSQL_REPLICATION_PORT={}\n\
              TEST_MYSQL_REPLICATION_DB={}\nTEST_MYSQL_REPLICATION_USER={}\nTEST_MYSQL_REPLICATION_PASSWORD={}\n\
              TEST_POSTGRES_ANALYTICS_HOST={}\nTEST_POSTGRES_ANALYTICS_PORT={}\nTEST_POSTGRES_ANALYTICS_DB={}\n\
@@ -396,6 +412,15 @@ impl TestDb {
             w.user,
             w.password.expose()
         );
+        text.push_str(&format!(
+            "TEST_OPENDENTAL_SOURCE_HOST={}\nTEST_OPENDENTAL_SOURCE_PORT={}\nTEST_OPENDENTAL_SOURCE_DB={}\n\
+             TEST_OPENDENTAL_SOURCE_USER={}\nTEST_OPENDENTAL_SOURCE_PASSWORD={}\n",
+            s.host,
+            s.port,
+            s.database,
+            s.user,
+            s.password.expose()
+        ));
         std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("test.env");
         std::fs::write(&path, text).unwrap();

@@ -573,3 +573,47 @@ async fn a_phase_over_its_timeout_is_stopped_retried_and_fails_with_nothing_half
         .await;
     db.assert_same("sheetfield", &["SheetFieldNum"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_full_copy_continues_after_a_batch_whose_commit_landed_unseen() {
+    let db = TestDb::new("ex_unseen_commit").await;
+    db.source_sheetfield(20_000).await;
+    let cfg = common::table_config(
+        "tables:\n  sheetfield:\n    extraction_strategy: incremental\n    \
+         incremental_columns: [SheetFieldNum]\n    primary_incremental_column: SheetFieldNum\n    \
+         batch_size: 1000\n",
+    );
+    let ctx = db.extract_ctx(Some(4000));
+    let opts = etl_pipeline::load::LoadOptions::default();
+    let resume = etl_pipeline::extract::ResumeSlot::default();
+    // The first attempt is cut off a few batches into its full copy.
+    let cut = tokio::time::timeout(
+        Duration::from_millis(1500),
+        etl_pipeline::extract::copy_table(&ctx, &cfg, &opts, resume.clone()),
+    )
+    .await;
+    assert!(cut.is_err(), "the first attempt should still be running");
+    // Its last batch committed although the attempt never heard back: the
+    // next 1,000 rows are in the shadow table.
+    let replica = &db.ctx.replica.database;
+    let source = &db.source.database;
+    db.mysql(&[&format!(
+        "INSERT INTO `{replica}`.`sheetfield__etl_shadow` SELECT * FROM `{source}`.`sheetfield` \
+         WHERE `SheetFieldNum` > (SELECT MAX(`SheetFieldNum`) FROM `{replica}`.`sheetfield__etl_shadow`) \
+         ORDER BY `SheetFieldNum` LIMIT 1000"
+    )])
+    .await;
+    let ctx = db.extract_ctx(None);
+    let report = etl_pipeline::extract::copy_table(&ctx, &cfg, &opts, resume)
+        .await
+        .unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("resumed after")),
+        "{report:?}"
+    );
+    db.assert_replica_same("sheetfield", &["SheetFieldNum"])
+        .await;
+}

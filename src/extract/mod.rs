@@ -61,12 +61,15 @@ pub struct ExtractContext {
 }
 
 /// Where an interrupted full copy stands, kept across retries in one run.
+/// A batch whose commit was cut off (a timeout, a dropped connection) may
+/// still have committed, so a retry ends the old writer's session and takes
+/// its starting point from the shadow table itself.
 #[derive(Debug, Clone)]
 pub struct Resume {
     shadow: String,
-    after: Vec<Value>,
     marks: Vec<(String, StoredWatermark)>,
-    rows: u64,
+    /// The replica session that wrote the shadow table.
+    writer: u32,
 }
 
 /// Shared between attempts of one table's copy within a run.
@@ -501,6 +504,59 @@ impl CopyJob<'_> {
     }
 }
 
+/// Seconds a retry waits for the session of an abandoned attempt to end.
+const SETTLE_SECONDS: u32 = 30;
+
+/// Ends the replica session `writer` of an abandoned attempt (its last
+/// commit either landed or not), then returns the key of the shadow
+/// table's last row (where the copy continues) and its row count.
+async fn settle_shadow(
+    replica: &mut Conn,
+    shadow: &str,
+    key: &[String],
+    writer: u32,
+) -> Result<(Option<Vec<Value>>, u64)> {
+    // Unknown thread (1094): it is gone already.
+    let _ = replica
+        .query_drop(format!("KILL CONNECTION {writer}"))
+        .await;
+    for _ in 0..SETTLE_SECONDS * 10 {
+        let alive: Option<u64> = replica
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?",
+                (writer,),
+            )
+            .await
+            .map_err(|e| Error::mysql("waiting for an abandoned copy session to end", e))?;
+        if alive == Some(0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let table = ident::mysql(shadow);
+    let err = |e| Error::mysql(format!("reading where shadow table `{shadow}` stands"), e);
+    let order: Vec<String> = key
+        .iter()
+        .map(|k| format!("{} DESC", ident::mysql(k)))
+        .collect();
+    let last: Option<mysql_async::Row> = replica
+        .exec_first(
+            format!(
+                "SELECT {} FROM {table} ORDER BY {} LIMIT 1",
+                ident::mysql_list(key.iter().map(String::as_str)),
+                order.join(", ")
+            ),
+            (),
+        )
+        .await
+        .map_err(err)?;
+    let rows: Option<u64> = replica
+        .query_first(format!("SELECT COUNT(*) FROM {table}"))
+        .await
+        .map_err(err)?;
+    Ok((last.map(mysql_async::Row::unwrap), rows.unwrap_or(0)))
+}
+
 async fn full_copy(
     job: &CopyJob<'_>,
     mut source: Conn,
@@ -513,10 +569,11 @@ async fn full_copy(
     let previous = resume.lock().ok().and_then(|r| r.clone());
     let (marks, after, done_before) = match previous {
         Some(r) if r.shadow == shadow => {
+            let (after, rows) = settle_shadow(&mut replica, &shadow, job.key, r.writer).await?;
             report
                 .warnings
-                .push(format!("resumed after {} rows already copied", r.rows));
-            (r.marks, Some(r.after), r.rows)
+                .push(format!("resumed after {rows} rows already copied"));
+            (r.marks, after, rows)
         }
         _ => {
             let marks = incremental::full_read_marks(&mut source, cfg, job.table, job.key).await?;
@@ -588,12 +645,11 @@ async fn full_copy(
         report.rows_read += batch.rows;
         report.rows_inserted += inserted;
         crate::progress::rows(&cfg.name, "extract", copied);
-        if let (Some(last), Ok(mut slot)) = (batch.last, resume.lock()) {
+        if let (false, Ok(mut slot)) = (job.key.is_empty(), resume.lock()) {
             *slot = Some(Resume {
                 shadow: shadow.clone(),
-                after: last,
                 marks: marks.clone(),
-                rows: copied,
+                writer: replica.id(),
             });
         }
         job.stop.check(

@@ -617,3 +617,52 @@ async fn a_retried_full_copy_continues_after_a_batch_whose_commit_landed_unseen(
     db.assert_replica_same("sheetfield", &["SheetFieldNum"])
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_copy_carries_awkward_values_exactly() {
+    let db = TestDb::new("ex_awkward").await;
+    db.source_sql(&[
+        "CREATE TABLE `sheetfielddef` (`Num` bigint NOT NULL PRIMARY KEY, \
+         `Txt` text NULL, `Latin` varchar(40) CHARACTER SET latin1 NULL, `Bin` blob NULL, \
+         `F` float NULL, `D` double NULL, `Dec` decimal(20,6) NULL, `Dt` datetime(6) NULL, \
+         `Day` date NULL, `Tm` time(3) NULL, `Yr` year NULL, `En` enum('a','b c') NULL, \
+         `St` set('x','y') NULL, `Js` json NULL, KEY `Txt` (`Txt`(10)), UNIQUE KEY `Dt` (`Num`, `Dt`)) \
+         DEFAULT CHARSET=utf8mb4",
+        "INSERT INTO `sheetfielddef` VALUES \
+         (1, CONCAT('tab\\there', CHAR(10), 'line', CHAR(13), 'cr \\\\ back'), 'café', \
+          UNHEX('00090A0D5C4E5CFF80'), 3.4028235e38, -2.2250738585072014e-308, -12345678901234.123456, \
+          '2024-02-29 23:59:59.999999', '0000-00-00', '-838:59:59.999', 1901, 'b c', 'x,y', '{\"k\": [1, \"\\\\t\"]}'), \
+         (2, '\\\\N', '', '', 1.17549435e-38, 1e308, 0, '1000-01-01 00:00:00', '9999-12-31', '100:00:00', 2155, 'a', '', 'null'), \
+         (3, '', NULL, NULL, 0, -0.0, NULL, NULL, NULL, '00:00:00.001', NULL, NULL, NULL, NULL), \
+         (4, NULL, 'x', UNHEX(''), NULL, NULL, 1, '2000-01-01', '2000-01-01', NULL, 2000, NULL, 'y', '[]')",
+        "INSERT INTO `sheetfielddef` (`Num`, `Bin`) SELECT 10 + seq, UNHEX(REPEAT(LPAD(HEX(seq % 256), 2, '0'), 300)) \
+         FROM seq_0_to_255",
+    ])
+    .await;
+    let config = TablesConfig::parse(
+        "tables:\n  sheetfielddef:\n    extraction_strategy: full_table\n    batch_size: 7\n",
+    )
+    .unwrap();
+    let run = db.run_two_hop(&config, None).await;
+    assert!(run.succeeded(), "{run:?}");
+    db.assert_replica_same("sheetfielddef", &["Num"]).await;
+    db.assert_same("sheetfielddef", &["Num"]).await;
+    // The replica keeps the source's keys.
+    let mut replica = mysql_async::Conn::new(
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname(db.ctx.replica.host.clone())
+            .tcp_port(db.ctx.replica.port)
+            .user(Some(db.ctx.replica.user.clone()))
+            .db_name(Some(db.ctx.replica.database.clone())),
+    )
+    .await
+    .unwrap();
+    let keys: Vec<String> = replica
+        .query(
+            "SELECT INDEX_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() \
+                AND TABLE_NAME = 'sheetfielddef' AND SEQ_IN_INDEX = 1 ORDER BY INDEX_NAME",
+        )
+        .await
+        .unwrap();
+    assert_eq!(keys, ["Dt", "PRIMARY", "Txt"]);
+}

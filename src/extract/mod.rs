@@ -67,6 +67,8 @@ pub struct ExtractContext {
 #[derive(Debug, Clone)]
 pub struct Resume {
     shadow: String,
+    /// Secondary keys added once the shadow table is full.
+    deferred_keys: Vec<String>,
     marks: Vec<(String, StoredWatermark)>,
     /// The replica session that wrote the shadow table.
     writer: u32,
@@ -117,6 +119,128 @@ impl Encoder for RowEncoder {
         self.bytes = 0;
         (std::mem::take(&mut self.rows), Vec::new())
     }
+}
+
+/// Whether a full copy of `table` can go through `LOAD DATA LOCAL INFILE`:
+/// the server allows it and every column takes its value as text (bit and
+/// spatial columns do not).
+async fn bulk_loadable(replica: &mut Conn, table: &SourceTable) -> Result<bool> {
+    if table.columns.iter().any(|c| {
+        matches!(
+            c.ty,
+            crate::schema::SourceType::Bit { .. } | crate::schema::SourceType::Geometry
+        )
+    }) {
+        return Ok(false);
+    }
+    let on: Option<i64> = replica
+        .query_first("SELECT @@local_infile")
+        .await
+        .map_err(|e| Error::mysql("reading the replica's local_infile setting", e))?;
+    Ok(on == Some(1))
+}
+
+/// Appends a value as a `LOAD DATA` field: text, with backslash escapes
+/// for backslash, tab, newline and NUL, and `\N` for NULL.
+fn put_field(out: &mut Vec<u8>, value: &Value) {
+    use std::io::Write;
+    match value {
+        Value::NULL => out.extend_from_slice(b"\\N"),
+        Value::Bytes(bytes) => {
+            for &b in bytes {
+                match b {
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    0 => out.extend_from_slice(b"\\0"),
+                    _ => out.push(b),
+                }
+            }
+        }
+        Value::Int(v) => {
+            let _ = write!(out, "{v}");
+        }
+        Value::UInt(v) => {
+            let _ = write!(out, "{v}");
+        }
+        // Rust prints the shortest text that parses back to the same number.
+        // The server reads a float column's text as a double first, so a
+        // float goes as its exact double (its own shortest text may round
+        // past the float range: 3.4028235e38).
+        Value::Float(v) => {
+            let _ = write!(out, "{}", f64::from(*v));
+        }
+        Value::Double(v) => {
+            let _ = write!(out, "{v}");
+        }
+        Value::Date(y, mo, d, h, mi, sec, us) => {
+            let _ = write!(out, "{y:04}-{mo:02}-{d:02}");
+            if (*h, *mi, *sec, *us) != (0, 0, 0, 0) {
+                let _ = write!(out, " {h:02}:{mi:02}:{sec:02}");
+            }
+            if *us != 0 {
+                let _ = write!(out, ".{us:06}");
+            }
+        }
+        Value::Time(negative, days, h, mi, sec, us) => {
+            let hours = u64::from(*days) * 24 + u64::from(*h);
+            let sign = if *negative { "-" } else { "" };
+            let _ = write!(out, "{sign}{hours:02}:{mi:02}:{sec:02}");
+            if *us != 0 {
+                let _ = write!(out, ".{us:06}");
+            }
+        }
+    }
+}
+
+/// Writes a batch into `table` with one `LOAD DATA LOCAL INFILE` (one
+/// statement: all rows or none). Any warning fails it: nothing may be
+/// altered on the way in.
+async fn load_rows(
+    replica: &mut Conn,
+    table: &str,
+    columns: &[String],
+    rows: Vec<Vec<Value>>,
+) -> Result<u64> {
+    let mut data = Vec::with_capacity(rows.len() * 64);
+    for row in &rows {
+        for (i, value) in row.iter().enumerate() {
+            if i > 0 {
+                data.push(b'\t');
+            }
+            put_field(&mut data, value);
+        }
+        data.push(b'\n');
+    }
+    let expected = rows.len() as u64;
+    drop(rows);
+    let payload = bytes::Bytes::from(data);
+    replica.set_infile_handler(async move {
+        let chunk: std::io::Result<bytes::Bytes> = Ok(payload);
+        Ok(futures_util::StreamExt::boxed(futures_util::stream::iter(
+            [chunk],
+        )))
+    });
+    let sql = format!(
+        "LOAD DATA LOCAL INFILE 'batch' INTO TABLE {} CHARACTER SET utf8mb4 \
+         FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({})",
+        ident::mysql(table),
+        ident::mysql_list(columns.iter().map(String::as_str))
+    );
+    let err = |e| Error::mysql(format!("loading rows into replica table `{table}`"), e);
+    replica.query_drop(sql).await.map_err(err)?;
+    let (loaded, warnings) = (replica.affected_rows(), replica.get_warnings());
+    if warnings > 0 || loaded != expected {
+        let shown: Vec<(String, u32, String)> =
+            replica.query("SHOW WARNINGS LIMIT 5").await.map_err(err)?;
+        return Err(Error::new(
+            ErrorKind::Value,
+            format!(
+                "replica table `{table}` took {loaded} of {expected} rows with {warnings} warning(s): {shown:?}"
+            ),
+        ));
+    }
+    Ok(loaded)
 }
 
 /// Rows per `INSERT` statement at most (fewer when the row is wide).
@@ -504,6 +628,38 @@ impl CopyJob<'_> {
     }
 }
 
+/// Splits the secondary keys out of a `SHOW CREATE TABLE` body (from the
+/// opening parenthesis on): InnoDB builds an index over a full table by
+/// sorting, far faster than maintaining it row by row while it fills.
+/// Returns the body without them and the key definitions to add afterwards.
+fn defer_secondary_keys(body: &str) -> (String, Vec<String>) {
+    let (Some(open), Some(close)) = (body.find("(\n"), body.rfind("\n)")) else {
+        return (body.to_string(), Vec::new());
+    };
+    let mut kept = Vec::new();
+    let mut deferred = Vec::new();
+    for line in body[open + 2..close].lines() {
+        let item = line.trim().trim_end_matches(',');
+        if ["KEY ", "UNIQUE KEY ", "FULLTEXT KEY ", "SPATIAL KEY "]
+            .iter()
+            .any(|p| item.starts_with(p))
+        {
+            deferred.push(item.to_string());
+        } else {
+            kept.push(format!("  {item}"));
+        }
+    }
+    (
+        format!(
+            "{}{}{}",
+            &body[..open + 2],
+            kept.join(",\n"),
+            &body[close..]
+        ),
+        deferred,
+    )
+}
+
 /// Seconds a retry waits for the session of an abandoned attempt to end.
 const SETTLE_SECONDS: u32 = 30;
 
@@ -567,13 +723,13 @@ async fn full_copy(
     let cfg = job.cfg;
     let shadow = shadow_name(&cfg.name);
     let previous = resume.lock().ok().and_then(|r| r.clone());
-    let (marks, after, done_before) = match previous {
+    let (marks, after, done_before, deferred_keys) = match previous {
         Some(r) if r.shadow == shadow => {
             let (after, rows) = settle_shadow(&mut replica, &shadow, job.key, r.writer).await?;
             report
                 .warnings
                 .push(format!("resumed after {rows} rows already copied"));
-            (r.marks, after, rows)
+            (r.marks, after, rows, r.deferred_keys)
         }
         _ => {
             let marks = incremental::full_read_marks(&mut source, cfg, job.table, job.key).await?;
@@ -601,6 +757,7 @@ async fn full_copy(
                 .query_drop(format!("DROP TABLE IF EXISTS {}", ident::mysql(&shadow)))
                 .await
                 .map_err(|e| Error::mysql(format!("clearing shadow table `{shadow}`"), e))?;
+            let (body, deferred) = defer_secondary_keys(body);
             replica
                 .query_drop(format!("CREATE TABLE {}{body}", ident::mysql(&shadow)))
                 .await
@@ -610,7 +767,7 @@ async fn full_copy(
                         e,
                     )
                 })?;
-            (marks, None, 0)
+            (marks, None, 0, deferred)
         }
     };
     let read = if job.key.is_empty() {
@@ -628,19 +785,25 @@ async fn full_copy(
         rows: Vec::new(),
         bytes: 0,
     };
+    let bulk = bulk_loadable(&mut replica, job.table).await?;
     let (mut rx, reader) = spawn_reader(source, job.spec(), read, encoder);
     let mut copied = done_before;
     while let Some(batch) = rx.recv().await {
         let batch = batch?;
-        let mut tx = replica
-            .start_transaction(TxOpts::default())
-            .await
-            .map_err(|e| Error::mysql("starting a replica transaction", e))?;
-        let (inserted, _) =
-            insert_rows(&mut tx, &shadow, &columns, job.key, batch.payload, false).await?;
-        tx.commit()
-            .await
-            .map_err(|e| Error::mysql(format!("committing a batch of `{shadow}`"), e))?;
+        let inserted = if bulk {
+            load_rows(&mut replica, &shadow, &columns, batch.payload).await?
+        } else {
+            let mut tx = replica
+                .start_transaction(TxOpts::default())
+                .await
+                .map_err(|e| Error::mysql("starting a replica transaction", e))?;
+            let (inserted, _) =
+                insert_rows(&mut tx, &shadow, &columns, job.key, batch.payload, false).await?;
+            tx.commit()
+                .await
+                .map_err(|e| Error::mysql(format!("committing a batch of `{shadow}`"), e))?;
+            inserted
+        };
         copied += inserted;
         report.rows_read += batch.rows;
         report.rows_inserted += inserted;
@@ -648,6 +811,7 @@ async fn full_copy(
         if let (false, Ok(mut slot)) = (job.key.is_empty(), resume.lock()) {
             *slot = Some(Resume {
                 shadow: shadow.clone(),
+                deferred_keys: deferred_keys.clone(),
                 marks: marks.clone(),
                 writer: replica.id(),
             });
@@ -658,6 +822,16 @@ async fn full_copy(
         )?;
     }
     my::finish_reader(reader, &cfg.name).await?;
+    if !deferred_keys.is_empty() {
+        replica
+            .query_drop(format!(
+                "ALTER TABLE {} ADD {}",
+                ident::mysql(&shadow),
+                deferred_keys.join(", ADD ")
+            ))
+            .await
+            .map_err(|e| Error::mysql(format!("building the secondary keys of `{shadow}`"), e))?;
+    }
     let real = ident::mysql(&cfg.name);
     let retired = ident::mysql(&retired_name(&cfg.name));
     let swap = if table_exists(&mut replica, &job.ctx.replica.database, &cfg.name).await? {

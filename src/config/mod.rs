@@ -13,7 +13,7 @@ pub use settings::{
     Secret, SslMode,
 };
 pub use strategy::{
-    Decision, Strategy, TableFacts, UNCHANGED_SKIP_MAX_SECONDS, resolve, unchanged,
+    Decision, Strategy, TableFacts, UNCHANGED_SKIP_MAX_SECONDS, resolve, unchanged, wants_checksum,
 };
 pub use tables::{
     DEFAULT_BATCH_SIZE, DEFAULT_LOOKBACK_KEYS, DEFAULT_LOOKBACK_SECONDS, DEFAULT_MAX_DELETE_SHARE,

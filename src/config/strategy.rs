@@ -68,6 +68,14 @@ fn full(reason: impl Into<String>) -> Decision {
 /// checksum collision cannot keep a change out for more than a day.
 pub const UNCHANGED_SKIP_MAX_SECONDS: i64 = 86_400;
 
+/// Whether a phase takes the table's checksum before reading it: only
+/// full refreshes of `full_table` tables, the only ones [`unchanged`] can
+/// skip (for any other table it would be a whole extra scan for nothing).
+pub fn wants_checksum(config: &TableConfig, decision: &Decision) -> bool {
+    decision.strategy == Strategy::Full
+        && config.extraction_strategy == ExtractionStrategy::FullTable
+}
+
 /// Whether a config-driven full refresh can be skipped: the table it reads
 /// has the checksum the last refresh recorded before reading, that refresh
 /// is under a day old, and nothing else (a flag, a new destination, a schema
@@ -214,6 +222,19 @@ mod tests {
             "incremental",
             "no gap without a last run"
         );
+    }
+
+    #[test]
+    fn only_full_refreshes_of_full_table_tables_take_a_checksum() {
+        let refresh = full("first load");
+        let whole = TableConfig::full_table("definition");
+        let tracked = procedurelog();
+        assert!(wants_checksum(&whole, &refresh));
+        assert!(
+            !wants_checksum(&tracked, &refresh),
+            "a whole extra scan for nothing"
+        );
+        assert!(!wants_checksum(&tracked, &resolve(&tracked, &ready())));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{
     DeleteDetection, MySqlSettings, Strategy, TableConfig, TableFacts, resolve, unchanged,
+    wants_checksum,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::incremental::{self, Marks};
@@ -498,7 +499,7 @@ pub async fn copy_table(
         ),
         ..TableReport::new(&cfg.name, decision.clone())
     };
-    let checksum = if decision.strategy == Strategy::Full && !resuming {
+    let checksum = if wants_checksum(cfg, &decision) && !resuming {
         my::table_checksum(&mut source, &cfg.name).await?
     } else {
         None

@@ -17,7 +17,7 @@ use tokio_postgres::{Client, GenericClient};
 
 use crate::config::{
     Decision, DeleteDetection, MySqlSettings, PgSettings, Strategy, TableConfig, TableFacts,
-    resolve, unchanged,
+    resolve, unchanged, wants_checksum,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::incremental::{self, Marks};
@@ -426,7 +426,7 @@ pub async fn load_table(
         reason = %prepared.decision.reason,
         "loading"
     );
-    let checksum = if prepared.decision.strategy == Strategy::Full {
+    let checksum = if wants_checksum(cfg, &prepared.decision) {
         my::table_checksum(&mut mysql, &cfg.name).await?
     } else {
         None

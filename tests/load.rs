@@ -626,3 +626,73 @@ async fn readers_of_a_small_table_keep_the_old_rows_during_a_full_refresh_withou
     tx.commit().await.unwrap();
     db.assert_same("stamped", &["Num"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_full_refresh_builds_the_tables_indexes_again() {
+    let db = TestDb::new("ld_reindex").await;
+    // About 36 MiB in PostgreSQL: past the size where a refresh truncates.
+    db.mysql(&[
+        "CREATE TABLE `document` (`DocNum` bigint NOT NULL PRIMARY KEY, `PatNum` bigint NOT NULL, \
+         `Note` text NOT NULL)",
+        "INSERT INTO `document` SELECT seq, seq % 97, REPEAT(MD5(seq), 45) FROM seq_1_to_25000",
+    ])
+    .await;
+    let cfg = common::table_config(
+        "tables:\n  document:\n    extraction_strategy: full_table\n    primary_key: DocNum\n",
+    );
+    db.load(&cfg).await.unwrap();
+    let client = db.pg().await;
+    client
+        .batch_execute(
+            "create index document_patient on raw.document (\"PatNum\") where \"PatNum\" > 0; \
+             create view public.document_notes as select \"DocNum\", \"Note\" from raw.document",
+        )
+        .await
+        .unwrap();
+    let indexes = || async {
+        let rows = db
+            .pg()
+            .await
+            .query(
+                "select pg_get_indexdef(indexrelid) from pg_index where indrelid = 'raw.document'::regclass \
+                 order by 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    };
+    let before = indexes().await;
+    assert_eq!(before.len(), 2, "{before:?}");
+    let size: i64 = client
+        .query_one("select pg_relation_size('raw.document')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        size > etl_pipeline::load::DELETE_REFRESH_MAX_BYTES,
+        "{size}"
+    );
+    db.mysql(&["UPDATE `document` SET `PatNum` = 0 WHERE `DocNum` <= 10"])
+        .await;
+    db.load_with(&cfg, true).await.unwrap();
+    assert_eq!(indexes().await, before);
+    let primary: i64 = client
+        .query_one(
+            "select count(*) from pg_constraint where conrelid = 'raw.document'::regclass and contype = 'p'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(primary, 1);
+    let through_view: i64 = client
+        .query_one("select count(*) from public.document_notes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(through_view, 25_000);
+    db.assert_same("document", &["DocNum"]).await;
+}

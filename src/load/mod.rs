@@ -523,6 +523,52 @@ async fn reconcile_load(job: &Job<'_>, client: &mut Client) -> Result<u64> {
 /// which `delete` empties in well under a second.
 pub const DELETE_REFRESH_MAX_BYTES: i64 = 32 * 1024 * 1024;
 
+/// Drops the indexes of a table just truncated in `tx` and returns the
+/// statements that build them again: PostgreSQL builds an index over a full
+/// table by one sort, several times faster than maintaining it row by row
+/// during the `copy`. The transaction makes the drop,
+/// the copy and the rebuild one change: readers never see the table without
+/// its keys, and a failure restores them.
+async fn defer_indexes(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<String>> {
+    let target = ident::pg_qualified(schema, table);
+    let err = |e| Error::postgres(format!("reading the indexes of {target}"), e);
+    let rows = tx
+        .query(
+            "select quote_ident(ic.relname), pg_get_indexdef(i.indexrelid), quote_ident(c.conname), \
+                    pg_get_constraintdef(c.oid) \
+             from pg_index i join pg_class ic on ic.oid = i.indexrelid \
+             left join pg_constraint c on c.conindid = i.indexrelid and c.conrelid = i.indrelid \
+             where i.indrelid = $1::text::regclass order by ic.relname",
+            &[&target],
+        )
+        .await
+        .map_err(err)?;
+    let mut rebuild = Vec::new();
+    for row in rows {
+        let (index, definition): (String, String) = (row.get(0), row.get(1));
+        let constraint: Option<(String, String)> = row.get::<_, Option<String>>(2).zip(row.get(3));
+        let (drop, build) = match constraint {
+            Some((name, def)) => (
+                format!("alter table {target} drop constraint {name}"),
+                format!("alter table {target} add constraint {name} {def}"),
+            ),
+            None => (
+                format!("drop index {}.{index}", ident::pg(schema)),
+                definition,
+            ),
+        };
+        tx.batch_execute(&drop)
+            .await
+            .map_err(|e| Error::postgres(format!("setting aside index {index} of {target}"), e))?;
+        rebuild.push(build);
+    }
+    Ok(rebuild)
+}
+
 async fn empty_statement(
     tx: &tokio_postgres::Transaction<'_>,
     schema: &str,
@@ -626,6 +672,7 @@ async fn full_load(
         .await
         .map_err(|e| Error::postgres(format!("starting the load of {target}"), e))?;
     let soft = job.soft_delete();
+    let mut rebuild = Vec::new();
     let (copy_sql, merge) = if soft {
         let (copy_sql, merge) = staging(&tx, job).await?;
         (copy_sql, Some(merge))
@@ -634,6 +681,9 @@ async fn full_load(
         tx.batch_execute(&empty)
             .await
             .map_err(|e| Error::postgres(format!("emptying {target} for a full refresh"), e))?;
+        if empty.starts_with("truncate") {
+            rebuild = defer_indexes(&tx, schema, &cfg.name).await?;
+        }
         let copy_sql = format!(
             "copy {target} ({}) from stdin (format binary)",
             ident::pg_list(prepared.dest_columns.iter().map(|(n, _)| n.as_str()))
@@ -661,6 +711,16 @@ async fn full_load(
                 report.rows_read
             ),
         ));
+    }
+    if !rebuild.is_empty() {
+        tx.batch_execute("set local maintenance_work_mem = '256MB'")
+            .await
+            .map_err(|e| Error::postgres("sizing the index build", e))?;
+    }
+    for build in &rebuild {
+        tx.batch_execute(build).await.map_err(|e| {
+            Error::postgres(format!("building an index of {target} again: {build}"), e)
+        })?;
     }
     let (inserted, updated, deleted) = match &merge {
         Some(merge) => soft_refresh(&tx, job, merge).await?,

@@ -635,10 +635,11 @@ async fn a_full_copy_carries_awkward_values_exactly() {
          (2, '\\\\N', '', '', 1.17549435e-38, 1e308, 0, '1000-01-01 00:00:00', '9999-12-31', '100:00:00', 2155, 'a', '', 'null'), \
          (3, '', NULL, NULL, 0, -0.0, NULL, NULL, NULL, '00:00:00.001', NULL, NULL, NULL, NULL), \
          (4, NULL, 'x', UNHEX(''), NULL, NULL, 1, '2000-01-01', '2000-01-01', NULL, 2000, NULL, 'y', '[]')",
-        "INSERT INTO `sheetfielddef` (`Num`, `Bin`) SELECT 10 + seq, UNHEX(REPEAT(LPAD(HEX(seq % 256), 2, '0'), 300)) \
+        "INSERT INTO `sheetfielddef` (`Num`, `Bin`) SELECT 10 + seq, UNHEX(REPEAT(LPAD(HEX(seq % 256), 2, '0'), 12000)) \
          FROM seq_0_to_255",
     ])
     .await;
+    // Batches of 7 such rows pass 64 KiB: the load is handed over in several slices.
     let config = TablesConfig::parse(
         "tables:\n  sheetfielddef:\n    extraction_strategy: full_table\n    batch_size: 7\n",
     )

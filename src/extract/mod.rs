@@ -194,6 +194,9 @@ fn put_field(out: &mut Vec<u8>, value: &Value) {
     }
 }
 
+/// Bytes of `LOAD DATA` input handed to the driver at a time.
+const INFILE_CHUNK_BYTES: usize = 64 * 1024;
+
 /// Writes a batch into `table` with one `LOAD DATA LOCAL INFILE` (one
 /// statement: all rows or none). Any warning fails it: nothing may be
 /// altered on the way in.
@@ -215,11 +218,17 @@ async fn load_rows(
     }
     let expected = rows.len() as u64;
     drop(rows);
+    // Handed over in slices: the driver copies each into a pooled buffer
+    // that it keeps for reuse, so one whole batch per buffer would keep
+    // megabytes per buffer alive for the rest of the run.
     let payload = bytes::Bytes::from(data);
+    let chunks: Vec<std::io::Result<bytes::Bytes>> = (0..payload.len())
+        .step_by(INFILE_CHUNK_BYTES)
+        .map(|at| Ok(payload.slice(at..payload.len().min(at + INFILE_CHUNK_BYTES))))
+        .collect();
     replica.set_infile_handler(async move {
-        let chunk: std::io::Result<bytes::Bytes> = Ok(payload);
         Ok(futures_util::StreamExt::boxed(futures_util::stream::iter(
-            [chunk],
+            chunks,
         )))
     });
     let sql = format!(

@@ -160,13 +160,12 @@ pub fn table_alerts(cfg: &TableConfig, run_id: &str, measure: &PhaseMeasure<'_>)
         ),
         Err(_) => {}
         Ok(report) => {
-            let seconds = report.elapsed.as_secs_f64();
+            let (seconds, rate) = (report.elapsed.as_secs_f64(), report.rows_per_second());
             if let Some(min) = m.min_rows_per_second.filter(|_| m.alert_on_performance)
                 && report.rows_read > 0
                 && seconds >= MIN_SECONDS_FOR_SPEED
-                && report.rows_per_second() < min
+                && rate < min
             {
-                let rate = report.rows_per_second();
                 raise(
                     AlertKind::Slow,
                     format!(
@@ -228,9 +227,10 @@ impl Notifier {
             .map(str::to_string)
             .or_else(|| env.var("ETL_ALERT_COMMAND"))
             .filter(|c| !c.trim().is_empty());
+        // `var` has trimmed the URL and dropped a blank one.
         let webhook = match env.var("ETL_ALERT_WEBHOOK_URL") {
-            Some(url) if !url.trim().is_empty() => Some(Webhook::new(
-                url.trim(),
+            Some(url) => Some(Webhook::new(
+                &url,
                 Duration::from_secs(u64::from(
                     env.whole_number("ETL_ALERT_WEBHOOK_TIMEOUT_SECONDS")?
                         .unwrap_or(webhook::DEFAULT_TIMEOUT_SECONDS),
@@ -238,7 +238,7 @@ impl Notifier {
                 env.whole_number("ETL_ALERT_WEBHOOK_RETRIES")?
                     .unwrap_or(webhook::DEFAULT_RETRIES),
             )?),
-            _ => None,
+            None => None,
         };
         Ok(Notifier {
             hook: hook.map(Arc::from),

@@ -7,8 +7,10 @@
 //! a dropped connection resumes after the last committed page. An incremental
 //! copy reads the same tie-safe keyset passes as the load phase and upserts
 //! each page with `INSERT … ON DUPLICATE KEY UPDATE`, writing the watermark in
-//! the same replica transaction. Values travel as the binary protocol's typed
-//! values, bound as parameters: nothing is converted on the way.
+//! the same replica transaction; its values travel as the binary protocol's
+//! typed values, bound as parameters. A full copy writes each batch with
+//! `LOAD DATA LOCAL INFILE` (values as escaped text, any warning an error)
+//! into a shadow table whose secondary keys are built once it is full.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -357,7 +357,6 @@ async fn prepare(
         ignore_time_gap: opts.ignore_time_gap,
     };
     let decision = resolve(cfg, &facts);
-    let facts = facts.clone();
     if let Strategy::Incremental { columns } = &decision.strategy {
         for column in columns {
             if !source.indexed_first_columns.contains(column) {
@@ -569,11 +568,13 @@ async fn defer_indexes(
     Ok(rebuild)
 }
 
-async fn empty_statement(
+/// Whether a full refresh empties the table with `truncate` (over
+/// [`DELETE_REFRESH_MAX_BYTES`]) rather than `delete`.
+async fn truncates(
     tx: &tokio_postgres::Transaction<'_>,
     schema: &str,
     table: &str,
-) -> Result<String> {
+) -> Result<bool> {
     let row = tx
         .query_one(
             "select pg_relation_size(c.oid) from pg_class c join pg_namespace n on n.oid = c.relnamespace \
@@ -582,13 +583,7 @@ async fn empty_statement(
         )
         .await
         .map_err(|e| Error::postgres(format!("reading the size of {schema}.{table}"), e))?;
-    let size: i64 = row.get(0);
-    let target = ident::pg_qualified(schema, table);
-    Ok(if size <= DELETE_REFRESH_MAX_BYTES {
-        format!("delete from {target}")
-    } else {
-        format!("truncate table {target}")
-    })
+    Ok(row.get::<_, i64>(0) > DELETE_REFRESH_MAX_BYTES)
 }
 
 fn read_spec(ctx: &LoadContext, cfg: &TableConfig, prepared: &Prepared) -> ReadSpec {
@@ -677,11 +672,16 @@ async fn full_load(
         let (copy_sql, merge) = staging(&tx, job).await?;
         (copy_sql, Some(merge))
     } else {
-        let empty = empty_statement(&tx, schema, &cfg.name).await?;
+        let truncate = truncates(&tx, schema, &cfg.name).await?;
+        let empty = if truncate {
+            format!("truncate table {target}")
+        } else {
+            format!("delete from {target}")
+        };
         tx.batch_execute(&empty)
             .await
             .map_err(|e| Error::postgres(format!("emptying {target} for a full refresh"), e))?;
-        if empty.starts_with("truncate") {
+        if truncate {
             rebuild = defer_indexes(&tx, schema, &cfg.name).await?;
         }
         let copy_sql = format!(

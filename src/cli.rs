@@ -473,6 +473,7 @@ fn run_context(
                     replica: replica.clone(),
                     rate: rate.clone(),
                     source_slots: Arc::new(Semaphore::new(env.source_max_connections()?)),
+                    replica_lock_wait: env.replica_lock_wait()?,
                 })
             } else {
                 None

@@ -545,6 +545,7 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
             replica: replica.clone(),
             rate: None,
             source_slots: Arc::new(Semaphore::new(DEFAULT_SOURCE_CONNECTIONS)),
+            replica_lock_wait: None,
         }),
         load: Some(LoadContext {
             replica: replica.clone(),

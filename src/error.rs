@@ -105,9 +105,16 @@ impl Error {
             Some(code) if code.starts_with("22") => ErrorKind::Value,
             Some(_) => ErrorKind::Database,
         };
+        let mut message = context.into();
+        if err.code().map(|c| c.code()) == Some("53100") {
+            message.push_str(
+                " (the warehouse's disk is full: free space on the PostgreSQL server, then run again; \
+                 the batch in hand was rolled back)",
+            );
+        }
         Error {
             kind,
-            message: context.into(),
+            message,
             source: Some(Box::new(err)),
         }
     }

@@ -233,32 +233,14 @@ async fn a_select_only_source_user_is_enough() {
         .await;
     assert!(denied.is_err());
     drop(conn);
-    let ctx = etl_pipeline::pipeline::RunContext {
-        extract: Some(etl_pipeline::extract::ExtractContext {
-            source: reader,
-            ..db.extract_ctx(None)
-        }),
-        load: Some(db.ctx.clone()),
-        warehouse: Some(db.ctx.warehouse.clone()),
-        stop: Default::default(),
-        notifier: Default::default(),
-    };
-    let plan = etl_pipeline::pipeline::RunPlan {
-        tables: config(100).tables().cloned().collect(),
-        force_full: false,
-        allow_mass_delete: false,
-        ignore_time_gap: false,
-        max_workers: 2,
-        phases: etl_pipeline::pipeline::Phases {
-            extract: true,
-            load: true,
-        },
-        if_locked: Default::default(),
+    let extract = etl_pipeline::extract::ExtractContext {
+        source: reader,
+        ..db.extract_ctx(None)
     };
     for _ in 0..2 {
-        let run = etl_pipeline::pipeline::run(&ctx, plan.clone())
-            .await
-            .unwrap();
+        let run = db
+            .run_two_hop_via(extract.clone(), &config(100), false)
+            .await;
         assert!(run.succeeded(), "{run:?}");
     }
     assert_all_same(&db).await;

@@ -538,16 +538,7 @@ async fn a_dropped_mysql_connection_is_retried_and_the_load_converges() {
         killer.await.unwrap(),
         "the load's MySQL connection was never seen"
     );
-    let outcome = &report.outcomes[0];
-    let table = outcome.result.as_ref().expect("the retry succeeds");
-    assert!(
-        table
-            .warnings
-            .iter()
-            .any(|w| w.starts_with("retried after")),
-        "{:?}",
-        table.warnings
-    );
+    common::assert_retried(&report, "stamped", "load", "");
     db.assert_same("stamped", &["Num"]).await;
 }
 

@@ -355,6 +355,13 @@ impl Env {
             .unwrap_or(DEFAULT_SOURCE_CONNECTIONS))
     }
 
+    /// `MYSQL_REPLICATION_LOCK_WAIT_SECONDS`: how long a replica write waits
+    /// for a row lock held by another session (a report reading the replica
+    /// `FOR UPDATE`, say) before the batch is rolled back and retried.
+    pub fn replica_lock_wait(&self) -> Result<Option<u32>> {
+        self.positive("MYSQL_REPLICATION_LOCK_WAIT_SECONDS")
+    }
+
     /// The local replication database (`MYSQL_REPLICATION_*`).
     pub fn replica(&self) -> Result<MySqlSettings> {
         self.mysql("MYSQL_REPLICATION")

@@ -61,6 +61,10 @@ pub struct ExtractContext {
     pub rate: Option<Arc<RateLimit>>,
     /// Tables read from the source at once.
     pub source_slots: Arc<Semaphore>,
+    /// Seconds a replica write waits for a row lock another session holds
+    /// (`innodb_lock_wait_timeout`) before its batch rolls back and the
+    /// phase is retried; `None` keeps the server's setting.
+    pub replica_lock_wait: Option<u32>,
 }
 
 /// Where an interrupted full copy stands, kept across retries in one run.
@@ -393,6 +397,25 @@ fn drift(source: &SourceTable, replica: &SourceTable) -> Drift {
     d
 }
 
+/// A replica session, with the run's lock wait when one is set.
+async fn replica_session(ctx: &ExtractContext) -> Result<Conn> {
+    let mut conn = session(&ctx.replica).await?;
+    if let Some(seconds) = ctx.replica_lock_wait {
+        // Row locks (InnoDB) and table locks (the full copy's RENAME) alike.
+        conn.query_drop(format!(
+            "SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
+        ))
+        .await
+        .map_err(|e| {
+            Error::mysql(
+                format!("setting the lock wait on {}", my::describe(&ctx.replica)),
+                e,
+            )
+        })?;
+    }
+    Ok(conn)
+}
+
 async fn session(settings: &MySqlSettings) -> Result<Conn> {
     let mut conn = my::connect(settings).await?;
     for sql in SESSION_SETUP {
@@ -436,7 +459,7 @@ pub async fn copy_table(
         .await
         .map_err(|_| Error::new(ErrorKind::Interrupted, "the run is shutting down"))?;
     let mut source = session(&ctx.source).await?;
-    let mut replica = session(&ctx.replica).await?;
+    let mut replica = replica_session(ctx).await?;
     let source_table = my::describe_table(&mut source, &ctx.source.database, &cfg.name).await?;
     let key = source_table.primary_key.clone();
     let mut warnings = Vec::new();
@@ -532,7 +555,7 @@ pub async fn copy_table(
         Strategy::Full => {
             full_copy(&job, source, replica, &resume, &mut report).await?;
             if let Some(sum) = &checksum {
-                let mut replica = session(&ctx.replica).await?;
+                let mut replica = replica_session(ctx).await?;
                 tracking::save_copy_checksum(&mut replica, &cfg.name, sum).await?;
             }
         }
@@ -550,7 +573,7 @@ pub async fn copy_table(
         )
         .await?;
     } else if cfg.deletes.detection == DeleteDetection::KeyReconcile {
-        let mut replica = session(&ctx.replica).await?;
+        let mut replica = replica_session(ctx).await?;
         tracking::mark_copy_reconciled(&mut replica, &cfg.name, true).await?;
     }
     report.elapsed = started.elapsed();
@@ -568,7 +591,7 @@ async fn reconcile_copy(
     allow_mass_delete: bool,
 ) -> Result<u64> {
     let key = reconcile::reconcilable_key(table)?;
-    let mut replica = session(&ctx.replica).await?;
+    let mut replica = replica_session(ctx).await?;
     let mut source = session(&ctx.source).await?;
     let (keys, due) = reconcile::keys_to_delete(
         &mut source,

@@ -142,6 +142,7 @@ impl TestDb {
             replica: self.ctx.replica.clone(),
             rate: rate.map(|n| std::sync::Arc::new(RateLimit::new(n))),
             source_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(2)),
+            replica_lock_wait: None,
         }
     }
 
@@ -158,8 +159,20 @@ impl TestDb {
         rate: Option<u32>,
         allow_mass_delete: bool,
     ) -> RunReport {
+        self.run_two_hop_via(self.extract_ctx(rate), config, allow_mass_delete)
+            .await
+    }
+
+    /// Runs both phases with this extract context (another source user,
+    /// a lock wait, …).
+    pub async fn run_two_hop_via(
+        &self,
+        extract: ExtractContext,
+        config: &TablesConfig,
+        allow_mass_delete: bool,
+    ) -> RunReport {
         let ctx = pipeline::RunContext {
-            extract: Some(self.extract_ctx(rate)),
+            extract: Some(extract),
             load: Some(self.ctx.clone()),
             warehouse: Some(self.ctx.warehouse.clone()),
             stop: Default::default(),
@@ -303,18 +316,36 @@ impl TestDb {
     /// Asserts the warehouse table equals the replica table, row by row and
     /// value by value (ordered by `key`).
     pub async fn assert_same(&self, table: &str, key: &[&str]) {
-        let source = self.mysql_rows(table, key).await;
+        self.assert_warehouse_equals(&self.ctx.replica, table, key)
+            .await;
+    }
+
+    /// Asserts the warehouse table equals the source table (the clinic),
+    /// row by row and value by value; returns the number of rows compared.
+    pub async fn assert_source_same(&self, table: &str, key: &[&str]) -> usize {
+        self.assert_warehouse_equals(&self.source, table, key).await
+    }
+
+    async fn assert_warehouse_equals(
+        &self,
+        mysql: &MySqlSettings,
+        table: &str,
+        key: &[&str],
+    ) -> usize {
+        let source = self.mysql_rows(mysql, table, key).await;
         let warehouse = self.pg_rows(table, key).await;
         assert_eq!(
             source.len(),
             warehouse.len(),
-            "{table}: {} rows in MySQL, {} in the warehouse",
+            "{table}: {} rows in MySQL ({}), {} in the warehouse",
             source.len(),
+            mysql.database,
             warehouse.len()
         );
         for (i, (s, w)) in source.iter().zip(&warehouse).enumerate() {
             assert_eq!(s, w, "{table}: row {i} differs");
         }
+        source.len()
     }
 
     async fn column_types(&self, table: &str) -> Vec<(String, String)> {
@@ -337,9 +368,14 @@ impl TestDb {
         self.column_types(table).await.into_iter().collect()
     }
 
-    async fn mysql_rows(&self, table: &str, key: &[&str]) -> Vec<Vec<Canon>> {
+    async fn mysql_rows(
+        &self,
+        mysql: &MySqlSettings,
+        table: &str,
+        key: &[&str],
+    ) -> Vec<Vec<Canon>> {
         let columns = self.column_types(table).await;
-        let mut conn = my::connect(&self.ctx.replica).await.unwrap();
+        let mut conn = my::connect(mysql).await.unwrap();
         let sql = format!(
             "SELECT {} FROM {} ORDER BY {}",
             ident::mysql_list(columns.iter().map(|(n, _)| n.as_str())),
@@ -382,6 +418,25 @@ impl TestDb {
             })
             .collect()
     }
+}
+
+/// Asserts the table's phase succeeded after at least one retry whose
+/// warning contains `cause`.
+pub fn assert_retried(report: &RunReport, table: &str, phase: &str, cause: &str) {
+    let outcome = report
+        .outcome(table, phase)
+        .unwrap_or_else(|| panic!("no {phase} outcome for {table}"));
+    let done = outcome
+        .result
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{table} {phase} failed: {e:?}"));
+    assert!(
+        done.warnings
+            .iter()
+            .any(|w| w.starts_with("retried after") && w.contains(cause)),
+        "{table} {phase}: no retry after `{cause}` in {:?}",
+        done.warnings
+    );
 }
 
 /// Parses a one-table config.

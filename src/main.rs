@@ -55,6 +55,13 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
+    // A panic is a bug, but its message must not carry a password either.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!(
+            "internal error (a bug; please report it with the lines above): {}",
+            etl_pipeline::config::redact(&info.to_string())
+        );
+    }));
     let args = Cli::parse();
     init_logging(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

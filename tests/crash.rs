@@ -213,6 +213,33 @@ async fn run_or_kill(child: &mut Child, delay: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// What the killed run was doing, from its log: the table phases it had
+/// started and not finished (`extract of procedurelog`), or `start-up`.
+fn phase_at_kill(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let field = |line: &str, key: &str| -> Option<String> {
+        let value = line.split(key).nth(1)?.split_whitespace().next()?;
+        Some(value.trim_matches('"').to_string())
+    };
+    let mut open = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let (Some(table), Some(phase)) = (field(line, "table="), field(line, "phase=")) else {
+            continue;
+        };
+        let what = format!("{phase} of {table}");
+        if line.contains(" started table=") {
+            open.insert(what);
+        } else if line.contains(" finished table=") {
+            open.remove(&what);
+        }
+    }
+    if open.is_empty() {
+        "start-up or wrap-up".to_string()
+    } else {
+        open.into_iter().collect::<Vec<_>>().join(" + ")
+    }
+}
+
 fn fail_with_log(what: &str, log: &PathBuf, seed: u64) -> ! {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     panic!("{what} (replay with ETL_CRASH_SEED={seed}); its output:\n{text}");
@@ -245,6 +272,7 @@ async fn runs_killed_at_random_moments_lose_and_double_nothing() {
     let mut incremental_secs = 1.5_f64;
     let (mut killed, mut killed_full, mut completed, mut round) = (0, 0, 0, 0);
     let mut edits_during_runs = 0;
+    let mut killed_in = std::collections::BTreeMap::new();
     while killed < kills {
         round += 1;
         change_source(&mut source, &mut rng, round).await;
@@ -287,11 +315,13 @@ async fn runs_killed_at_random_moments_lose_and_double_nothing() {
             None => {
                 killed += 1;
                 killed_full += u64::from(full);
+                let during = phase_at_kill(&log);
                 eprintln!(
-                    "round {round}: {} run killed after {:.3} s",
+                    "round {round}: {} run killed after {:.3} s, during {during}",
                     if full { "full" } else { "incremental" },
                     delay.as_secs_f64()
                 );
+                *killed_in.entry(during).or_insert(0) += 1;
             }
         }
     }
@@ -311,7 +341,7 @@ async fn runs_killed_at_random_moments_lose_and_double_nothing() {
     eprintln!(
         "crash harness: seed {seed}: {killed} kills ({killed_full} full, {} incremental), {completed} runs completed, \
          {round} rounds of source changes plus {edits_during_runs} statements during runs; \
-         {compared} rows compared in the replica and the warehouse, 0 differences",
+         {compared} rows compared in the replica and the warehouse, 0 differences; kills during: {killed_in:?}",
         killed - killed_full
     );
 }

@@ -10,7 +10,7 @@ mod tables;
 
 pub use settings::{
     DEFAULT_SCHEMA, DEFAULT_SOURCE_CONNECTIONS, Env, Environment, Mode, MySqlSettings, PgSettings,
-    Secret, SslMode,
+    Secret, SslMode, redact,
 };
 pub use strategy::{
     Decision, Strategy, TableFacts, UNCHANGED_SKIP_MAX_SECONDS, resolve, unchanged, wants_checksum,

@@ -54,16 +54,37 @@ impl Environment {
 #[derive(Clone, Default)]
 pub struct Secret(String);
 
+/// Every secret this process has read, so that text which might hold one
+/// (a panic message) can be scrubbed before it is printed.
+static KNOWN_SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 impl Secret {
     /// Wraps a secret value.
     pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
+        let value = value.into();
+        if !value.is_empty() {
+            let mut known = KNOWN_SECRETS.lock().unwrap_or_else(|e| e.into_inner());
+            if !known.contains(&value) {
+                known.push(value.clone());
+            }
+        }
+        Secret(value)
     }
 
     /// The secret itself, for handing to a driver.
     pub fn expose(&self) -> &str {
         &self.0
     }
+}
+
+/// `text` with every secret this process has read replaced by `[redacted]`.
+pub fn redact(text: &str) -> String {
+    let known = KNOWN_SECRETS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = text.to_string();
+    for secret in known.iter() {
+        out = out.replace(secret.as_str(), "[redacted]");
+    }
+    out
 }
 
 impl fmt::Debug for Secret {
@@ -422,6 +443,17 @@ fn parse_env_text(text: &str) -> std::result::Result<HashMap<String, String>, (u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redact_scrubs_every_secret_read() {
+        let _a = Secret::new("Kx7-first-secret");
+        let _b = Secret::new("Kx7-second-secret");
+        assert_eq!(
+            redact("mysql://root:Kx7-first-secret@h, pass Kx7-second-secret"),
+            "mysql://root:[redacted]@h, pass [redacted]"
+        );
+        assert_eq!(format!("{_a:?}"), "Secret(..)");
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Result<Env> {
         let vars = pairs

@@ -203,11 +203,45 @@ struct RawTable {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a map with a `tables:` key")]
 struct RawFile {
     #[serde(rename = "metadata")]
     _metadata: Option<IgnoredAny>,
-    tables: Option<BTreeMap<String, RawTable>>,
+    tables: Option<RawTables>,
+}
+
+/// The `tables:` map. A table listed twice is refused: YAML parsers keep
+/// the last entry, which would silently drop the first one's settings.
+#[derive(Debug)]
+struct RawTables(BTreeMap<String, RawTable>);
+
+impl<'de> Deserialize<'de> for RawTables {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Tables;
+        impl<'de> serde::de::Visitor<'de> for Tables {
+            type Value = RawTables;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of table names to their settings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<RawTables, A::Error> {
+                let mut tables = BTreeMap::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if tables.contains_key(&name) {
+                        return Err(serde::de::Error::custom(format!(
+                            "table `{name}` is listed twice; keep one entry"
+                        )));
+                    }
+                    let table = map.next_value::<RawTable>()?;
+                    tables.insert(name, table);
+                }
+                Ok(RawTables(tables))
+            }
+        }
+        d.deserialize_map(Tables)
+    }
 }
 
 /// One table's validated configuration.
@@ -273,12 +307,54 @@ impl TableConfig {
             None => self.incremental_columns.clone(),
         }
     }
+
+    /// A warning naming the columns this config lists (watermark and
+    /// incremental columns) that the table lacks (`has` says which it has),
+    /// and what that costs; `None` when all are there.
+    pub fn missing_columns_warning(&self, has: impl Fn(&str) -> bool) -> Option<String> {
+        let mut named: Vec<&String> = self
+            .primary_incremental_column
+            .iter()
+            .chain(&self.incremental_columns)
+            .collect();
+        named.dedup();
+        let missing: Vec<String> = named
+            .into_iter()
+            .filter(|c| !has(c))
+            .map(|c| format!("`{c}`"))
+            .collect();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "tables.{}: column {} is not in the table; it is refreshed in full every run until the config \
+                 names its columns (`etl-pipeline analyze` writes a fresh config)",
+                self.name,
+                missing.join(", ")
+            )
+        })
+    }
 }
 
 /// The whole table configuration, in name order.
 #[derive(Debug, Clone, Default)]
 pub struct TablesConfig {
     tables: BTreeMap<String, TableConfig>,
+}
+
+/// A YAML error as the parser words it (it names the line and column),
+/// with a hint when that line is indented with a tab.
+fn yaml_error(text: &str, err: &serde_norway::Error) -> Error {
+    let mut message = err.to_string();
+    let tabbed = err
+        .location()
+        .and_then(|at| text.lines().nth(at.line().saturating_sub(1)))
+        .is_some_and(|line| {
+            line.starts_with(|c: char| c.is_whitespace())
+                && line.trim_start_matches(' ').starts_with('\t')
+        });
+    if tabbed {
+        message.push_str(" (YAML indents with spaces; this line starts with a tab)");
+    }
+    Error::config(message)
 }
 
 fn parse_bound(table: &str, key: &str, text: &str) -> Result<DateTimeParts> {
@@ -352,9 +428,8 @@ impl TablesConfig {
     /// table only in the override is added.
     pub fn parse_with_override(text: &str, over: &str) -> Result<TablesConfig> {
         use serde_norway::Value;
-        let mut base: Value =
-            serde_norway::from_str(text).map_err(|e| Error::config(e.to_string()))?;
-        let over: Value = serde_norway::from_str(over).map_err(|e| Error::config(e.to_string()))?;
+        let mut base: Value = serde_norway::from_str(text).map_err(|e| yaml_error(text, &e))?;
+        let over: Value = serde_norway::from_str(over).map_err(|e| yaml_error(over, &e))?;
         let Some(over_tables) = over.get("tables").and_then(Value::as_mapping) else {
             return Err(Error::config("the override file needs a `tables:` map"));
         };
@@ -393,8 +468,7 @@ impl TablesConfig {
                 "the table config is empty; it needs a `tables:` map",
             ));
         }
-        let raw: RawFile =
-            serde_norway::from_str(text).map_err(|e| Error::config(e.to_string()))?;
+        let raw: RawFile = serde_norway::from_str(text).map_err(|e| yaml_error(text, &e))?;
         TablesConfig::from_raw(raw)
     }
 
@@ -403,7 +477,7 @@ impl TablesConfig {
             .tables
             .ok_or_else(|| Error::config("the table config has no `tables:` map"))?;
         let mut tables = BTreeMap::new();
-        for (name, raw) in raw_tables {
+        for (name, raw) in raw_tables.0 {
             let table = validate(&name, raw)?;
             tables.insert(name, table);
         }

@@ -466,6 +466,7 @@ pub async fn copy_table(
     if key.is_empty() {
         warnings.push("table has no primary key: copied in full every run".to_string());
     }
+    warnings.extend(cfg.missing_columns_warning(|c| source_table.column(c).is_some()));
     let replica_table = if table_exists(&mut replica, &ctx.replica.database, &cfg.name).await? {
         Some(my::describe_table(&mut replica, &ctx.replica.database, &cfg.name).await?)
     } else {

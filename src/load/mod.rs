@@ -149,7 +149,27 @@ async fn prepare(
 ) -> Result<Prepared> {
     let schema = &ctx.warehouse.schema;
     let source = my::describe_table(mysql, &ctx.replica.database, &cfg.name).await?;
+    let too_long = ident::too_long_for_pg(
+        std::iter::once(cfg.name.as_str()).chain(source.columns.iter().map(|c| c.name.as_str())),
+    );
+    if !too_long.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Schema,
+            format!(
+                "`{}`: PostgreSQL cuts names longer than {} bytes, so {} cannot be carried under its own name; \
+                 rename it at the source or leave the table out of the config",
+                cfg.name,
+                ident::PG_MAX_NAME_BYTES,
+                too_long
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
     let mut warnings = Vec::new();
+    warnings.extend(cfg.missing_columns_warning(|c| source.column(c).is_some()));
     let key = if !source.primary_key.is_empty() {
         if !cfg.primary_key.is_empty() && cfg.primary_key != source.primary_key {
             warnings.push(format!(

@@ -42,7 +42,20 @@ pub async fn connect(settings: &PgSettings) -> Result<Client> {
         config.password(settings.password.expose());
     }
     let what = describe(settings);
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+    // `connect_timeout` bounds only the TCP connect; a server that accepts
+    // and then says nothing must not hold the run forever.
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls))
+        .await
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::Connection,
+                format!(
+                    "cannot connect to {what}: no answer within {}s; check that the host and port are PostgreSQL's",
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            )
+        })?;
+    let (client, connection) = connected.map_err(|e| {
         let mut err = Error::postgres(
             format!("cannot connect to {what}; check the host, port, database, user and password settings"),
             e,

@@ -22,6 +22,18 @@ pub fn pg(name: &str) -> String {
     quote(name, '"')
 }
 
+/// PostgreSQL's longest name in bytes (`NAMEDATALEN - 1`); longer names
+/// are cut silently, so two MySQL names could become one.
+pub const PG_MAX_NAME_BYTES: usize = 63;
+
+/// The names among `names` PostgreSQL would cut short.
+pub fn too_long_for_pg<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    names
+        .into_iter()
+        .filter(|n| n.len() > PG_MAX_NAME_BYTES)
+        .collect()
+}
+
 /// Quotes a schema-qualified PostgreSQL name: `"schema"."table"`.
 pub fn pg_qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", pg(schema), pg(name))
@@ -55,6 +67,17 @@ mod tests {
     #[test]
     fn mysql_quotes_embedded_backticks() {
         assert_eq!(mysql("x`; drop table t; --"), "`x``; drop table t; --`");
+    }
+
+    #[test]
+    fn names_past_63_bytes_are_too_long_for_postgres() {
+        let ascii = "a".repeat(63);
+        let accented = "ñ".repeat(32);
+        let long = "a".repeat(64);
+        assert_eq!(
+            too_long_for_pg([ascii.as_str(), accented.as_str(), long.as_str()]),
+            [accented.as_str(), long.as_str()]
+        );
     }
 
     #[test]

@@ -404,7 +404,11 @@ impl TestDb {
             "select {} from {} order by {}",
             exprs.join(", "),
             ident::pg_qualified("raw", table),
-            ident::pg_list(key.iter().copied())
+            // MySQL sorts NULL first.
+            key.iter()
+                .map(|k| format!("{} nulls first", ident::pg(k)))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let client = self.pg().await;
         let rows = client.query(&sql, &[]).await.unwrap();
@@ -505,6 +509,15 @@ pub fn binary() -> std::process::Command {
         }
     }
     cmd
+}
+
+/// A finished command's standard output followed by its standard error.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// The binary with this test's env file and table config.

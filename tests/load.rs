@@ -485,23 +485,7 @@ async fn a_run_before_init_says_to_run_init() {
         "tables:\n  a:\n    extraction_strategy: full_table\n",
     )
     .unwrap();
-    let err = etl_pipeline::pipeline::run_load(
-        &db.ctx,
-        etl_pipeline::pipeline::RunPlan {
-            tables: config.tables().cloned().collect(),
-            force_full: false,
-            allow_mass_delete: false,
-            ignore_time_gap: false,
-            max_workers: 1,
-            phases: etl_pipeline::pipeline::Phases {
-                extract: false,
-                load: true,
-            },
-            if_locked: Default::default(),
-        },
-    )
-    .await
-    .unwrap_err();
+    let err = db.try_run(&config, 1).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotInitialized);
     assert!(err.to_string().contains("run `etl-pipeline init`"), "{err}");
 }

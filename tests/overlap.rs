@@ -171,3 +171,40 @@ async fn sigterm_stops_after_the_batch_in_hand_and_the_rerun_converges() {
         db.assert_same(t, &["Num"]).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn light_tables_run_beside_a_heavy_one_when_workers_are_busy() {
+    let db = TestDb::new("light_lanes").await;
+    db.mysql(&[
+        "CREATE TABLE `heavy` (`Num` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, `Note` varchar(200) NOT NULL)",
+        "INSERT INTO `heavy` (`Note`) SELECT REPEAT('h', 150) FROM seq_1_to_300000",
+        "CREATE TABLE `light1` (`Num` bigint NOT NULL PRIMARY KEY)",
+        "INSERT INTO `light1` VALUES (1), (2)",
+        "CREATE TABLE `light2` (`Num` bigint NOT NULL PRIMARY KEY)",
+        "INSERT INTO `light2` VALUES (3)",
+    ])
+    .await;
+    let config = etl_pipeline::config::TablesConfig::parse(
+        "tables:\n  heavy:\n    extraction_strategy: full_table\n    estimated_rows: 300000\n  \
+         light1:\n    extraction_strategy: full_table\n    estimated_rows: 2\n  \
+         light2:\n    extraction_strategy: full_table\n    estimated_rows: 1\n",
+    )
+    .unwrap();
+    let report = db.try_run(&config, 1).await.unwrap();
+    assert!(report.succeeded(), "{report:?}");
+    // The heavy table goes first (largest first) and holds the one worker;
+    // the light ones finish while it is still loading.
+    let finished = db
+        .pg()
+        .await
+        .query(
+            "select table_name, finished_at from raw.etl_run_history where status = 'success' order by finished_at",
+            &[],
+        )
+        .await
+        .unwrap();
+    let order: Vec<String> = finished.iter().map(|r| r.get(0)).collect();
+    assert_eq!(order.last().map(String::as_str), Some("heavy"), "{order:?}");
+    db.assert_same("heavy", &["Num"]).await;
+    db.assert_same("light2", &["Num"]).await;
+}

@@ -33,6 +33,18 @@ pub fn default_max_workers() -> usize {
         .clamp(2, 8)
 }
 
+/// Tables estimated below this many rows are light: most of their time is
+/// round trips (connect, describe, checksum, tracking), not CPU or memory,
+/// so they run in lanes of their own beside the `max_workers` heavy ones.
+pub const LIGHT_TABLE_ROWS: u64 = 100_000;
+
+/// Whether a table needs one of the `max_workers` slots: large, or of
+/// unknown size.
+fn is_heavy(cfg: &TableConfig) -> bool {
+    cfg.estimated_rows
+        .is_none_or(|rows| rows >= LIGHT_TABLE_ROWS)
+}
+
 /// Which phases a run performs, per table in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Phases {
@@ -280,6 +292,8 @@ fn history_outcome(result: &Result<TableReport>) -> HistoryOutcome {
 struct Shared<'a> {
     ctx: &'a RunContext,
     control: Option<&'a Client>,
+    /// The session holding the run locks of the tables in hand (skip mode).
+    locks: Option<&'a Client>,
     schema: &'a str,
     run_id: &'a str,
     force_full: bool,
@@ -434,28 +448,65 @@ async fn load_one(shared: &Shared<'_>, ctx: &LoadContext, cfg: &TableConfig) -> 
 /// Advisory-lock class of this tool's per-table locks ("ETL").
 const LOCK_CLASS: i32 = 0x0045_544C;
 
-/// Takes the table's advisory lock on a connection of its own, so the lock
-/// lives exactly as long as the table is processed (and dies with the
-/// process). `None` when another run holds it and the plan says skip.
+/// A table's run lock: an advisory lock held for as long as the table is
+/// processed, released when the session ends (also when the process dies).
+enum TableLock {
+    /// Held on the run's shared lock session; released explicitly.
+    Shared,
+    /// Held on a session of its own (`--if-locked wait` blocks on it).
+    Own(Client),
+}
+
+/// Takes the table's advisory lock: on the run's shared lock session when
+/// the plan says skip (one try, no session per table), else on a session of
+/// its own so that waiting blocks no other table. `None` when another run
+/// holds it and the plan says skip.
 async fn lock_table(
+    shared: &Shared<'_>,
     warehouse: &PgSettings,
     table: &str,
-    if_locked: IfLocked,
-) -> Result<Option<Client>> {
+) -> Result<Option<TableLock>> {
+    let locked = |e| Error::postgres(format!("taking the run lock of {table}"), e);
+    if let (IfLocked::Skip, Some(locks)) = (shared.if_locked, shared.locks) {
+        let row = locks
+            .query_one(
+                "select pg_try_advisory_lock($1, hashtext($2))",
+                &[&LOCK_CLASS, &table],
+            )
+            .await
+            .map_err(locked)?;
+        return Ok(row.get::<_, bool>(0).then_some(TableLock::Shared));
+    }
     let client = pg::connect(warehouse).await?;
-    let sql = match if_locked {
+    let sql = match shared.if_locked {
         IfLocked::Skip => "select pg_try_advisory_lock($1, hashtext($2))",
         IfLocked::Wait => "select true from (select pg_advisory_lock($1, hashtext($2))) as waited",
     };
     let row = client
         .query_one(sql, &[&LOCK_CLASS, &table])
         .await
-        .map_err(|e| Error::postgres(format!("taking the run lock of {table}"), e))?;
-    Ok(if row.get::<_, bool>(0) {
-        Some(client)
-    } else {
-        None
-    })
+        .map_err(locked)?;
+    Ok(row.get::<_, bool>(0).then_some(TableLock::Own(client)))
+}
+
+/// Releases a table's run lock.
+async fn unlock_table(shared: &Shared<'_>, lock: TableLock, table: &str) {
+    match (lock, shared.locks) {
+        (TableLock::Own(session), _) => drop(session),
+        (TableLock::Shared, Some(locks)) => {
+            if let Err(e) = locks
+                .execute(
+                    "select pg_advisory_unlock($1, hashtext($2))",
+                    &[&LOCK_CLASS, &table],
+                )
+                .await
+            {
+                // The lock ends with the session at the latest.
+                tracing::warn!(table, error = %e, "run lock not released");
+            }
+        }
+        (TableLock::Shared, None) => {}
+    }
 }
 
 fn not_run(cfg: &TableConfig, phase: &'static str, kind: ErrorKind, why: String) -> TableOutcome {
@@ -468,12 +519,6 @@ fn not_run(cfg: &TableConfig, phase: &'static str, kind: ErrorKind, why: String)
 }
 
 async fn process_table(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutcome> {
-    let outcomes = process_table_phases(shared, cfg).await;
-    tracing::debug!(target: progress::TARGET, table = %cfg.name, "table done");
-    outcomes
-}
-
-async fn process_table_phases(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutcome> {
     let first_phase = if shared.phases.extract {
         "extract"
     } else {
@@ -483,19 +528,26 @@ async fn process_table_phases(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<Tab
         let why = format!("`{}` not started: the run was asked to stop", cfg.name);
         return vec![not_run(cfg, first_phase, ErrorKind::Interrupted, why)];
     }
-    let _lock = match &shared.ctx.warehouse {
-        Some(w) if shared.control.is_some() => {
-            match lock_table(w, &cfg.name, shared.if_locked).await {
-                Ok(Some(lock)) => Some(lock),
-                Ok(None) => {
-                    let why = format!("`{}` skipped: another run is processing it", cfg.name);
-                    return vec![not_run(cfg, first_phase, ErrorKind::Busy, why)];
-                }
-                Err(e) => return vec![not_run(cfg, first_phase, e.kind(), chain(&e))],
+    let lock = match &shared.ctx.warehouse {
+        Some(w) if shared.control.is_some() => match lock_table(shared, w, &cfg.name).await {
+            Ok(Some(lock)) => Some(lock),
+            Ok(None) => {
+                let why = format!("`{}` skipped: another run is processing it", cfg.name);
+                return vec![not_run(cfg, first_phase, ErrorKind::Busy, why)];
             }
-        }
+            Err(e) => return vec![not_run(cfg, first_phase, e.kind(), chain(&e))],
+        },
         _ => None,
     };
+    let outcomes = process_table_phases(shared, cfg).await;
+    if let Some(lock) = lock {
+        unlock_table(shared, lock, &cfg.name).await;
+    }
+    tracing::debug!(target: progress::TARGET, table = %cfg.name, "table done");
+    outcomes
+}
+
+async fn process_table_phases(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutcome> {
     let mut outcomes = Vec::new();
     if shared.phases.extract
         && let Some(ctx) = &shared.ctx.extract
@@ -558,6 +610,10 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
     };
     let run_id = new_run_id();
     order_tables(&mut plan.tables);
+    let locks = match (&ctx.warehouse, &control, plan.if_locked) {
+        (Some(w), Some(_), IfLocked::Skip) => Some(pg::connect(w).await?),
+        _ => None,
+    };
     let schema = ctx
         .warehouse
         .as_ref()
@@ -567,6 +623,7 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
         Shared {
             ctx,
             control: control.as_ref(),
+            locks: locks.as_ref(),
             schema: &schema,
             run_id: &run_id,
             force_full: plan.force_full,
@@ -582,9 +639,21 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
     let shared = &shared;
     let tables = u64::try_from(plan.tables.len()).unwrap_or(0);
     tracing::info!(target: progress::TARGET, run_id = %run_id, tables, "run started");
+    // At most `max_workers` heavy tables at once, and as many light ones in
+    // lanes beside them.
+    let workers = plan.max_workers.max(1);
+    let heavy_slots = tokio::sync::Semaphore::new(workers);
+    let heavy_slots = &heavy_slots;
     let outcomes: Vec<TableOutcome> = futures_util::stream::iter(plan.tables.iter())
-        .map(|cfg| process_table(shared, cfg))
-        .buffer_unordered(plan.max_workers.max(1))
+        .map(|cfg| async move {
+            let _slot = if is_heavy(cfg) {
+                heavy_slots.acquire().await.ok()
+            } else {
+                None
+            };
+            process_table(shared, cfg).await
+        })
+        .buffer_unordered(workers * 2)
         .flat_map(futures_util::stream::iter)
         .collect()
         .await;

@@ -274,6 +274,16 @@ impl TestDb {
 
     /// Runs tables through the pipeline (history, status, concurrency).
     pub async fn run(&self, config: &TablesConfig) -> RunReport {
+        self.try_run(config, 2).await.unwrap()
+    }
+
+    /// Loads tables through the pipeline with `workers` workers; the error
+    /// is the run's own (not initialised, unreachable).
+    pub async fn try_run(
+        &self,
+        config: &TablesConfig,
+        workers: usize,
+    ) -> etl_pipeline::Result<RunReport> {
         pipeline::run_load(
             &self.ctx,
             RunPlan {
@@ -281,7 +291,7 @@ impl TestDb {
                 force_full: false,
                 allow_mass_delete: false,
                 ignore_time_gap: false,
-                max_workers: 2,
+                max_workers: workers,
                 phases: pipeline::Phases {
                     extract: false,
                     load: true,
@@ -290,7 +300,6 @@ impl TestDb {
             },
         )
         .await
-        .unwrap()
     }
 
     /// Number of rows in a warehouse table.

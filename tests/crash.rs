@@ -196,21 +196,52 @@ fn spawn(env: &Path, tables: &Path, log: &Path, full: bool) -> Child {
         .unwrap()
 }
 
-/// Waits up to `delay` for the child to end by itself; otherwise kills it.
+/// The log line that starts the load of procedurelog.
+const LOAD_STARTED: &str = "started table=procedurelog phase=\"load\"";
+
+/// Waits for the child to end by itself, or kills it `delay` after it
+/// starts, or `delay` after its log shows `armed_by` when one is given.
 /// Returns its exit status when it ended first.
-async fn run_or_kill(child: &mut Child, delay: Duration) -> Option<ExitStatus> {
-    let started = Instant::now();
+async fn run_or_kill(
+    child: &mut Child,
+    delay: Duration,
+    armed_by: Option<(&Path, &str)>,
+) -> Option<ExitStatus> {
+    let mut armed = armed_by.is_none().then(Instant::now);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             return Some(status);
         }
-        if started.elapsed() >= delay {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            return None;
+        match armed {
+            Some(at) if at.elapsed() >= delay => {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                return None;
+            }
+            Some(_) => {}
+            None => {
+                let (log, marker) = armed_by.unwrap();
+                if std::fs::read_to_string(log).is_ok_and(|t| t.contains(marker)) {
+                    armed = Some(Instant::now());
+                }
+            }
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// How long the load of procedurelog took in a completed run, from its log.
+fn load_seconds(log: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.contains("finished table=procedurelog phase=\"load\""))?;
+    line.split("seconds=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// What the killed run was doing, from its log: the table phases it had
@@ -270,6 +301,8 @@ async fn runs_killed_at_random_moments_lose_and_double_nothing() {
     // How long an uncut run of each kind took; kills land anywhere in it.
     let mut full_secs = 4.0_f64;
     let mut incremental_secs = 1.5_f64;
+    let mut full_load_secs = 1.0_f64;
+    let mut incremental_load_secs = 0.3_f64;
     let (mut killed, mut killed_full, mut completed, mut round) = (0, 0, 0, 0);
     let mut edits_during_runs = 0;
     let mut killed_in = std::collections::BTreeMap::new();
@@ -277,7 +310,15 @@ async fn runs_killed_at_random_moments_lose_and_double_nothing() {
         round += 1;
         change_source(&mut source, &mut rng, round).await;
         let full = rng.upto(3) == 0;
-        let expected = if full { full_secs } else { incremental_secs };
+        // Half the kills land anywhere in the run, half inside the load of
+        // procedurelog (the extract phase takes most of a run's time).
+        let in_load = rng.upto(1) == 0;
+        let expected = match (in_load, full) {
+            (false, true) => full_secs,
+            (false, false) => incremental_secs,
+            (true, true) => full_load_secs,
+            (true, false) => incremental_load_secs,
+        };
         let delay = Duration::from_secs_f64(expected * 1.1 * (rng.upto(1000) as f64 / 1000.0));
         let log = dir.join(format!("run-{round}.log"));
 
@@ -290,7 +331,8 @@ async fn runs_killed_at_random_moments_lose_and_double_nothing() {
         ));
         let started = Instant::now();
         let mut child = spawn(&env, &tables, &log, full);
-        let ended = run_or_kill(&mut child, delay).await;
+        let armed_by = in_load.then_some((log.as_path(), LOAD_STARTED));
+        let ended = run_or_kill(&mut child, delay, armed_by).await;
         stop.store(true, Ordering::Relaxed);
         edits_during_runs += editor.await.unwrap();
         match ended {
@@ -301,10 +343,13 @@ async fn runs_killed_at_random_moments_lose_and_double_nothing() {
                     "round {round}: {} run completed in {took:.3} s",
                     if full { "full" } else { "incremental" }
                 );
+                let load = load_seconds(&log);
                 if full {
                     full_secs = took;
+                    full_load_secs = load.unwrap_or(full_load_secs);
                 } else {
                     incremental_secs = took;
+                    incremental_load_secs = load.unwrap_or(incremental_load_secs);
                 }
             }
             Some(status) => fail_with_log(
@@ -317,9 +362,14 @@ async fn runs_killed_at_random_moments_lose_and_double_nothing() {
                 killed_full += u64::from(full);
                 let during = phase_at_kill(&log);
                 eprintln!(
-                    "round {round}: {} run killed after {:.3} s, during {during}",
+                    "round {round}: {} run killed {:.3} s after {}, during {during}",
                     if full { "full" } else { "incremental" },
-                    delay.as_secs_f64()
+                    delay.as_secs_f64(),
+                    if in_load {
+                        "its load began"
+                    } else {
+                        "it started"
+                    }
                 );
                 *killed_in.entry(during).or_insert(0) += 1;
             }

@@ -669,5 +669,19 @@ async fn a_large_full_refresh_builds_the_tables_indexes_again() {
         .unwrap()
         .get(0);
     assert_eq!(through_view, 25_000);
+    // Copied with `freeze`: readers and vacuum need not revisit the pages.
+    client
+        .batch_execute("create extension if not exists pg_visibility")
+        .await
+        .unwrap();
+    let unfrozen: i64 = client
+        .query_one(
+            "select count(*) from pg_visibility_map('raw.document') where not all_frozen",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unfrozen, 0);
     db.assert_same("document", &["DocNum"]).await;
 }

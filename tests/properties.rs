@@ -7,7 +7,6 @@
 //! `tests/properties.proptest-regressions` and replayed first; the
 //! hand-picked inputs in `tests/corpus/config/` run every time.
 
-use bytes::BytesMut;
 use etl_pipeline::config::TablesConfig;
 use etl_pipeline::schema::{
     DateTimeParts, PgType, SourceType, check_date, civil_from_pg_days, days_since_pg_epoch,
@@ -15,6 +14,7 @@ use etl_pipeline::schema::{
 };
 use mysql_async::Value;
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 
 /// Decodes PostgreSQL's binary `numeric` (base-10000 digits, weight, sign,
 /// display scale) to text with exactly `dscale` fraction digits.
@@ -179,9 +179,15 @@ fn table_entry() -> impl Strategy<Value = String> {
 }
 
 proptest! {
+    // Beside this file, where proptest would look for it after a warning.
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::default()
+    })]
+
     #[test]
     fn numeric_encoding_decodes_to_the_same_decimal((sent, canonical) in decimal()) {
-        let mut buf = BytesMut::new();
+        let mut buf = Vec::new();
         put_numeric(&sent, &mut buf).unwrap();
         let length = i32::from_be_bytes(buf[..4].try_into().unwrap());
         prop_assert_eq!(usize::try_from(length).unwrap(), buf.len() - 4);
@@ -190,14 +196,14 @@ proptest! {
 
     #[test]
     fn numeric_encoding_never_panics_on_any_text(text in "\\PC{0,40}") {
-        let mut buf = BytesMut::new();
+        let mut buf = Vec::new();
         let _ = put_numeric(&text, &mut buf);
     }
 
     #[test]
     fn integers_are_carried_exactly_or_refused((target, min, max) in int_target(), signed in any::<i64>(), unsigned in any::<u64>()) {
         for (value, n) in [(Value::Int(signed), i128::from(signed)), (Value::UInt(unsigned), i128::from(unsigned))] {
-            let mut buf = BytesMut::new();
+            let mut buf = Vec::new();
             let source = SourceType::Integer { bytes: 8, unsigned: matches!(value, Value::UInt(_)) };
             let result = encode_field(&value, &source, &target, &mut buf);
             if (min..=max).contains(&n) {
@@ -227,7 +233,7 @@ proptest! {
     #[test]
     fn moments_round_trip_through_pg_micros_and_timestamp_fields(parts in moment()) {
         prop_assert_eq!(DateTimeParts::from_pg_micros(parts.pg_micros()), Some(parts));
-        let mut buf = BytesMut::new();
+        let mut buf = Vec::new();
         encode_field(&parts.to_mysql(), &SourceType::DateTime { fsp: 6 }, &PgType::Timestamp(Some(6)), &mut buf).unwrap();
         prop_assert_eq!(&buf[..4], &8i32.to_be_bytes()[..]);
         let micros = i64::from_be_bytes(buf[4..12].try_into().unwrap());

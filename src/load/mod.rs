@@ -28,7 +28,7 @@ use crate::schema::{DataProfile, PgType, ident, is_widening, map_type};
 use crate::shutdown::Stop;
 use crate::tracking::{self, PhaseState, Progress, StoredWatermark};
 
-pub use batch::{CopyEncoder, MAX_BATCH_BYTES, Plan, PlannedColumn};
+pub use batch::{CopyEncoder, FULL_BATCH_BYTES, MAX_BATCH_BYTES, Plan, PlannedColumn};
 
 /// Where a load reads and writes.
 #[derive(Debug, Clone)]
@@ -606,12 +606,17 @@ async fn truncates(
     Ok(row.get::<_, i64>(0) > DELETE_REFRESH_MAX_BYTES)
 }
 
-fn read_spec(ctx: &LoadContext, cfg: &TableConfig, prepared: &Prepared) -> ReadSpec {
+fn read_spec(
+    ctx: &LoadContext,
+    cfg: &TableConfig,
+    prepared: &Prepared,
+    batch_bytes: usize,
+) -> ReadSpec {
     ReadSpec {
         table: cfg.name.clone(),
         columns: prepared.plan.names(),
         batch_rows: cfg.batch_size,
-        batch_bytes: MAX_BATCH_BYTES,
+        batch_bytes,
         rate: ctx.rate.clone(),
     }
 }
@@ -677,7 +682,7 @@ async fn full_load(
         incremental::full_read_marks(&mut mysql, cfg, &prepared.source, &prepared.key).await?;
     let (mut rx, reader) = spawn_reader(
         mysql,
-        read_spec(ctx, cfg, prepared),
+        read_spec(ctx, cfg, prepared, FULL_BATCH_BYTES),
         ReadJob::Full,
         CopyEncoder::new(prepared.plan.clone()),
     );
@@ -842,7 +847,7 @@ async fn incremental_load(
     let (copy_sql, merge) = staging(&*client, job).await?;
     let (mut rx, reader) = spawn_reader(
         mysql,
-        read_spec(ctx, cfg, prepared),
+        read_spec(ctx, cfg, prepared, MAX_BATCH_BYTES),
         ReadJob::Passes(passes),
         CopyEncoder::new(prepared.plan.clone()),
     );

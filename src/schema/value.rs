@@ -7,7 +7,7 @@
 //! (`0000-00-00`, `2020-00-15`) are written as NULL and reported as
 //! [`Encoded::ZeroDate`] so the run can count them.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BufMut;
 use mysql_async::Value;
 
 use super::types::{PgType, SourceType};
@@ -192,7 +192,7 @@ pub fn check_date(
 
 /// Writes the PostgreSQL binary `numeric` form of a decimal string such as
 /// `-123.4500` (the MySQL wire form of `decimal`) or an integer.
-pub fn put_numeric(text: &str, buf: &mut BytesMut) -> Result<(), ValueError> {
+pub fn put_numeric(text: &str, buf: &mut Vec<u8>) -> Result<(), ValueError> {
     let (negative, unsigned_text) = match text.as_bytes().first() {
         Some(b'-') => (true, &text[1..]),
         Some(b'+') => (false, &text[1..]),
@@ -262,7 +262,7 @@ pub fn put_numeric(text: &str, buf: &mut BytesMut) -> Result<(), ValueError> {
     Ok(())
 }
 
-fn put_bytes(buf: &mut BytesMut, bytes: &[u8]) -> Result<(), ValueError> {
+fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) -> Result<(), ValueError> {
     let len = i32::try_from(bytes.len()).map_err(|_| {
         ValueError(format!(
             "{} bytes exceed PostgreSQL's 1 GB field limit",
@@ -290,7 +290,7 @@ fn text_of(bytes: &[u8]) -> Result<&str, ValueError> {
     Ok(text)
 }
 
-fn int_into(target: &PgType, v: i128, buf: &mut BytesMut) -> Result<(), ValueError> {
+fn int_into(target: &PgType, v: i128, buf: &mut Vec<u8>) -> Result<(), ValueError> {
     let out_of_range = || ValueError(format!("{v} does not fit PostgreSQL {target}"));
     match target {
         PgType::Bool => match v {
@@ -335,7 +335,7 @@ fn bits_into(
     width: u32,
     bytes: &[u8],
     target: &PgType,
-    buf: &mut BytesMut,
+    buf: &mut Vec<u8>,
 ) -> Result<(), ValueError> {
     if bytes.len() > 8 {
         return fail(format!(
@@ -384,7 +384,7 @@ fn bits_into(
 fn time_into(
     (negative, days, hours, minutes, seconds, micros): (bool, u32, u8, u8, u8, u32),
     target: &PgType,
-    buf: &mut BytesMut,
+    buf: &mut Vec<u8>,
 ) -> Result<(), ValueError> {
     let magnitude = ((i64::from(days) * 24 + i64::from(hours)) * 3600
         + i64::from(minutes) * 60
@@ -422,7 +422,7 @@ pub fn encode_field(
     value: &Value,
     source: &SourceType,
     target: &PgType,
-    buf: &mut BytesMut,
+    buf: &mut Vec<u8>,
 ) -> Result<Encoded, ValueError> {
     match value {
         Value::NULL => buf.put_i32(-1),
@@ -531,9 +531,9 @@ mod tests {
     use super::*;
 
     fn numeric_bytes(text: &str) -> Vec<u8> {
-        let mut buf = BytesMut::new();
+        let mut buf = Vec::new();
         put_numeric(text, &mut buf).unwrap();
-        buf.to_vec()
+        buf
     }
 
     fn words(bytes: &[u8]) -> Vec<i16> {
@@ -565,7 +565,7 @@ mod tests {
 
     #[test]
     fn numeric_rejects_what_is_not_a_number() {
-        let mut buf = BytesMut::new();
+        let mut buf = Vec::new();
         for bad in ["", "-", "1e5", "12a", "1.2.3", "."] {
             assert!(put_numeric(bad, &mut buf).is_err(), "{bad}");
         }
@@ -585,7 +585,7 @@ mod tests {
 
     #[test]
     fn zero_dates_become_null_and_are_reported() {
-        let mut buf = BytesMut::new();
+        let mut buf = Vec::new();
         let source = SourceType::Date;
         for zero in [
             Value::Date(0, 0, 0, 0, 0, 0, 0),
@@ -594,20 +594,20 @@ mod tests {
             buf.clear();
             let got = encode_field(&zero, &source, &PgType::Date, &mut buf).unwrap();
             assert_eq!(got, Encoded::ZeroDate);
-            assert_eq!(buf.to_vec(), (-1i32).to_be_bytes().to_vec());
+            assert_eq!(buf, (-1i32).to_be_bytes().to_vec());
         }
     }
 
     #[test]
     fn impossible_dates_are_refused() {
-        let mut buf = BytesMut::new();
+        let mut buf = Vec::new();
         let v = Value::Date(2021, 2, 30, 0, 0, 0, 0);
         assert!(encode_field(&v, &SourceType::Date, &PgType::Date, &mut buf).is_err());
     }
 
     #[test]
     fn integers_that_do_not_fit_are_refused_not_wrapped() {
-        let mut buf = BytesMut::new();
+        let mut buf = Vec::new();
         let source = SourceType::Integer {
             bytes: 8,
             unsigned: true,
@@ -628,7 +628,7 @@ mod tests {
 
     #[test]
     fn nul_bytes_in_text_are_refused_loudly() {
-        let mut buf = BytesMut::new();
+        let mut buf = Vec::new();
         let v = Value::Bytes(b"ab\0c".to_vec());
         let err = encode_field(&v, &SourceType::Text, &PgType::Text, &mut buf).unwrap_err();
         assert!(err.0.contains("NUL byte at character 3"), "{err}");
@@ -636,7 +636,7 @@ mod tests {
 
     #[test]
     fn long_times_fit_interval_but_not_time() {
-        let mut buf = BytesMut::new();
+        let mut buf = Vec::new();
         let v = Value::Time(false, 34, 22, 59, 59, 0);
         let source = SourceType::Time { fsp: 0 };
         assert!(encode_field(&v, &source, &PgType::Time(Some(0)), &mut buf).is_err());
@@ -650,10 +650,10 @@ mod tests {
 
     #[test]
     fn bits_are_left_aligned_for_postgres() {
-        let mut buf = BytesMut::new();
+        let mut buf = Vec::new();
         let v = Value::Bytes(vec![0b101]);
         encode_field(&v, &SourceType::Bit { width: 3 }, &PgType::Bit(3), &mut buf).unwrap();
-        assert_eq!(buf.to_vec(), vec![0, 0, 0, 5, 0, 0, 0, 3, 0b1010_0000]);
+        assert_eq!(buf, vec![0, 0, 0, 5, 0, 0, 0, 3, 0b1010_0000]);
     }
 
     #[test]

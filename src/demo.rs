@@ -551,6 +551,7 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
             replica: replica.clone(),
             warehouse: warehouse.clone(),
             rate: None,
+            capped_by_copy: true,
         }),
         warehouse: Some(warehouse.clone()),
         stop: Stop::never(),

@@ -25,6 +25,10 @@ pub enum ErrorKind {
     Schema,
     /// A value cannot be carried into its destination column.
     Value,
+    /// A value outgrew its warehouse column in a way the column can be
+    /// widened for without changing any value (a `time` past 24 hours into
+    /// a `time` column, which becomes `interval`).
+    Outgrown,
     /// Any other error the database reported.
     Database,
     /// The run was interrupted before it finished.

@@ -10,7 +10,7 @@ use mysql_async::{Conn, Value};
 
 use crate::config::{ExtractionStrategy, TableConfig};
 use crate::error::{Error, ErrorKind, Result};
-use crate::mysql::{self as my, Bound, Pass, ReadRange, SourceTable};
+use crate::mysql::{self as my, Bound, ClockTerms, Pass, PassKind, ReadRange, SourceTable};
 use crate::schema::{
     DateTimeParts, SourceType, compare_values, step_back, value_from_text, value_to_text,
 };
@@ -23,32 +23,113 @@ use crate::tracking::StoredWatermark;
 const TIMESTAMP_FLOOR: DateTimeParts = DateTimeParts::midnight(1970, 1, 2);
 const TIMESTAMP_CEILING: DateTimeParts = DateTimeParts::midnight(2038, 1, 18);
 
-/// Quality bounds of a watermark column as MySQL values; dates and
-/// date-times only. The upper bound defaults to the server's clock plus a day.
+/// The lowest date a watermark counts, whatever `min_date` says: just past
+/// OpenDental's "no date" values (`0000-00-00`, `0001-01-01`, `1900-01-01`),
+/// so rows stamped with one are read by the below-bounds pass of every run
+/// instead of waiting below a watermark they can never reach.
+const SENTINEL_FLOOR: DateTimeParts = DateTimeParts::midnight(1900, 1, 2);
+
+/// What a phase knows about a table's reads besides its config.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// Per watermark column, the watermark the copy before this hop has
+    /// committed, in this session's terms (the load from a replica). Such a
+    /// column is bounded by it instead of by the server's clock, so the load
+    /// never passes what the copy guarantees complete.
+    pub caps: HashMap<String, Value>,
+    /// The copy before this hop manages the table: a watermark column it has
+    /// no committed watermark for (a first copy under way, or one that
+    /// stopped between its swap and its tracking update) does not move.
+    pub copy_manages: bool,
+    /// Microseconds since the run that wrote the stored watermarks began,
+    /// by the tracking store's clock; `None` when not known.
+    pub since_last_run: Option<i64>,
+    /// The highest key the destination holds, when the table's key is an
+    /// auto-increment integer (`Some(None)`: the destination is empty).
+    pub held_key: Option<Option<Value>>,
+}
+
+/// Where a watermark column's values may lie in this run.
+struct ColumnBounds {
+    /// Values below it are outside the quality bounds (dates only).
+    min: Option<Value>,
+    /// Values above it never move the watermark, and why.
+    max: Option<(Value, PassKind)>,
+    /// The earliest stamp the server's clock can have written since the
+    /// last run began (dates only, when that run's start is known).
+    earliest: Option<Value>,
+}
+
+fn clock_terms(ty: &SourceType) -> ClockTerms {
+    match ty {
+        SourceType::Timestamp { .. } => ClockTerms::Session,
+        SourceType::Date => ClockTerms::ServerDate,
+        _ => ClockTerms::ServerLocal,
+    }
+}
+
+fn lower(a: Option<(Value, PassKind)>, b: Option<(Value, PassKind)>) -> Option<(Value, PassKind)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if compare_values(&b.0, &a.0) == Some(Ordering::Less) {
+            b
+        } else {
+            a
+        }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The bounds of a watermark column in this run. Dates count from
+/// [`SENTINEL_FLOOR`] (or a later `min_date`) up to the lowest of
+/// `max_date`, the copy's committed watermark (`cap`) and, without a cap,
+/// the server's clock at the start of the run plus the table's skew
+/// allowance, in the column's own terms.
 async fn column_bounds(
     mysql: &mut Conn,
     cfg: &TableConfig,
     ty: &SourceType,
-) -> Result<(Bound, Bound)> {
+    cap: Option<&Value>,
+    since_last_run: Option<i64>,
+) -> Result<ColumnBounds> {
+    let mut bounds = ColumnBounds {
+        min: None,
+        max: cap.map(|c| (c.clone(), PassKind::AheadOfCopy)),
+        earliest: None,
+    };
     if !ty.is_temporal() {
-        return Ok((Bound::Open, Bound::Open));
+        return Ok(bounds);
     }
     let is_timestamp = matches!(ty, SourceType::Timestamp { .. });
-    let mut min = cfg.quality.min;
-    if is_timestamp && min.is_some_and(|m| m.pg_micros() < TIMESTAMP_FLOOR.pg_micros()) {
-        min = Some(TIMESTAMP_FLOOR);
-    }
-    let max = match cfg.quality.max {
-        Some(p) if is_timestamp && p.pg_micros() > TIMESTAMP_CEILING.pg_micros() => {
-            TIMESTAMP_CEILING.to_mysql()
-        }
-        Some(p) => p.to_mysql(),
-        None => my::server_now_plus_day(mysql).await?,
+    let floor = if is_timestamp {
+        TIMESTAMP_FLOOR
+    } else {
+        SENTINEL_FLOOR
     };
-    Ok((
-        min.map(|p| Bound::At(p.to_mysql())).unwrap_or(Bound::Open),
-        Bound::At(max),
-    ))
+    let min = match cfg.quality.min {
+        Some(m) if m.pg_micros() > floor.pg_micros() => m,
+        _ => floor,
+    };
+    bounds.min = Some(min.to_mysql());
+    let quality_max = cfg.quality.max.map(|p| {
+        let p = if is_timestamp && p.pg_micros() > TIMESTAMP_CEILING.pg_micros() {
+            TIMESTAMP_CEILING
+        } else {
+            p
+        };
+        (p.to_mysql(), PassKind::OutsideBounds)
+    });
+    if cap.is_none() {
+        let (upper, earliest) =
+            my::server_clock(mysql, clock_terms(ty), cfg.skew_allowance(), since_last_run).await?;
+        bounds.max = Some((upper, PassKind::Future));
+        bounds.earliest = earliest;
+    }
+    bounds.max = lower(bounds.max, quality_max);
+    Ok(bounds)
+}
+
+fn as_bound(value: &Option<Value>) -> Bound {
+    value.clone().map(Bound::At).unwrap_or(Bound::Open)
 }
 
 /// The columns whose watermarks a full read records for the next run.
@@ -65,28 +146,46 @@ fn trackable_columns(cfg: &TableConfig, source: &SourceTable, key: &[String]) ->
     if usable { columns } else { Vec::new() }
 }
 
-/// The watermarks a full read records: the highest in-bounds value of each
-/// watermark column. Read before the rows, so a row added in between (on a
-/// table without snapshots, MyISAM) is read again next run, never skipped.
+/// The watermarks a full read records: the highest value of each watermark
+/// column within its bounds (never past the clock or the copy). Read before
+/// the rows, so a row added in between (on a table without snapshots,
+/// MyISAM) is read again next run, never skipped.
 pub async fn full_read_marks(
     mysql: &mut Conn,
     cfg: &TableConfig,
     source: &SourceTable,
     key: &[String],
+    limits: &Limits,
 ) -> Result<Vec<(String, StoredWatermark)>> {
     let mut marks = Vec::new();
     for column in trackable_columns(cfg, source, key) {
         let Some(source_column) = source.column(&column) else {
             continue;
         };
-        let (min, max) = column_bounds(mysql, cfg, &source_column.ty).await?;
-        if let Some(upper) = my::upper_bound(mysql, &cfg.name, &column, &min, &max).await?
+        let bounds = column_bounds(
+            mysql,
+            cfg,
+            &source_column.ty,
+            limits.caps.get(&column),
+            None,
+        )
+        .await?;
+        let max = as_bound(&bounds.max.map(|(v, _)| v));
+        if let Some(upper) =
+            my::upper_bound(mysql, &cfg.name, &column, &as_bound(&bounds.min), &max).await?
             && let Some(value) = value_to_text(&upper)
         {
             marks.push((column, StoredWatermark { value, key: None }));
         }
     }
     Ok(marks)
+}
+
+/// Whether a table's key is one auto-increment integer column that is not
+/// itself a watermark column: then new rows can be found by their key,
+/// whatever their stamp says.
+pub fn reads_new_keys(source: &SourceTable, key: &[String], columns: &[String]) -> bool {
+    matches!(key, [k] if source.auto_increment.as_deref() == Some(k.as_str()) && !columns.contains(k))
 }
 
 /// The watermarks of an incremental read, advanced batch by batch.
@@ -139,10 +238,24 @@ fn key_json(values: &[Value]) -> Option<String> {
     serde_json::to_string(&texts).ok()
 }
 
-/// The passes of an incremental read on `columns` (OR): for each column the
-/// window from its stored watermark (inclusive, less the look-back) up to
-/// the run's upper bound, paged by (column, key); and, for dates, the rows
-/// outside the quality bounds, which arrive without moving the watermark.
+fn earlier(a: Value, b: Option<&Value>) -> Value {
+    match b {
+        Some(b) if compare_values(b, &a) == Some(Ordering::Less) => b.clone(),
+        _ => a,
+    }
+}
+
+/// The passes of an incremental read on `columns` (OR). For each column:
+/// the window from its stored watermark (inclusive, less the look-back) up
+/// to the run's upper bound, paged by (column, key); the rows stamped past
+/// the upper limit (the future, or not yet committed by the copy) and, for
+/// dates, before the quality bounds, which arrive without moving the
+/// watermark. The window starts lower when the copy's watermark is lower
+/// (the load never passes it) or when the server's clock went back since
+/// the last run (a fall-back hour, a clock stepped back): the watermark then
+/// steps back too, so the next hop re-reads what this one re-reads. For a
+/// table with an auto-increment key, one more pass reads the keys past the
+/// highest the destination holds among rows no window reads.
 pub async fn plan_passes(
     mysql: &mut Conn,
     cfg: &TableConfig,
@@ -150,9 +263,11 @@ pub async fn plan_passes(
     key: &[String],
     stored: &HashMap<String, StoredWatermark>,
     columns: &[String],
+    limits: &Limits,
 ) -> Result<(Vec<Pass>, Marks)> {
     let mut passes = Vec::new();
     let mut current = HashMap::new();
+    let mut unread = Vec::new();
     for column in columns {
         let source_column = source.column(column).ok_or_else(|| {
             Error::new(
@@ -175,39 +290,91 @@ pub async fn plan_passes(
                 ),
             )
         })?;
-        current.insert(column.clone(), (value.clone(), mark.clone()));
-        let (min, max) = column_bounds(mysql, cfg, &source_column.ty).await?;
-        let mut start = step_back(&value, cfg.lookback_seconds, cfg.lookback_keys);
-        if let Bound::At(min_value) = &min
+        let cap = match limits.caps.get(column) {
+            None if limits.copy_manages => Some(&value),
+            cap => cap,
+        };
+        let bounds =
+            column_bounds(mysql, cfg, &source_column.ty, cap, limits.since_last_run).await?;
+        let from = earlier(earlier(value.clone(), cap), bounds.earliest.as_ref());
+        if compare_values(&from, &value) == Some(Ordering::Less) {
+            let text = value_to_text(&from).unwrap_or_default();
+            tracing::info!(table = %cfg.name, %column, from = %text, "watermark steps back");
+            current.insert(
+                column.clone(),
+                (
+                    from.clone(),
+                    StoredWatermark {
+                        value: text,
+                        key: None,
+                    },
+                ),
+            );
+        } else {
+            current.insert(column.clone(), (value.clone(), mark.clone()));
+        }
+        let mut start = step_back(&from, cfg.lookback_seconds, cfg.lookback_keys);
+        if let Some(min_value) = &bounds.min
             && compare_values(&start, min_value) == Some(Ordering::Less)
         {
             start = min_value.clone();
         }
         let mut order = vec![column.clone()];
         order.extend(key.iter().filter(|k| *k != column).cloned());
-        if let Some(upper) = my::upper_bound(mysql, &cfg.name, column, &min, &max).await? {
+        let max = bounds.max.clone();
+        if let Some(upper) = my::upper_bound(
+            mysql,
+            &cfg.name,
+            column,
+            &as_bound(&bounds.min),
+            &as_bound(&max.clone().map(|(v, _)| v)),
+        )
+        .await?
+        {
             passes.push(Pass {
                 advances: Some(column.clone()),
-                range: ReadRange::Window { start, upper },
+                kind: PassKind::Window,
+                range: ReadRange::Window {
+                    start: start.clone(),
+                    upper,
+                },
                 order: order.clone(),
                 after: None,
             });
         }
-        if let Bound::At(max_value) = max {
-            let min = match min {
-                Bound::At(v) => Some(v),
-                Bound::Open => None,
-            };
+        if let Some((max, kind)) = max {
             passes.push(Pass {
                 advances: None,
-                range: ReadRange::Outside {
-                    min,
-                    max: max_value,
-                },
+                kind,
+                range: ReadRange::Above { max },
+                order: order.clone(),
+                after: None,
+            });
+        }
+        if let Some(min) = &bounds.min {
+            passes.push(Pass {
+                advances: None,
+                kind: PassKind::OutsideBounds,
+                range: ReadRange::Below { min: min.clone() },
                 order,
                 after: None,
             });
         }
+        unread.push((column.clone(), bounds.min, start));
+    }
+    if let Some(held) = &limits.held_key
+        && reads_new_keys(source, key, columns)
+    {
+        passes.push(Pass {
+            advances: None,
+            kind: PassKind::NewKeys,
+            range: ReadRange::KeysAbove {
+                held: held.clone(),
+                unread,
+            },
+            order: key.to_vec(),
+            after: None,
+        });
     }
     Ok((
         passes,

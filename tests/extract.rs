@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::TestDb;
+use common::{TestDb, phase_report};
 use etl_pipeline::ErrorKind;
 use etl_pipeline::config::{SslMode, Strategy, TablesConfig};
 use mysql_async::prelude::Queryable;
@@ -53,18 +53,6 @@ async fn assert_all_same(db: &TestDb) {
     db.assert_same("securitylog", &["SecurityLogNum"]).await;
 }
 
-fn report<'a>(
-    run: &'a etl_pipeline::pipeline::RunReport,
-    table: &str,
-    phase: &str,
-) -> &'a etl_pipeline::load::TableReport {
-    run.outcome(table, phase)
-        .unwrap_or_else(|| panic!("no {phase} outcome for {table}"))
-        .result
-        .as_ref()
-        .unwrap_or_else(|e| panic!("{table} {phase}: {e}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hop_runs_keep_the_warehouse_equal_to_the_source() {
     let db = TestDb::new("two_hop").await;
@@ -79,7 +67,7 @@ async fn two_hop_runs_keep_the_warehouse_equal_to_the_source() {
     let first = db.run_two_hop(&cfg, None).await;
     assert!(first.succeeded(), "{first:?}");
     assert_eq!(
-        report(&first, "visit", "extract").decision.strategy,
+        phase_report(&first, "visit", "extract").decision.strategy,
         Strategy::Full
     );
     assert_all_same(&db).await;
@@ -94,14 +82,14 @@ async fn two_hop_runs_keep_the_warehouse_equal_to_the_source() {
     .await;
     let second = db.run_two_hop(&cfg, None).await;
     assert!(second.succeeded(), "{second:?}");
-    let visit = report(&second, "visit", "extract");
+    let visit = phase_report(&second, "visit", "extract");
     assert!(
         matches!(visit.decision.strategy, Strategy::Incremental { .. }),
         "{:?}",
         visit.decision
     );
     assert_eq!((visit.rows_inserted, visit.rows_updated), (700, 41));
-    let log = report(&second, "securitylog", "extract");
+    let log = phase_report(&second, "securitylog", "extract");
     assert_eq!(log.rows_inserted, 120);
     assert!(
         log.rows_read <= 121,
@@ -142,7 +130,7 @@ async fn schema_drift_at_the_source_reaches_the_replica_and_the_warehouse() {
     .await;
     let run = db.run_two_hop(&cfg, None).await;
     assert!(run.succeeded(), "{run:?}");
-    let extract = report(&run, "visit", "extract");
+    let extract = phase_report(&run, "visit", "extract");
     assert_eq!(extract.decision.strategy, Strategy::Full);
     assert!(
         extract
@@ -191,7 +179,7 @@ async fn a_copy_whose_connection_is_killed_resumes_after_the_last_committed_page
         killer.await.unwrap(),
         "the copy's source connection was never seen"
     );
-    let extract = report(&run, "visit", "extract");
+    let extract = phase_report(&run, "visit", "extract");
     let resumed = extract
         .warnings
         .iter()
@@ -285,6 +273,7 @@ async fn direct_mode_loads_the_warehouse_straight_from_the_source() {
         .await;
     let load = etl_pipeline::load::LoadContext {
         replica: db.source.clone(),
+        capped_by_copy: false,
         ..db.ctx.clone()
     };
     let ctx = etl_pipeline::pipeline::RunContext::load_only(load);
@@ -615,7 +604,7 @@ async fn a_full_copy_carries_awkward_values_exactly() {
           UNHEX('00090A0D5C4E5CFF80'), 3.4028235e38, -2.2250738585072014e-308, -12345678901234.123456, \
           '2024-02-29 23:59:59.999999', '0000-00-00', '-838:59:59.999', 1901, 'b c', 'x,y', '{\"k\": [1, \"\\\\t\"]}'), \
          (2, '\\\\N', '', '', 1.17549435e-38, 1e308, 0, '1000-01-01 00:00:00', '9999-12-31', '100:00:00', 2155, 'a', '', 'null'), \
-         (3, '', NULL, NULL, 0, -0.0, NULL, NULL, NULL, '00:00:00.001', NULL, NULL, NULL, NULL), \
+         (3, '', NULL, NULL, 0, -0.0, NULL, NULL, NULL, '00:00:00.001', 0, NULL, NULL, NULL), \
          (4, NULL, 'x', UNHEX(''), NULL, NULL, 1, '2000-01-01', '2000-01-01', NULL, 2000, NULL, 'y', '[]')",
         "INSERT INTO `sheetfielddef` (`Num`, `Bin`) SELECT 10 + seq, UNHEX(REPEAT(LPAD(HEX(seq % 256), 2, '0'), 12000)) \
          FROM seq_0_to_255",
@@ -648,4 +637,64 @@ async fn a_full_copy_carries_awkward_values_exactly() {
         .await
         .unwrap();
     assert_eq!(keys, ["Dt", "PRIMARY", "Txt"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unique_code_moved_to_a_new_row_leaves_both_rows_in_the_copies() {
+    let db = TestDb::new("ex_unique_moved").await;
+    db.source_sql(&[
+        "CREATE TABLE `procedurecode` (`CodeNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+         `ProcCode` varchar(15) NOT NULL, `Descript` varchar(50) NOT NULL, \
+         `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP, \
+         UNIQUE KEY `ProcCode` (`ProcCode`), KEY `DateTStamp` (`DateTStamp`))",
+        "INSERT INTO `procedurecode` (`ProcCode`, `Descript`, `DateTStamp`) \
+         SELECT CONCAT('D', seq), CONCAT('code ', seq), '2024-01-01 00:00:00' FROM seq_1_to_50",
+    ])
+    .await;
+    let cfg = TablesConfig::parse(
+        "tables:\n  procedurecode:\n    extraction_strategy: incremental\n    incremental_columns: [DateTStamp]\n    \
+         primary_incremental_column: DateTStamp\n    lookback_seconds: 0\n",
+    )
+    .unwrap();
+    assert!(db.run_two_hop(&cfg, None).await.succeeded());
+    // A code moves to a new row, which the copy reads first (its stamp is
+    // earlier): with a unique key in the replica its upsert would overwrite
+    // the old row and the new one would never be written.
+    let move_code = |n: u32| {
+        [
+            format!(
+                "UPDATE `procedurecode` SET `ProcCode` = 'D{n}-retired', `DateTStamp` = '2025-01-01 00:00:0{n}' \
+                 WHERE `ProcCode` = 'D{n}'"
+            ),
+            format!(
+                "INSERT INTO `procedurecode` (`ProcCode`, `Descript`, `DateTStamp`) \
+                 VALUES ('D{n}', 'the new D{n}', '2025-01-01 00:00:00')"
+            ),
+        ]
+    };
+    let statements = move_code(1);
+    db.source_sql(&[&statements[0], &statements[1]]).await;
+    let run = db.run_two_hop(&cfg, None).await;
+    assert!(run.succeeded(), "{run:?}");
+    db.assert_replica_same("procedurecode", &["CodeNum"]).await;
+    db.assert_same("procedurecode", &["CodeNum"]).await;
+
+    // A replica made with the unique key (by an older version) is fixed in place.
+    db.mysql(&[
+        "ALTER TABLE `procedurecode` DROP INDEX `ProcCode`, ADD UNIQUE KEY `ProcCode` (`ProcCode`)",
+    ])
+    .await;
+    let statements = move_code(2);
+    db.source_sql(&[&statements[0], &statements[1]]).await;
+    let run = db.run_two_hop(&cfg, None).await;
+    assert!(run.succeeded(), "{run:?}");
+    assert!(
+        phase_report(&run, "procedurecode", "extract")
+            .warnings
+            .iter()
+            .any(|w| w.contains("unique key(s) ProcCode of the replica copy made plain")),
+        "{run:?}"
+    );
+    db.assert_replica_same("procedurecode", &["CodeNum"]).await;
+    db.assert_same("procedurecode", &["CodeNum"]).await;
 }

@@ -129,7 +129,9 @@ async fn bad_dates_never_move_the_watermark_yet_their_rows_arrive() {
     .await;
     let report = db.load(&cfg).await.unwrap();
     assert!(is_incremental(&report));
-    assert_eq!(report.rows_outside_bounds, 2);
+    // 1902 is below the quality bounds; 2099 is past the clock, which comes
+    // before max_date.
+    assert_eq!((report.rows_outside_bounds, report.rows_future), (1, 1));
     assert_eq!(
         db.watermark("claim", "SecDateTEdit").await.as_deref(),
         Some("2024-07-01 00:00:00")
@@ -563,6 +565,91 @@ async fn a_widened_source_column_is_widened_in_the_warehouse_and_reloaded() {
     assert_eq!(types["Amount"], "bigint");
     assert_eq!(types["Code"], "character varying(40)");
     db.assert_same("fee", &["FeeNum"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decimal_that_gained_places_is_widened_to_hold_both_and_never_rounded() {
+    let db = TestDb::new("decimal_scale").await;
+    db.mysql(&[
+        "CREATE TABLE `fee` (`FeeNum` bigint NOT NULL PRIMARY KEY, `Amount` decimal(10,2) NOT NULL, \
+         `Seen` datetime NOT NULL, `SecDateTEdit` datetime NOT NULL)",
+        "INSERT INTO `fee` VALUES (1, 12345678.91, '2024-01-01 10:00:00', '2024-01-01 00:00:00')",
+    ])
+    .await;
+    let cfg = table_config(
+        "tables:\n  fee:\n    extraction_strategy: incremental\n    incremental_columns: [SecDateTEdit]\n    \
+         primary_incremental_column: SecDateTEdit\n",
+    );
+    db.load(&cfg).await.unwrap();
+    // Four decimal places now, two fewer integer digits: numeric(10,4) would
+    // not hold row 1, numeric(10,2) would round row 2.
+    db.mysql(&[
+        "ALTER TABLE `fee` MODIFY `Amount` decimal(10,4) NOT NULL",
+        "UPDATE `fee` SET `Amount` = 1.2345, `SecDateTEdit` = '2024-02-01 00:00:00' WHERE `FeeNum` = 1",
+        "INSERT INTO `fee` VALUES (2, 123456.0001, '2024-01-01 10:00:00', '2024-02-01 00:00:00')",
+    ])
+    .await;
+    let report = db.load(&cfg).await.unwrap();
+    assert!(report.decision.reason.contains("Amount"), "{report:?}");
+    assert_eq!(db.pg_types("fee").await["Amount"], "numeric(12,4)");
+    db.assert_same("fee", &["FeeNum"]).await;
+
+    // A column the load cannot widen (a view over it) and values finer than
+    // it keeps: the table fails, naming the value, instead of rounding it.
+    db.pg()
+        .await
+        .batch_execute("create view raw.fee_view as select \"Amount\", \"Seen\" from raw.fee")
+        .await
+        .unwrap();
+    db.mysql(&[
+        "ALTER TABLE `fee` MODIFY `Amount` decimal(12,6) NOT NULL, MODIFY `Seen` datetime(3) NOT NULL",
+        "UPDATE `fee` SET `Amount` = 1.234567, `SecDateTEdit` = '2024-03-01 00:00:00' WHERE `FeeNum` = 1",
+    ])
+    .await;
+    let err = db.load(&cfg).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Value, "{err}");
+    assert!(
+        err.to_string().contains("1.234567 has 6 decimal places"),
+        "{err}"
+    );
+    db.mysql(&[
+        "UPDATE `fee` SET `Amount` = 1.5, `Seen` = '2024-01-01 10:00:00.250' WHERE `FeeNum` = 1",
+    ])
+    .await;
+    let err = db.load(&cfg).await.unwrap_err();
+    assert!(err.to_string().contains("fraction .250000"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_past_a_day_widens_its_time_column_to_interval_and_loads() {
+    let db = TestDb::new("time_outgrown").await;
+    db.mysql(&[
+        "CREATE TABLE `schedule` (`ScheduleNum` bigint NOT NULL PRIMARY KEY, `StopTime` time NOT NULL, \
+         `DateTStamp` datetime NOT NULL)",
+        "INSERT INTO `schedule` VALUES (1, '17:00:00', '2024-01-01 00:00:00'), (2, '18:30:00', '2024-01-01 00:00:01')",
+    ])
+    .await;
+    let cfg = table_config(
+        "tables:\n  schedule:\n    extraction_strategy: incremental\n    incremental_columns: [DateTStamp]\n    \
+         primary_incremental_column: DateTStamp\n",
+    );
+    db.load(&cfg).await.unwrap();
+    assert_eq!(
+        db.pg_types("schedule").await["StopTime"],
+        "time(0) without time zone"
+    );
+    db.mysql(&["UPDATE `schedule` SET `StopTime` = '30:15:00', `DateTStamp` = '2024-02-01 00:00:00' WHERE `ScheduleNum` = 2"])
+        .await;
+    let report = db.load(&cfg).await.unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("StopTime hold values past 24 hours")),
+        "{report:?}"
+    );
+    assert_eq!(db.pg_types("schedule").await["StopTime"], "interval");
+    db.assert_same("schedule", &["ScheduleNum"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,13 @@ pub const DEFAULT_LOOKBACK_SECONDS: u64 = 600;
 /// watermark: InnoDB hands out ids at insert time, so a slow transaction can
 /// commit a lower id after a higher one was read.
 pub const DEFAULT_LOOKBACK_KEYS: u64 = 1_000;
+/// Seconds a date-time watermark may lie past the source server's clock at
+/// the start of a run and still count: a workstation writing its own clock
+/// into an entry stamp runs a little ahead. Rows stamped further ahead are
+/// carried every run without moving the watermark. The allowance never
+/// exceeds `lookback_seconds`, so a watermark that far ahead is still
+/// re-read past by the next run's look-back.
+pub const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 60;
 
 /// Share of a table a key reconciliation may delete before it stops and
 /// asks for `--allow-mass-delete`: a broken or emptied source must never
@@ -165,6 +172,7 @@ struct RawTable {
     processing_priority: Option<ProcessingPriority>,
     lookback_seconds: Option<u64>,
     lookback_keys: Option<u64>,
+    clock_skew_seconds: Option<u64>,
     estimated_rows: Option<u64>,
     delete_detection: Option<DeleteDetection>,
     reconcile_every_runs: Option<u32>,
@@ -259,6 +267,8 @@ pub struct TableConfig {
     pub processing_priority: ProcessingPriority,
     pub lookback_seconds: u64,
     pub lookback_keys: u64,
+    /// Seconds past the source clock a date-time watermark may lie.
+    pub clock_skew_seconds: u64,
     pub estimated_rows: Option<u64>,
     pub deletes: DeletePolicy,
     /// A table last copied or loaded longer ago than this many days is
@@ -287,6 +297,7 @@ impl TableConfig {
             processing_priority: ProcessingPriority::Medium,
             lookback_seconds: DEFAULT_LOOKBACK_SECONDS,
             lookback_keys: DEFAULT_LOOKBACK_KEYS,
+            clock_skew_seconds: DEFAULT_CLOCK_SKEW_SECONDS,
             estimated_rows: None,
             deletes: DeletePolicy {
                 max_share: DEFAULT_MAX_DELETE_SHARE,
@@ -306,6 +317,13 @@ impl TableConfig {
             Some(column) => vec![column.clone()],
             None => self.incremental_columns.clone(),
         }
+    }
+
+    /// Seconds past the source clock a date-time watermark may lie in this
+    /// table: `clock_skew_seconds`, held within `lookback_seconds` so that
+    /// a watermark that far ahead cannot hide the edits made meanwhile.
+    pub fn skew_allowance(&self) -> u64 {
+        self.clock_skew_seconds.min(self.lookback_seconds)
     }
 
     /// A warning naming the columns this config lists (watermark and
@@ -633,6 +651,7 @@ fn validate(name: &str, raw: RawTable) -> Result<TableConfig> {
             .unwrap_or(ProcessingPriority::Medium),
         lookback_seconds: raw.lookback_seconds.unwrap_or(DEFAULT_LOOKBACK_SECONDS),
         lookback_keys: raw.lookback_keys.unwrap_or(DEFAULT_LOOKBACK_KEYS),
+        clock_skew_seconds: raw.clock_skew_seconds.unwrap_or(DEFAULT_CLOCK_SKEW_SECONDS),
         estimated_rows: raw.estimated_rows,
         deletes,
         time_gap_days: raw.time_gap_threshold_days,

@@ -25,10 +25,11 @@ use crate::config::{
     wants_checksum,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::incremental::{self, Marks};
+use crate::incremental::{self, Limits, Marks};
 use crate::load::{LoadOptions, TableReport};
 use crate::mysql::{
-    self as my, Encoder, Pass, RateLimit, ReadJob, ReadRange, ReadSpec, SourceTable, spawn_reader,
+    self as my, Encoder, Pass, PassKind, RateLimit, ReadJob, ReadRange, ReadSpec, SourceTable,
+    spawn_reader,
 };
 use crate::reconcile::{self, Side};
 use crate::schema::ident;
@@ -148,8 +149,10 @@ async fn bulk_loadable(replica: &mut Conn, table: &SourceTable) -> Result<bool> 
 }
 
 /// Appends a value as a `LOAD DATA` field: text, with backslash escapes
-/// for backslash, tab, newline and NUL, and `\N` for NULL.
-fn put_field(out: &mut Vec<u8>, value: &Value) {
+/// for backslash, tab, newline and NUL, and `\N` for NULL. A `year`
+/// column's value goes as four digits: the server reads the text `0` as the
+/// year 2000, `0000` as the year 0.
+fn put_field(out: &mut Vec<u8>, value: &Value, year: bool) {
     use std::io::Write;
     match value {
         Value::NULL => out.extend_from_slice(b"\\N"),
@@ -164,8 +167,14 @@ fn put_field(out: &mut Vec<u8>, value: &Value) {
                 }
             }
         }
+        Value::Int(v) if year => {
+            let _ = write!(out, "{v:04}");
+        }
         Value::Int(v) => {
             let _ = write!(out, "{v}");
+        }
+        Value::UInt(v) if year => {
+            let _ = write!(out, "{v:04}");
         }
         Value::UInt(v) => {
             let _ = write!(out, "{v}");
@@ -208,17 +217,22 @@ const INFILE_CHUNK_BYTES: usize = 64 * 1024;
 /// altered on the way in.
 async fn load_rows(
     replica: &mut Conn,
-    table: &str,
-    columns: &[String],
+    table: &SourceTable,
+    into: &str,
     rows: Vec<Vec<Value>>,
 ) -> Result<u64> {
+    let years: Vec<bool> = table
+        .columns
+        .iter()
+        .map(|c| matches!(c.ty, crate::schema::SourceType::Year))
+        .collect();
     let mut data = Vec::with_capacity(rows.len() * 64);
     for row in &rows {
         for (i, value) in row.iter().enumerate() {
             if i > 0 {
                 data.push(b'\t');
             }
-            put_field(&mut data, value);
+            put_field(&mut data, value, years.get(i).copied().unwrap_or(false));
         }
         data.push(b'\n');
     }
@@ -240,10 +254,10 @@ async fn load_rows(
     let sql = format!(
         "LOAD DATA LOCAL INFILE 'batch' INTO TABLE {} CHARACTER SET utf8mb4 \
          FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({})",
-        ident::mysql(table),
-        ident::mysql_list(columns.iter().map(String::as_str))
+        ident::mysql(into),
+        ident::mysql_list(table.columns.iter().map(|c| c.name.as_str()))
     );
-    let err = |e| Error::mysql(format!("loading rows into replica table `{table}`"), e);
+    let err = |e| Error::mysql(format!("loading rows into replica table `{into}`"), e);
     replica.query_drop(sql).await.map_err(err)?;
     let (loaded, warnings) = (replica.affected_rows(), replica.get_warnings());
     if warnings > 0 || loaded != expected {
@@ -252,7 +266,7 @@ async fn load_rows(
         return Err(Error::new(
             ErrorKind::Value,
             format!(
-                "replica table `{table}` took {loaded} of {expected} rows with {warnings} warning(s): {shown:?}"
+                "replica table `{into}` took {loaded} of {expected} rows with {warnings} warning(s): {shown:?}"
             ),
         ));
     }
@@ -472,6 +486,18 @@ pub async fn copy_table(
     } else {
         None
     };
+    if replica_table
+        .as_ref()
+        .is_some_and(|r| !r.unique_keys.is_empty())
+    {
+        let relaxed = relax_unique_keys(&mut replica, &cfg.name).await?;
+        if !relaxed.is_empty() {
+            warnings.push(format!(
+                "unique key(s) {} of the replica copy made plain indexes: the copy applies changes row by row",
+                relaxed.join(", ")
+            ));
+        }
+    }
     let drift = replica_table
         .as_ref()
         .map(|r| drift(&source_table, r))
@@ -485,6 +511,7 @@ pub async fn copy_table(
     }
     let stored = tracking::load_copy_watermarks(&mut replica, &cfg.name).await?;
     let state = tracking::copy_state(&mut replica, &cfg.name).await?;
+    let clock = tracking::copy_clock(&mut replica, &cfg.name).await?;
     let facts = TableFacts {
         force_full: opts.force_full,
         seconds_since_last: state.seconds_since_last,
@@ -551,6 +578,7 @@ pub async fn copy_table(
         stop,
         table: &source_table,
         key: &key,
+        clock: &clock,
     };
     match &decision.strategy {
         Strategy::Full => {
@@ -626,6 +654,7 @@ struct CopyJob<'a> {
     stop: &'a Stop,
     table: &'a SourceTable,
     key: &'a [String],
+    clock: &'a tracking::RunClock,
 }
 
 impl CopyJob<'_> {
@@ -660,6 +689,7 @@ impl CopyJob<'_> {
             status,
             strategy,
             run_id: self.run_id.to_string(),
+            run_started_at: Some(self.clock.now.clone()),
         }
     }
 }
@@ -668,6 +698,7 @@ impl CopyJob<'_> {
 /// opening parenthesis on): InnoDB builds an index over a full table by
 /// sorting, far faster than maintaining it row by row while it fills.
 /// Returns the body without them and the key definitions to add afterwards.
+/// A secondary `UNIQUE` key comes back as a plain one ([`relax_unique_keys`]).
 fn defer_secondary_keys(body: &str) -> (String, Vec<String>) {
     let (Some(open), Some(close)) = (body.find("(\n"), body.rfind("\n)")) else {
         return (body.to_string(), Vec::new());
@@ -676,7 +707,9 @@ fn defer_secondary_keys(body: &str) -> (String, Vec<String>) {
     let mut deferred = Vec::new();
     for line in body[open + 2..close].lines() {
         let item = line.trim().trim_end_matches(',');
-        if ["KEY ", "UNIQUE KEY ", "FULLTEXT KEY ", "SPATIAL KEY "]
+        if let Some(plain) = item.strip_prefix("UNIQUE ") {
+            deferred.push(plain.to_string());
+        } else if ["KEY ", "FULLTEXT KEY ", "SPATIAL KEY "]
             .iter()
             .any(|p| item.starts_with(p))
         {
@@ -694,6 +727,50 @@ fn defer_secondary_keys(body: &str) -> (String, Vec<String>) {
         ),
         deferred,
     )
+}
+
+/// Turns a replica table's secondary `UNIQUE` keys into plain indexes and
+/// names them. The copy applies the source's changes row by row, so it can
+/// pass through states no source transaction showed (a code moved from one
+/// row to a new one, the new row copied first); a unique key would then turn
+/// the upsert of one row into an update of the other. The source keeps the
+/// values unique; the replica only mirrors them.
+async fn relax_unique_keys(replica: &mut Conn, table: &str) -> Result<Vec<String>> {
+    let ddl: Option<(String, String)> = replica
+        .query_first(format!("SHOW CREATE TABLE {}", ident::mysql(table)))
+        .await
+        .map_err(|e| Error::mysql(format!("reading replica table `{table}`"), e))?;
+    let ddl = ddl.map(|(_, d)| d).unwrap_or_default();
+    let mut names = Vec::new();
+    let mut changes = Vec::new();
+    for line in ddl.lines() {
+        let item = line.trim().trim_end_matches(',');
+        if let Some(plain) = item.strip_prefix("UNIQUE ")
+            && let Some(name) = plain.split('`').nth(1)
+        {
+            changes.push(format!(
+                "DROP INDEX {}, ADD {plain}",
+                ident::mysql(&name.replace("``", "`"))
+            ));
+            names.push(name.to_string());
+        }
+    }
+    if !changes.is_empty() {
+        replica
+            .query_drop(format!(
+                "ALTER TABLE {} {}",
+                ident::mysql(table),
+                changes.join(", ")
+            ))
+            .await
+            .map_err(|e| {
+                Error::mysql(
+                    format!("making the unique keys of replica table `{table}` plain"),
+                    e,
+                )
+            })?;
+    }
+    Ok(names)
 }
 
 /// Seconds a retry waits for the session of an abandoned attempt to end.
@@ -768,7 +845,14 @@ async fn full_copy(
             (r.marks, after, rows, r.deferred_keys)
         }
         _ => {
-            let marks = incremental::full_read_marks(&mut source, cfg, job.table, job.key).await?;
+            let marks = incremental::full_read_marks(
+                &mut source,
+                cfg,
+                job.table,
+                job.key,
+                &Limits::default(),
+            )
+            .await?;
             let ddl: Option<(String, String)> = source
                 .query_first(format!("SHOW CREATE TABLE {}", ident::mysql(&cfg.name)))
                 .await
@@ -811,6 +895,7 @@ async fn full_copy(
     } else {
         ReadJob::Passes(vec![Pass {
             advances: None,
+            kind: PassKind::Window,
             range: ReadRange::All,
             order: job.key.to_vec(),
             after,
@@ -827,7 +912,7 @@ async fn full_copy(
     while let Some(batch) = rx.recv().await {
         let batch = batch?;
         let inserted = if bulk {
-            load_rows(&mut replica, &shadow, &columns, batch.payload).await?
+            load_rows(&mut replica, job.table, &shadow, batch.payload).await?
         } else {
             let mut tx = replica
                 .start_transaction(TxOpts::default())
@@ -868,6 +953,12 @@ async fn full_copy(
             .await
             .map_err(|e| Error::mysql(format!("building the secondary keys of `{shadow}`"), e))?;
     }
+    // RENAME commits on its own, so the tracking cannot change with it. The
+    // old watermarks go first: a stop between the two leaves none, which
+    // makes the next copy a full one and holds the load's watermarks still,
+    // whichever table the swap left in place.
+    let cleared = job.progress(Vec::new(), None, copied, true, "running", "full");
+    tracking::save_copy_progress(&mut replica, &cfg.name, &cleared).await?;
     let real = ident::mysql(&cfg.name);
     let retired = ident::mysql(&retired_name(&cfg.name));
     let swap = if table_exists(&mut replica, &job.ctx.replica.database, &cfg.name).await? {
@@ -909,8 +1000,27 @@ async fn incremental_copy(
     report: &mut TableReport,
 ) -> Result<()> {
     let cfg = job.cfg;
-    let (passes, mut marks) =
-        incremental::plan_passes(&mut source, cfg, job.table, job.key, stored, columns).await?;
+    let held_key = if incremental::reads_new_keys(job.table, job.key, columns) {
+        let all = my::Bound::Open;
+        Some(my::upper_bound(&mut replica, &cfg.name, &job.key[0], &all, &all).await?)
+    } else {
+        None
+    };
+    let limits = Limits {
+        since_last_run: job.clock.since_last_run,
+        held_key,
+        ..Limits::default()
+    };
+    let (passes, mut marks) = incremental::plan_passes(
+        &mut source,
+        cfg,
+        job.table,
+        job.key,
+        stored,
+        columns,
+        &limits,
+    )
+    .await?;
     let names = job.columns();
     let encoder = RowEncoder {
         rows: Vec::new(),
@@ -930,9 +1040,7 @@ async fn incremental_copy(
     while let Some(batch) = rx.recv().await {
         let batch = batch?;
         let next = marks.advanced(batch.watermark.as_deref(), batch.last.as_deref());
-        if batch.watermark.is_none() {
-            report.rows_outside_bounds += batch.rows;
-        }
+        report.count_pass(batch.kind, batch.rows);
         let mut tx = replica
             .start_transaction(TxOpts::default())
             .await
@@ -967,7 +1075,7 @@ async fn incremental_copy(
     );
     tracking::save_copy_progress(&mut replica, &cfg.name, &progress).await?;
     report.watermark_end = incremental::describe_marks(&progress.watermarks);
-    report.note_outside_bounds();
+    report.note_arrivals(cfg.skew_allowance());
     Ok(())
 }
 
@@ -991,6 +1099,8 @@ mod tests {
                 .collect(),
             primary_key: key.iter().map(|k| k.to_string()).collect(),
             indexed_first_columns: Vec::new(),
+            auto_increment: None,
+            unique_keys: Vec::new(),
         }
     }
 

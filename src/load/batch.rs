@@ -80,8 +80,15 @@ impl Plan {
                 Ok(Encoded::Value) => {}
                 Ok(Encoded::ZeroDate) => zero_dates[i] += 1,
                 Err(e) => {
+                    let outgrown = matches!(column.target, PgType::Time(_))
+                        && matches!(value, Value::Time(negative, days, hours, ..)
+                            if *negative || *days > 0 || *hours >= 24);
                     return Err(Error::new(
-                        ErrorKind::Value,
+                        if outgrown {
+                            ErrorKind::Outgrown
+                        } else {
+                            ErrorKind::Value
+                        },
                         format!(
                             "table `{}`, column `{}`, key {}: cannot carry the value into {}: {e}",
                             self.table,

@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Value};
 use tokio_postgres::{Client, GenericClient};
 
 use crate::config::{
@@ -20,11 +21,13 @@ use crate::config::{
     resolve, unchanged, wants_checksum,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::incremental::{self, Marks};
-use crate::mysql::{self as my, RateLimit, ReadJob, ReadSpec, SourceTable, spawn_reader};
+use crate::incremental::{self, Limits, Marks};
+use crate::mysql::{self as my, PassKind, RateLimit, ReadJob, ReadSpec, SourceTable, spawn_reader};
 use crate::postgres::{self as pg, CopyIn, DestTable};
 use crate::reconcile::{self, Side};
-use crate::schema::{DataProfile, PgType, ident, is_widening, map_type};
+use crate::schema::{
+    DataProfile, PgType, SourceType, covering, ident, is_widening, map_type, value_from_text,
+};
 use crate::shutdown::Stop;
 use crate::tracking::{self, PhaseState, Progress, StoredWatermark};
 
@@ -38,6 +41,9 @@ pub struct LoadContext {
     pub warehouse: PgSettings,
     /// Rows-per-second budget on what the load reads (direct mode reads the source).
     pub rate: Option<Arc<RateLimit>>,
+    /// `replica` is filled by this tool's copy (not direct mode): the load
+    /// never moves a watermark past what the copy has committed.
+    pub capped_by_copy: bool,
 }
 
 /// How a load runs.
@@ -65,6 +71,10 @@ pub struct TableReport {
     pub rows_deleted: u64,
     /// Rows whose watermark value lies outside the quality bounds (re-read, not moving the watermark).
     pub rows_outside_bounds: u64,
+    /// Rows stamped past the source clock at the run's start (carried, not moving the watermark).
+    pub rows_future: u64,
+    /// New rows stamped below the window, found by their auto-increment key.
+    pub rows_new_keys: u64,
     /// Zero dates written as NULL, by column.
     pub zero_dates: BTreeMap<String, u64>,
     pub warnings: Vec<String>,
@@ -84,6 +94,8 @@ impl TableReport {
             rows_updated: 0,
             rows_deleted: 0,
             rows_outside_bounds: 0,
+            rows_future: 0,
+            rows_new_keys: 0,
             zero_dates: BTreeMap::new(),
             warnings: Vec::new(),
             watermark_start: None,
@@ -92,12 +104,39 @@ impl TableReport {
         }
     }
 
-    /// Warns when rows outside the quality bounds were re-read.
-    pub fn note_outside_bounds(&mut self) {
+    /// Counts a batch of an incremental read by the pass that read it.
+    pub fn count_pass(&mut self, kind: PassKind, rows: u64) {
+        match kind {
+            PassKind::OutsideBounds => self.rows_outside_bounds += rows,
+            PassKind::Future => self.rows_future += rows,
+            PassKind::NewKeys => self.rows_new_keys += rows,
+            PassKind::Window | PassKind::AheadOfCopy => {}
+        }
+    }
+
+    /// Warns about the rows an incremental read carried outside its window:
+    /// stamped outside the quality bounds, in the future (past the source
+    /// clock plus `skew_seconds`), or new below the window.
+    pub fn note_arrivals(&mut self, skew_seconds: u64) {
         if self.rows_outside_bounds > 0 {
             self.warnings.push(format!(
-                "{} row(s) have a watermark value outside the quality bounds; they are re-read every run",
+                "{} row(s) have a watermark value outside the quality bounds (zero, sentinel or out-of-range dates); \
+                 they are re-read every run",
                 self.rows_outside_bounds
+            ));
+        }
+        if self.rows_future > 0 {
+            self.warnings.push(format!(
+                "{} row(s) stamped in the future (past the source clock at the run's start + {skew_seconds} s); \
+                 carried every run, they never move the watermark",
+                self.rows_future
+            ));
+        }
+        if self.rows_new_keys > 0 {
+            self.warnings.push(format!(
+                "{} new row(s) stamped before the watermark window (backdated, zero or sentinel stamps) \
+                 arrived by their key",
+                self.rows_new_keys
             ));
         }
     }
@@ -240,10 +279,18 @@ async fn prepare(
         let Some(current) = dest.column(&column.name).and_then(|c| c.ty.clone()) else {
             continue;
         };
-        let wanted = map_type(&column.ty, DataProfile::default());
-        if mapped_alternatives(&column.ty).contains(&current) || !is_widening(&current, &wanted) {
+        let mapped = map_type(&column.ty, DataProfile::default());
+        if mapped_alternatives(&column.ty).contains(&current) {
             continue;
         }
+        let wanted = if is_widening(&current, &mapped) {
+            mapped
+        } else {
+            match covering(&current, &mapped) {
+                Some(both) if both != current && is_widening(&current, &both) => both,
+                _ => continue,
+            }
+        };
         match pg::alter_column_type(client, schema, &cfg.name, &column.name, &wanted).await {
             Ok(()) => altered_columns.push(column.name.clone()),
             Err(e) => warnings.push(format!(
@@ -419,7 +466,69 @@ fn add_zero_dates(report: &mut BTreeMap<String, u64>, plan: &Plan, counts: &[u64
 }
 
 /// Loads one table. The caller records the outcome in the run history.
+/// A `time` value past 24 hours that meets a `time` column (created when
+/// every value fit a day) widens the column to `interval` and loads again;
+/// the batch that met it was rolled back.
 pub async fn load_table(
+    ctx: &LoadContext,
+    cfg: &TableConfig,
+    opts: &LoadOptions,
+) -> Result<TableReport> {
+    match load_once(ctx, cfg, opts).await {
+        Err(e) if e.kind() == ErrorKind::Outgrown => {
+            let widened = widen_outgrown_times(ctx, cfg).await?;
+            if widened.is_empty() {
+                return Err(e);
+            }
+            let mut report = load_once(ctx, cfg, opts).await?;
+            report.warnings.push(format!(
+                "time column(s) {} hold values past 24 hours now: widened to interval",
+                widened.join(", ")
+            ));
+            Ok(report)
+        }
+        other => other,
+    }
+}
+
+/// Alters to `interval` the warehouse `time` columns whose MySQL values now
+/// lie outside 00:00–24:00 (one scan of those columns); returns their names.
+async fn widen_outgrown_times(ctx: &LoadContext, cfg: &TableConfig) -> Result<Vec<String>> {
+    let mut mysql = my::connect(&ctx.replica).await?;
+    let client = pg::connect(&ctx.warehouse).await?;
+    let schema = &ctx.warehouse.schema;
+    let source = my::describe_table(&mut mysql, &ctx.replica.database, &cfg.name).await?;
+    let dest = describe_dest(&client, schema, &cfg.name).await?;
+    let times = SourceTable {
+        columns: source
+            .columns
+            .iter()
+            .filter(|c| {
+                matches!(c.ty, SourceType::Time { .. })
+                    && dest
+                        .column(&c.name)
+                        .is_some_and(|d| matches!(d.ty, Some(PgType::Time(_))))
+            })
+            .cloned()
+            .collect(),
+        ..source.clone()
+    };
+    let profile = my::profile_columns(&mut mysql, &times).await?;
+    let mut widened = Vec::new();
+    for column in &times.columns {
+        if profile
+            .get(&column.name)
+            .is_some_and(|p| p.time_outside_day)
+        {
+            pg::alter_column_type(&client, schema, &cfg.name, &column.name, &PgType::Interval)
+                .await?;
+            widened.push(column.name.clone());
+        }
+    }
+    Ok(widened)
+}
+
+async fn load_once(
     ctx: &LoadContext,
     cfg: &TableConfig,
     opts: &LoadOptions,
@@ -462,11 +571,34 @@ pub async fn load_table(
         report.elapsed = started.elapsed();
         return Ok(report);
     }
+    let clock = tracking::load_clock(&client, schema, &cfg.name).await?;
+    let copy_manages = ctx.capped_by_copy && tracking::copy_manages(&mut mysql, &cfg.name).await?;
+    let caps = if copy_manages {
+        copy_caps(&mut mysql, &prepared.source).await?
+    } else {
+        HashMap::new()
+    };
+    let held_key = match &prepared.decision.strategy {
+        Strategy::Incremental { columns }
+            if incremental::reads_new_keys(&prepared.source, &prepared.key, columns) =>
+        {
+            Some(highest_key(&client, schema, &cfg.name, &prepared.key[0]).await?)
+        }
+        _ => None,
+    };
+    let limits = Limits {
+        caps,
+        copy_manages,
+        since_last_run: clock.since_last_run,
+        held_key,
+    };
     let job = Job {
         ctx,
         cfg,
         opts,
         prepared: &prepared,
+        limits: &limits,
+        run_started_at: &clock.now,
     };
     match &prepared.decision.strategy {
         Strategy::Full => {
@@ -498,6 +630,7 @@ async fn reconcile_load(job: &Job<'_>, client: &mut Client) -> Result<u64> {
         cfg,
         opts,
         prepared,
+        ..
     } = *job;
     let schema = &ctx.warehouse.schema;
     let key = reconcile::reconcilable_key(&prepared.source)?;
@@ -649,12 +782,111 @@ async fn staging(client: &impl GenericClient, job: &Job<'_>) -> Result<(String, 
     Ok((copy_sql, merge))
 }
 
+/// Copies encoded rows into the session's staging table and merges them
+/// into the target, in the caller's transaction; returns (inserted, updated).
+async fn stage_and_merge(
+    tx: &tokio_postgres::Transaction<'_>,
+    (copy_sql, merge): (&str, &str),
+    target: &str,
+    payload: bytes::Bytes,
+    rows: u64,
+) -> Result<(u64, u64)> {
+    let mut copy = CopyIn::start(tx, copy_sql, target).await?;
+    copy.send(payload).await?;
+    let copied = copy.finish().await?;
+    if copied != rows {
+        return Err(Error::new(
+            ErrorKind::Database,
+            format!("{target}: PostgreSQL staged {copied} rows, {rows} were sent"),
+        ));
+    }
+    let counts = tx
+        .query_one(merge, &[])
+        .await
+        .map_err(|e| Error::postgres(format!("merging a batch into {target}"), e))?;
+    let inserted = u64::try_from(counts.get::<_, i64>(0)).unwrap_or(0);
+    let updated = u64::try_from(counts.get::<_, i64>(1)).unwrap_or(0);
+    Ok((inserted, updated))
+}
+
 /// What a strategy's load works from.
 struct Job<'a> {
     ctx: &'a LoadContext,
     cfg: &'a TableConfig,
     opts: &'a LoadOptions,
     prepared: &'a Prepared,
+    limits: &'a Limits,
+    /// When this load began, by the warehouse's clock (UTC).
+    run_started_at: &'a str,
+}
+
+/// The copy's committed watermarks of a replica table, in this session's
+/// terms: the copy keeps `timestamp` values in UTC, this session shows them
+/// in the replica's own time zone.
+async fn copy_caps(mysql: &mut Conn, table: &SourceTable) -> Result<HashMap<String, Value>> {
+    let mut caps = HashMap::new();
+    for (column, mark) in tracking::load_copy_watermarks(mysql, &table.name).await? {
+        let Some(source_column) = table.column(&column) else {
+            continue;
+        };
+        let value = value_from_text(&source_column.ty, &mark.value).map_err(|e| {
+            Error::new(
+                ErrorKind::Schema,
+                format!(
+                    "the copy's watermark of `{}`: {}; rerun its copy with --force-full",
+                    table.name, e.0
+                ),
+            )
+        })?;
+        let value = if matches!(source_column.ty, SourceType::Timestamp { .. }) {
+            let row: Option<mysql_async::Row> = mysql
+                .exec_first(
+                    "SELECT CONVERT_TZ(?, '+00:00', @@session.time_zone)",
+                    (value,),
+                )
+                .await
+                .map_err(|e| Error::mysql("converting the copy's watermark", e))?;
+            match row.and_then(|mut r| r.take::<Value, _>(0)) {
+                Some(v @ Value::Date(..)) => v,
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        "the replica cannot convert between UTC and its session's time zone; \
+                         load its time zone tables (mysql_tzinfo_to_sql /usr/share/zoneinfo | mysql mysql)",
+                    ));
+                }
+            }
+        } else {
+            value
+        };
+        caps.insert(column, value);
+    }
+    Ok(caps)
+}
+
+/// The highest key the warehouse table holds (`None`: it is empty).
+async fn highest_key(
+    client: &Client,
+    schema: &str,
+    table: &str,
+    key: &str,
+) -> Result<Option<Value>> {
+    let target = ident::pg_qualified(schema, table);
+    let row = client
+        .query_one(
+            &format!("select max({})::text from {target}", ident::pg(key)),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("reading the highest key of {target}"), e))?;
+    let text: Option<String> = row.get(0);
+    Ok(text.map(|t| match t.parse::<i64>() {
+        Ok(v) => Value::Int(v),
+        Err(_) => t
+            .parse::<u64>()
+            .map(Value::UInt)
+            .unwrap_or(Value::Bytes(t.into_bytes())),
+    }))
 }
 
 impl Job<'_> {
@@ -675,11 +907,13 @@ async fn full_load(
         cfg,
         opts,
         prepared,
+        ..
     } = *job;
     let schema = &ctx.warehouse.schema;
     my::begin_snapshot(&mut mysql).await?;
     let marks =
-        incremental::full_read_marks(&mut mysql, cfg, &prepared.source, &prepared.key).await?;
+        incremental::full_read_marks(&mut mysql, cfg, &prepared.source, &prepared.key, job.limits)
+            .await?;
     let (mut rx, reader) = spawn_reader(
         mysql,
         read_spec(ctx, cfg, prepared, FULL_BATCH_BYTES),
@@ -764,6 +998,7 @@ async fn full_load(
         status: "success",
         strategy: "full",
         run_id: opts.run_id.clone(),
+        run_started_at: Some(job.run_started_at.to_string()),
     };
     tracking::save_progress(&tx, schema, &cfg.name, &progress).await?;
     tx.commit()
@@ -831,6 +1066,7 @@ async fn incremental_load(
         cfg,
         opts,
         prepared,
+        ..
     } = *job;
     let schema = &ctx.warehouse.schema;
     let (passes, mut marks) = incremental::plan_passes(
@@ -840,6 +1076,7 @@ async fn incremental_load(
         &prepared.key,
         &prepared.stored,
         columns,
+        job.limits,
     )
     .await?;
 
@@ -859,35 +1096,18 @@ async fn incremental_load(
         status,
         strategy: "incremental",
         run_id: opts.run_id.clone(),
+        run_started_at: Some(job.run_started_at.to_string()),
     };
     while let Some(batch) = rx.recv().await {
         let batch = batch?;
         let next = marks.advanced(batch.watermark.as_deref(), batch.last.as_deref());
-        if batch.watermark.is_none() {
-            report.rows_outside_bounds += batch.rows;
-        }
+        report.count_pass(batch.kind, batch.rows);
         let tx = client
             .transaction()
             .await
             .map_err(|e| Error::postgres(format!("starting a batch of {target}"), e))?;
-        let mut copy = CopyIn::start(&tx, &copy_sql, &target).await?;
-        copy.send(batch.payload).await?;
-        let copied = copy.finish().await?;
-        if copied != batch.rows {
-            return Err(Error::new(
-                ErrorKind::Database,
-                format!(
-                    "{target}: PostgreSQL staged {copied} rows, {} were sent",
-                    batch.rows
-                ),
-            ));
-        }
-        let counts = tx
-            .query_one(&merge, &[])
-            .await
-            .map_err(|e| Error::postgres(format!("merging a batch into {target}"), e))?;
-        let inserted = u64::try_from(counts.get::<_, i64>(0)).unwrap_or(0);
-        let updated = u64::try_from(counts.get::<_, i64>(1)).unwrap_or(0);
+        let (inserted, updated) =
+            stage_and_merge(&tx, (&copy_sql, &merge), &target, batch.payload, batch.rows).await?;
         let rows_so_far = report.rows_inserted + report.rows_updated + inserted + updated;
         tracking::save_progress(
             &tx,
@@ -918,6 +1138,6 @@ async fn incremental_load(
     );
     tracking::save_progress(&*client, schema, &cfg.name, &progress).await?;
     report.watermark_end = incremental::describe_marks(&progress.watermarks);
-    report.note_outside_bounds();
+    report.note_arrivals(cfg.skew_allowance());
     Ok(())
 }

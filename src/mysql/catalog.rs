@@ -28,6 +28,10 @@ pub struct SourceTable {
     pub primary_key: Vec<String>,
     /// Columns that lead some index (a watermark read on them is a range scan).
     pub indexed_first_columns: Vec<String>,
+    /// The `AUTO_INCREMENT` column, if any.
+    pub auto_increment: Option<String>,
+    /// Unique indexes other than the primary key, by name.
+    pub unique_keys: Vec<String>,
 }
 
 impl SourceTable {
@@ -76,7 +80,7 @@ pub async fn describe_table(conn: &mut Conn, database: &str, table: &str) -> Res
     let rows: Vec<Row> = conn
         .exec(
             "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, NUMERIC_PRECISION, \
-                    NUMERIC_SCALE, DATETIME_PRECISION, CHARACTER_MAXIMUM_LENGTH \
+                    NUMERIC_SCALE, DATETIME_PRECISION, CHARACTER_MAXIMUM_LENGTH, EXTRA \
              FROM information_schema.COLUMNS \
              WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
             (database, table),
@@ -93,8 +97,12 @@ pub async fn describe_table(conn: &mut Conn, database: &str, table: &str) -> Res
         ));
     }
     let mut columns = Vec::with_capacity(rows.len());
+    let mut auto_increment = None;
     for mut row in rows {
         let name = row_text(&mut row, 0);
+        if row_text(&mut row, 8).contains("auto_increment") {
+            auto_increment = Some(name.clone());
+        }
         let data_type = row_text(&mut row, 1);
         let column_type = row_text(&mut row, 2);
         let nullable = row_text(&mut row, 3) == "YES";
@@ -125,7 +133,7 @@ pub async fn describe_table(conn: &mut Conn, database: &str, table: &str) -> Res
     }
     let index_rows: Vec<Row> = conn
         .exec(
-            "SELECT INDEX_NAME, SEQ_IN_INDEX, COLUMN_NAME FROM information_schema.STATISTICS \
+            "SELECT INDEX_NAME, SEQ_IN_INDEX, COLUMN_NAME, NON_UNIQUE FROM information_schema.STATISTICS \
              WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY INDEX_NAME, SEQ_IN_INDEX",
             (database, table),
         )
@@ -133,10 +141,14 @@ pub async fn describe_table(conn: &mut Conn, database: &str, table: &str) -> Res
         .map_err(|e| Error::mysql(ctx("indexes"), e))?;
     let mut primary_key = Vec::new();
     let mut indexed_first_columns = Vec::new();
+    let mut unique_keys = Vec::new();
     for mut row in index_rows {
         let index = row_text(&mut row, 0);
         let seq = row_number(&mut row, 1);
         let column = row_text(&mut row, 2);
+        if index != "PRIMARY" && seq == Some(1) && row_number(&mut row, 3) == Some(0) {
+            unique_keys.push(index.clone());
+        }
         if index == "PRIMARY" {
             primary_key.push(column.clone());
         }
@@ -149,6 +161,8 @@ pub async fn describe_table(conn: &mut Conn, database: &str, table: &str) -> Res
         columns,
         primary_key,
         indexed_first_columns,
+        auto_increment,
+        unique_keys,
     })
 }
 

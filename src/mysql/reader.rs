@@ -16,9 +16,21 @@ use crate::schema::ident;
 pub enum ReadRange {
     /// `start <= column <= upper`: the incremental window of this run.
     Window { start: Value, upper: Value },
-    /// `column > max OR column < min`: rows outside the quality bounds,
-    /// re-read every run so they arrive without moving the watermark.
-    Outside { min: Option<Value>, max: Value },
+    /// `column > max`: rows stamped past the run's upper limit (the source
+    /// clock, or what the copy has committed), re-read every run so they
+    /// arrive without moving the watermark.
+    Above { max: Value },
+    /// `column < min`: rows stamped before the quality bounds (zero and
+    /// sentinel dates, 1902), re-read every run for the same reason.
+    Below { min: Value },
+    /// The ordering key (one integer column) past `held`, the highest key
+    /// the destination holds, among rows no window of this run reads: on
+    /// each `(column, from, below)`, `column` is NULL or lies in
+    /// `[from, below)`. New rows with a backdated stamp arrive this way.
+    KeysAbove {
+        held: Option<Value>,
+        unread: Vec<(String, Option<Value>, Value)>,
+    },
     /// Every row (a full copy paged by the key).
     All,
 }
@@ -72,17 +84,33 @@ pub fn page_query(
             params.push(start.clone());
             params.push(upper.clone());
         }
-        ReadRange::Outside { min, max } => match min {
-            Some(min) => {
-                conditions.push(format!("({column} > ? OR {column} < ?)"));
-                params.push(max.clone());
-                params.push(min.clone());
-            }
-            None => {
+        ReadRange::Above { max } => {
+            conditions.push(format!("{column} > ?"));
+            params.push(max.clone());
+        }
+        ReadRange::Below { min } => {
+            conditions.push(format!("{column} < ?"));
+            params.push(min.clone());
+        }
+        ReadRange::KeysAbove { held, unread } => {
+            if let Some(held) = held {
                 conditions.push(format!("{column} > ?"));
-                params.push(max.clone());
+                params.push(held.clone());
             }
-        },
+            for (stamp, from, below) in unread {
+                let stamp = ident::mysql(stamp);
+                match from {
+                    Some(from) => {
+                        conditions.push(format!(
+                            "({stamp} IS NULL OR ({stamp} >= ? AND {stamp} < ?))"
+                        ));
+                        params.push(from.clone());
+                    }
+                    None => conditions.push(format!("({stamp} IS NULL OR {stamp} < ?)")),
+                }
+                params.push(below.clone());
+            }
+        }
         ReadRange::All => {}
     }
     if let Some(cursor) = cursor {
@@ -139,19 +167,56 @@ pub async fn upper_bound(
         .filter(|v| *v != Value::NULL))
 }
 
-/// The server's clock plus one day: the default upper quality bound, so a
-/// date-time in the future never moves a watermark.
-pub async fn server_now_plus_day(conn: &mut Conn) -> Result<Value> {
+/// Which clock a watermark column's values come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockTerms {
+    /// `timestamp`: the server's clock as this session's time zone shows it.
+    Session,
+    /// `datetime`: the server's own local time (its global time zone), which
+    /// is what `NOW()` writes into the column in OpenDental's sessions.
+    ServerLocal,
+    /// `date`: the server's local date.
+    ServerDate,
+}
+
+/// The server's clock in a column's terms: `ahead` seconds past it (the
+/// run's upper limit) and, when `back_micros` is given, that long before it
+/// (the earliest stamp the clock can have written since then, even across a
+/// fall-back or a clock stepped back).
+pub async fn server_clock(
+    conn: &mut Conn,
+    terms: ClockTerms,
+    ahead_seconds: u64,
+    back_micros: Option<i64>,
+) -> Result<(Value, Option<Value>)> {
+    let clock = match terms {
+        ClockTerms::Session => "NOW(6)",
+        ClockTerms::ServerLocal | ClockTerms::ServerDate => {
+            "CONVERT_TZ(NOW(6), @@session.time_zone, @@global.time_zone)"
+        }
+    };
+    let earliest = if terms == ClockTerms::ServerDate {
+        "DATE(c - INTERVAL ? MICROSECOND)"
+    } else {
+        "c - INTERVAL ? MICROSECOND"
+    };
+    let sql =
+        format!("SELECT c + INTERVAL ? SECOND, {earliest} FROM (SELECT {clock} AS c) AS clock");
     let row: Option<Row> = conn
-        .exec_first("SELECT NOW(6) + INTERVAL 1 DAY", ())
+        .exec_first(sql, (ahead_seconds, back_micros.unwrap_or(0).max(0)))
         .await
         .map_err(|e| Error::mysql("reading the server clock", e))?;
-    row.and_then(|mut r| r.take::<Value, _>(0)).ok_or_else(|| {
-        Error::new(
-            crate::ErrorKind::Database,
-            "the server returned no clock value",
-        )
-    })
+    let (upper, earliest) = row
+        .map(|mut r| (r.take::<Value, _>(0), r.take::<Value, _>(1)))
+        .unwrap_or_default();
+    match upper {
+        Some(upper @ Value::Date(..)) => Ok((upper, back_micros.and(earliest))),
+        _ => Err(Error::new(
+            crate::ErrorKind::Config,
+            "the server cannot convert its clock between the session's and its own time zone; \
+             load its time zone tables (mysql_tzinfo_to_sql /usr/share/zoneinfo | mysql mysql)",
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -188,6 +253,40 @@ mod tests {
     }
 
     #[test]
+    fn new_keys_are_read_past_the_held_key_among_rows_no_window_reads() {
+        let order = vec!["ProcNum".to_string()];
+        let range = ReadRange::KeysAbove {
+            held: Some(Value::Int(900)),
+            unread: vec![
+                ("DateTStamp".into(), Some(Value::Int(1)), Value::Int(5)),
+                ("ProcNum2".into(), None, Value::Int(7)),
+            ],
+        };
+        let (sql, params) = page_query("procedurelog", &order, &order, &range, None, 10);
+        assert!(
+            sql.contains(
+                "WHERE `ProcNum` > ? AND (`DateTStamp` IS NULL OR (`DateTStamp` >= ? AND `DateTStamp` < ?)) \
+                 AND (`ProcNum2` IS NULL OR `ProcNum2` < ?) ORDER BY `ProcNum`"
+            ),
+            "{sql}"
+        );
+        assert_eq!(
+            params,
+            vec![Value::Int(900), Value::Int(1), Value::Int(5), Value::Int(7)]
+        );
+        let empty = ReadRange::KeysAbove {
+            held: None,
+            unread: vec![],
+        };
+        let (sql, params) = page_query("procedurelog", &order, &order, &empty, None, 10);
+        assert!(
+            sql.ends_with("FROM `procedurelog` ORDER BY `ProcNum` LIMIT 10"),
+            "{sql}"
+        );
+        assert!(params.is_empty());
+    }
+
+    #[test]
     fn a_full_keyset_read_has_only_the_cursor() {
         let order = vec!["PatNum".to_string()];
         let (sql, params) = page_query("patient", &order, &order, &ReadRange::All, None, 5);
@@ -210,10 +309,7 @@ mod tests {
     #[test]
     fn a_single_column_order_pages_on_that_column() {
         let order = vec!["SecurityLogNum".to_string()];
-        let range = ReadRange::Outside {
-            min: None,
-            max: Value::Int(3),
-        };
+        let range = ReadRange::Above { max: Value::Int(3) };
         let (sql, params) = page_query(
             "securitylog",
             &order,

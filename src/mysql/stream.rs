@@ -37,9 +37,26 @@ pub struct Batch<P> {
     pub rows: u64,
     /// The watermark column this batch advances (`None`: it moves none).
     pub watermark: Option<String>,
+    /// Which pass read it.
+    pub kind: PassKind,
     /// The last row's values of the order columns (watermark column, key…).
     pub last: Option<Vec<Value>>,
     pub zero_dates: Vec<u64>,
+}
+
+/// Why a pass reads its rows, for the run's counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassKind {
+    /// The whole table, or a watermark's window.
+    Window,
+    /// Rows stamped past the source clock at the run's start.
+    Future,
+    /// Rows stamped past the watermark the copy before this hop committed.
+    AheadOfCopy,
+    /// Rows stamped outside the quality bounds (zero and sentinel dates).
+    OutsideBounds,
+    /// New rows found by their auto-increment key, stamped below the window.
+    NewKeys,
 }
 
 /// One keyset pass: rows of `range` in `order`, one page per batch.
@@ -48,6 +65,7 @@ pub struct Pass {
     /// Advance this column's watermark with the rows read (`None` for passes
     /// that move no watermark).
     pub advances: Option<String>,
+    pub kind: PassKind,
     pub range: ReadRange,
     /// Watermark column first, then the key columns (or the key alone).
     pub order: Vec<String>,
@@ -118,6 +136,7 @@ fn take_batch<E: Encoder>(
     encoder: &mut E,
     rows: &mut u64,
     watermark: Option<String>,
+    kind: PassKind,
     last: Option<Vec<Value>>,
 ) -> Batch<E::Payload> {
     let (payload, zero_dates) = encoder.take();
@@ -125,6 +144,7 @@ fn take_batch<E: Encoder>(
         payload,
         rows: *rows,
         watermark,
+        kind,
         last,
         zero_dates,
     };
@@ -154,7 +174,7 @@ async fn read_full<E: Encoder>(
         rows += 1;
         if rows >= u64::from(spec.batch_rows) || encoder.held_bytes() >= spec.batch_bytes {
             let count = rows;
-            let batch = take_batch(encoder, &mut rows, None, None);
+            let batch = take_batch(encoder, &mut rows, None, PassKind::Window, None);
             if tx.send(Ok(batch)).await.is_err() {
                 return Ok(());
             }
@@ -163,7 +183,7 @@ async fn read_full<E: Encoder>(
     }
     if rows > 0 {
         let count = rows;
-        let batch = take_batch(encoder, &mut rows, None, None);
+        let batch = take_batch(encoder, &mut rows, None, PassKind::Window, None);
         let _ = tx.send(Ok(batch)).await;
         pace(&spec.rate, count).await;
     }
@@ -221,7 +241,13 @@ async fn read_passes<E: Encoder>(
                 // Wide rows: hand over part of the page; its last row is still a valid cursor.
                 if encoder.held_bytes() >= spec.batch_bytes {
                     let count = rows;
-                    let batch = take_batch(encoder, &mut rows, pass.advances.clone(), last.clone());
+                    let batch = take_batch(
+                        encoder,
+                        &mut rows,
+                        pass.advances.clone(),
+                        pass.kind,
+                        last.clone(),
+                    );
                     if tx.send(Ok(batch)).await.is_err() {
                         return Ok(());
                     }
@@ -233,7 +259,13 @@ async fn read_passes<E: Encoder>(
             cursor = Some(last.clone());
             if rows > 0 {
                 let count = rows;
-                let batch = take_batch(encoder, &mut rows, pass.advances.clone(), Some(last));
+                let batch = take_batch(
+                    encoder,
+                    &mut rows,
+                    pass.advances.clone(),
+                    pass.kind,
+                    Some(last),
+                );
                 if tx.send(Ok(batch)).await.is_err() {
                     return Ok(());
                 }

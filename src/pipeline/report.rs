@@ -140,6 +140,8 @@ pub fn summary_json(report: &RunReport) -> serde_json::Value {
                 "rows_updated": r.rows_updated,
                 "rows_deleted": r.rows_deleted,
                 "rows_outside_bounds": r.rows_outside_bounds,
+                "rows_future": r.rows_future,
+                "rows_new_keys": r.rows_new_keys,
                 "seconds": r.elapsed.as_secs_f64(),
                 "rows_per_second": r.rows_per_second(),
                 "zero_dates": r.zero_dates,

@@ -5,7 +5,9 @@ mod types;
 mod value;
 mod watermark;
 
-pub use types::{DataProfile, PgType, SourceType, UnsupportedType, is_widening, map_type};
+pub use types::{
+    DataProfile, PgType, SourceType, UnsupportedType, covering, is_widening, map_type,
+};
 pub use value::{
     DateTimeParts, Encoded, ValueError, check_date, civil_from_pg_days, days_since_pg_epoch,
     encode_field, put_numeric,

@@ -358,9 +358,42 @@ pub fn is_widening(from: &PgType, to: &PgType) -> bool {
     }
 }
 
+/// The narrowest type holding every value of both `from` and `to` when
+/// neither holds the other's: a source `decimal(10,2)` that became
+/// `decimal(10,4)` gains decimal places but loses integer digits, so the
+/// warehouse column becomes `numeric(12,4)`.
+pub fn covering(from: &PgType, to: &PgType) -> Option<PgType> {
+    match (from, to) {
+        (PgType::Numeric(Some((p1, s1))), PgType::Numeric(Some((p2, s2)))) => {
+            let scale = *s1.max(s2);
+            let whole = p1.saturating_sub(*s1).max(p2.saturating_sub(*s2));
+            (whole + scale <= NUMERIC_MAX_PRECISION)
+                .then_some(PgType::Numeric(Some((whole + scale, scale))))
+        }
+        _ => None,
+    }
+}
+
+/// PostgreSQL's largest declared `numeric` precision.
+const NUMERIC_MAX_PRECISION: u32 = 1000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_decimal_that_gained_places_but_lost_digits_is_covered_by_both() {
+        let (was, now) = (
+            PgType::Numeric(Some((10, 2))),
+            PgType::Numeric(Some((10, 4))),
+        );
+        assert!(!is_widening(&was, &now));
+        let both = covering(&was, &now).unwrap();
+        assert_eq!(both, PgType::Numeric(Some((12, 4))));
+        assert!(is_widening(&was, &both));
+        assert_eq!(covering(&both, &now), Some(both.clone()));
+        assert_eq!(covering(&PgType::Int4, &now), None);
+    }
 
     fn parse(data_type: &str, column_type: &str) -> SourceType {
         SourceType::parse(

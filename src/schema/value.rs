@@ -317,7 +317,7 @@ fn int_into(target: &PgType, v: i128, buf: &mut Vec<u8>) -> Result<(), ValueErro
             buf.put_i32(8);
             buf.put_i64(i64::try_from(v).map_err(|_| out_of_range())?);
         }
-        PgType::Numeric(_) => put_numeric(&v.to_string(), buf)?,
+        PgType::Numeric(_) => numeric_into(&v.to_string(), target, buf)?,
         PgType::Text | PgType::VarChar(_) | PgType::Char(_) => {
             put_bytes(buf, v.to_string().as_bytes())?
         }
@@ -362,7 +362,7 @@ fn bits_into(
             );
             return Ok(());
         }
-        PgType::Numeric(_) => return put_numeric(&value.to_string(), buf),
+        PgType::Numeric(_) => return numeric_into(&value.to_string(), target, buf),
         _ => {
             return fail(format!(
                 "bit({width}) cannot be stored in PostgreSQL {target}"
@@ -381,6 +381,46 @@ fn bits_into(
     Ok(())
 }
 
+/// Whether `micros` survive PostgreSQL's rounding to `precision` fractional
+/// digits (`time(p)`, `timestamp(p)`); a value that would be rounded fails.
+fn keeps_fraction(micros: u32, precision: Option<u32>, target: &PgType) -> Result<(), ValueError> {
+    let step = 10u32.pow(6u32.saturating_sub(precision.unwrap_or(6).min(6)));
+    if micros.is_multiple_of(step) {
+        return Ok(());
+    }
+    fail(format!(
+        "fraction .{micros:06} has more digits than PostgreSQL {target} keeps, which would round it; \
+         widen the column's precision"
+    ))
+}
+
+/// A decimal into `numeric`, refusing what the column's `(p,s)` would
+/// change: more decimal places than `s` (PostgreSQL rounds them) or more
+/// integer digits than `p - s`.
+fn numeric_into(text: &str, target: &PgType, buf: &mut Vec<u8>) -> Result<(), ValueError> {
+    if let PgType::Numeric(Some((precision, scale))) = target {
+        let unsigned = text.trim_start_matches(['-', '+']);
+        let (int, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+        let places = frac.trim_end_matches('0').len();
+        let digits = int.trim_start_matches('0').len();
+        let whole = usize::try_from(precision.saturating_sub(*scale)).unwrap_or(usize::MAX);
+        let scale = usize::try_from(*scale).unwrap_or(usize::MAX);
+        if places > scale {
+            return fail(format!(
+                "{text} has {places} decimal places; PostgreSQL {target} would round it; \
+                 widen the column (alter table … type numeric({}, {places}))",
+                whole + places
+            ));
+        }
+        if digits > whole {
+            return fail(format!(
+                "{text} has {digits} integer digits, more than PostgreSQL {target} holds"
+            ));
+        }
+    }
+    put_numeric(text, buf)
+}
+
 fn time_into(
     (negative, days, hours, minutes, seconds, micros): (bool, u32, u8, u8, u8, u32),
     target: &PgType,
@@ -393,7 +433,8 @@ fn time_into(
         + i64::from(micros);
     let total = if negative { -magnitude } else { magnitude };
     match target {
-        PgType::Time(_) if (0..=MICROS_PER_DAY).contains(&total) => {
+        PgType::Time(p) if (0..=MICROS_PER_DAY).contains(&total) => {
+            keeps_fraction(micros, *p, target)?;
             buf.put_i32(8);
             buf.put_i64(total);
         }
@@ -478,7 +519,8 @@ pub fn encode_field(
                         parts.to_sql_string()
                     ));
                 }
-                PgType::Timestamp(_) | PgType::TimestampTz(_) => {
+                PgType::Timestamp(p) | PgType::TimestampTz(p) => {
+                    keeps_fraction(parts.micros, *p, target)?;
                     buf.put_i32(8);
                     buf.put_i64(parts.pg_micros());
                 }
@@ -492,7 +534,7 @@ pub fn encode_field(
             (SourceType::Decimal { .. }, PgType::Numeric(_)) => {
                 let text = std::str::from_utf8(bytes)
                     .map_err(|_| ValueError("decimal is not ASCII".into()))?;
-                put_numeric(text, buf)?;
+                numeric_into(text, target, buf)?;
             }
             (SourceType::Bit { width }, _) => bits_into(*width, bytes, target, buf)?,
             (SourceType::Binary | SourceType::Geometry, PgType::Bytea) => put_bytes(buf, bytes)?,
@@ -514,7 +556,7 @@ pub fn encode_field(
                 buf.put_slice(text.as_bytes());
             }
             (_, PgType::Numeric(_)) => {
-                put_numeric(text_of(bytes)?, buf)?;
+                numeric_into(text_of(bytes)?, target, buf)?;
             }
             _ => {
                 return fail(format!(

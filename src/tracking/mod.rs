@@ -3,9 +3,10 @@
 //!
 //! The old system's tables keep their columns so existing dbt models and
 //! queries keep working; this tool only adds. `etl_load_watermark` holds one
-//! row per watermark column (the tie-safe pair: value and the key after the
-//! last row read at that value); `etl_run_history` one row per table per phase
-//! per run.
+//! row per watermark column (the value, and the key of the last row read at
+//! that value, for operators: a read starts at the value itself, inclusive,
+//! so rows tied on it are read again rather than skipped); `etl_run_history`
+//! one row per table per phase per run.
 
 use std::collections::HashMap;
 
@@ -77,6 +78,10 @@ fn warehouse_ddl(schema: &str) -> Vec<String> {
             t("etl_load_watermark")
         ),
         format!(
+            "alter table {} add column if not exists run_started_at timestamp",
+            t("etl_load_watermark")
+        ),
+        format!(
             "create table if not exists {} (
                 id bigserial primary key,
                 run_id varchar(64) not null,
@@ -145,12 +150,23 @@ const REPLICA_STATUS_COLUMNS: &str = "ALTER TABLE `etl_copy_status`
     ADD COLUMN IF NOT EXISTS `runs_since_reconcile` int NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS `source_checksum` varchar(20) NULL";
 
+/// When the run that wrote a copy watermark began (UTC, the replica's
+/// clock): the next run reads back to the earliest stamp the source's
+/// clock can have written since, should that clock have gone back.
+const REPLICA_WATERMARK_COLUMNS: &str = "ALTER TABLE `etl_copy_watermark`
+    ADD COLUMN IF NOT EXISTS `run_started_at` datetime(6) NULL";
+
 /// Tracking tables in the replica.
 pub const REPLICA_TABLES: [&str; 2] = ["etl_copy_status", "etl_copy_watermark"];
 
 /// Creates the replica's `etl_copy_status` and `etl_copy_watermark` (idempotent).
 pub async fn init_replica(conn: &mut Conn) -> Result<()> {
-    for ddl in [REPLICA_DDL, REPLICA_STATUS_COLUMNS, REPLICA_WATERMARK_DDL] {
+    for ddl in [
+        REPLICA_DDL,
+        REPLICA_STATUS_COLUMNS,
+        REPLICA_WATERMARK_DDL,
+        REPLICA_WATERMARK_COLUMNS,
+    ] {
         conn.query_drop(ddl)
             .await
             .map_err(|e| Error::mysql("creating the tracking tables in the replica", e))?;
@@ -198,6 +214,19 @@ pub async fn load_copy_watermarks(
         .collect())
 }
 
+/// Whether this tool's copy manages `table` in the replica (it has an
+/// `etl_copy_status` row), as opposed to a replica fed by other means.
+pub async fn copy_manages(conn: &mut Conn, table: &str) -> Result<bool> {
+    let n: Option<u64> = conn
+        .exec_first(
+            "SELECT COUNT(*) FROM `etl_copy_status` WHERE `table_name` = ?",
+            (table,),
+        )
+        .await
+        .map_err(|e| Error::mysql(format!("reading the copy status of `{table}`"), e))?;
+    Ok(n.unwrap_or(0) > 0)
+}
+
 /// Writes copy progress with the caller's connection or transaction, after
 /// (or with) the rows it covers.
 pub async fn save_copy_progress(
@@ -216,10 +245,11 @@ pub async fn save_copy_progress(
     }
     for (column, mark) in &progress.watermarks {
         conn.exec_drop(
-            "INSERT INTO `etl_copy_watermark` (`table_name`, `column_name`, `watermark_value`, `watermark_key`) \
-             VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE `watermark_value` = VALUES(`watermark_value`), \
-             `watermark_key` = VALUES(`watermark_key`)",
-            (table, column, &mark.value, &mark.key),
+            "INSERT INTO `etl_copy_watermark` (`table_name`, `column_name`, `watermark_value`, `watermark_key`, \
+                                               `run_started_at`) \
+             VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE `watermark_value` = VALUES(`watermark_value`), \
+             `watermark_key` = VALUES(`watermark_key`), `run_started_at` = VALUES(`run_started_at`)",
+            (table, column, &mark.value, &mark.key, &progress.run_started_at),
         )
         .await
         .map_err(err)?;
@@ -274,8 +304,10 @@ pub async fn check_warehouse(client: &Client, schema: &str) -> Result<()> {
     Ok(())
 }
 
-/// A stored watermark: the value (text form) and the key after which the
-/// next read at exactly that value continues (a JSON array), if any.
+/// A stored watermark: the value (text form) and the key of the last row
+/// read at that value (a JSON array), if any. The next read starts at the
+/// value, inclusive, less the look-back; the key says where the last one
+/// stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredWatermark {
     pub value: String,
@@ -324,6 +356,58 @@ pub struct Progress {
     pub status: &'static str,
     pub strategy: &'static str,
     pub run_id: String,
+    /// When this run began reading, by the tracking store's clock (UTC).
+    pub run_started_at: Option<String>,
+}
+
+/// The tracking store's clock at the start of a phase, and how long ago the
+/// run that wrote the table's watermarks began by the same clock.
+#[derive(Debug, Clone, Default)]
+pub struct RunClock {
+    /// Now, UTC, `YYYY-MM-DD HH:MM:SS.ffffff`.
+    pub now: String,
+    /// Microseconds since the last run began; `None` when not recorded.
+    pub since_last_run: Option<i64>,
+}
+
+/// The replica's clock for a copy of `table` ([`RunClock`]).
+pub async fn copy_clock(conn: &mut Conn, table: &str) -> Result<RunClock> {
+    let row: Option<(String, Option<i64>)> = conn
+        .exec_first(
+            "SELECT DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%d %H:%i:%s.%f'), \
+                    (SELECT TIMESTAMPDIFF(MICROSECOND, MIN(`run_started_at`), UTC_TIMESTAMP(6)) \
+                     FROM `etl_copy_watermark` WHERE `table_name` = ?)",
+            (table,),
+        )
+        .await
+        .map_err(|e| Error::mysql(format!("reading the replica's clock for {table}"), e))?;
+    let (now, since_last_run) = row.unwrap_or_default();
+    Ok(RunClock {
+        now,
+        since_last_run,
+    })
+}
+
+/// The warehouse's clock for a load of `table` ([`RunClock`]).
+pub async fn load_clock(client: &Client, schema: &str, table: &str) -> Result<RunClock> {
+    let row = client
+        .query_one(
+            &format!(
+                "with c as (select clock_timestamp() at time zone 'utc' as now) \
+                 select to_char(c.now, 'YYYY-MM-DD HH24:MI:SS.US'), \
+                        (select (extract(epoch from c.now - min(w.run_started_at)) * 1000000)::bigint \
+                         from {} w where w.table_name = $1) \
+                 from c",
+                ident::pg_qualified(schema, "etl_load_watermark")
+            ),
+            &[&table],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("reading the warehouse's clock for {table}"), e))?;
+    Ok(RunClock {
+        now: row.get(0),
+        since_last_run: row.get(1),
+    })
 }
 
 /// Writes progress inside the caller's transaction, so it commits with the
@@ -347,12 +431,14 @@ pub async fn save_progress(
     for (column, mark) in &progress.watermarks {
         tx.execute(
             &format!(
-                "insert into {wm_table} (table_name, column_name, watermark_value, watermark_key, updated_at) \
-                 values ($1, $2, $3, $4, now()) \
+                "insert into {wm_table} (table_name, column_name, watermark_value, watermark_key, updated_at, \
+                                         run_started_at) \
+                 values ($1, $2, $3, $4, now(), $5::text::timestamp) \
                  on conflict (table_name, column_name) do update set \
-                 watermark_value = excluded.watermark_value, watermark_key = excluded.watermark_key, updated_at = now()"
+                 watermark_value = excluded.watermark_value, watermark_key = excluded.watermark_key, updated_at = now(), \
+                 run_started_at = excluded.run_started_at"
             ),
-            &[&table, column, &mark.value, &mark.key],
+            &[&table, column, &mark.value, &mark.key, &progress.run_started_at],
         )
         .await
         .map_err(err)?;

@@ -96,6 +96,7 @@ impl TestDb {
                 ..pg_admin.clone()
             },
             rate: None,
+            capped_by_copy: true,
         };
         pipeline::init(Some(&ctx.warehouse), Some(&ctx.replica))
             .await
@@ -113,12 +114,12 @@ impl TestDb {
 
     /// Runs statements in the replica (with `sql_mode` cleared, as OpenDental runs).
     pub async fn mysql(&self, statements: &[&str]) {
-        exec(&self.ctx.replica, statements).await;
+        exec_on(&self.ctx.replica, statements).await;
     }
 
     /// Runs statements in the source.
     pub async fn source_sql(&self, statements: &[&str]) {
-        exec(&self.source, statements).await;
+        exec_on(&self.source, statements).await;
     }
 
     /// Creates an append-only `sheetfield` of `rows` rows in the source
@@ -222,7 +223,8 @@ impl TestDb {
     }
 }
 
-async fn exec(settings: &MySqlSettings, statements: &[&str]) {
+/// Runs statements on a MySQL database (with `sql_mode` cleared, as OpenDental runs).
+pub async fn exec_on(settings: &MySqlSettings, statements: &[&str]) {
     let mut conn = my::connect(settings).await.unwrap();
     conn.query_drop("SET SESSION sql_mode = ''").await.unwrap();
     for sql in statements {
@@ -230,6 +232,15 @@ async fn exec(settings: &MySqlSettings, statements: &[&str]) {
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
+}
+
+/// The report of one table's phase in a run, which must have succeeded.
+pub fn phase_report<'a>(run: &'a RunReport, table: &str, phase: &str) -> &'a TableReport {
+    run.outcome(table, phase)
+        .unwrap_or_else(|| panic!("no {phase} outcome for {table}"))
+        .result
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{table} {phase}: {e}"))
 }
 
 impl TestDb {
@@ -563,4 +574,107 @@ pub async fn kill_reader_of(
         let _ = conn.query_drop(format!("KILL CONNECTION {id}")).await;
     }
     !ids.is_empty()
+}
+
+/// A MariaDB server of a test's own, on a free port in a temporary folder,
+/// for tests that change what is server-wide (the global time zone) and so
+/// must not share the machine's server with tests running beside them.
+/// Stopped and removed when dropped. Needs `mariadb-install-db` and
+/// `mariadbd` on this machine; a server that does not start fails the test.
+pub struct PrivateMariaDb {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    /// Root on this server, no database chosen.
+    pub admin: MySqlSettings,
+}
+
+impl PrivateMariaDb {
+    /// Initialises a data folder and starts the server on it.
+    pub async fn start(name: &str) -> PrivateMariaDb {
+        let dir = std::env::temp_dir().join(format!("etl_t_{name}_mariadb_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let data = dir.join("data");
+        let install = std::process::Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--user=root", "--skip-test-db"])
+            .arg(format!("--datadir={}", data.display()))
+            .output()
+            .expect("mariadb-install-db must be installed for this test");
+        assert!(
+            install.status.success(),
+            "mariadb-install-db: {}",
+            text(&install)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(dir.join("server.log")).unwrap();
+        let child = std::process::Command::new("mariadbd")
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--bind-address=127.0.0.1",
+                "--skip-grant-tables",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=16M",
+                "--local-infile=1",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.join("sock").display()))
+            .arg(format!("--pid-file={}", dir.join("pid").display()))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("mariadbd must be installed for this test");
+        let admin = MySqlSettings {
+            host: "127.0.0.1".into(),
+            port,
+            database: String::new(),
+            user: "root".into(),
+            password: Secret::new(String::new()),
+            ssl_mode: SslMode::Disabled,
+            ssl_ca: None,
+        };
+        let mut server = PrivateMariaDb { child, dir, admin };
+        for _ in 0..300 {
+            if my::connect(&server.admin).await.is_ok() {
+                return server;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!(
+                    "mariadbd exited ({status}): {}",
+                    std::fs::read_to_string(server.dir.join("server.log")).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("mariadbd did not accept connections on port {port} within 30 s");
+    }
+
+    /// Settings for database `name` on this server, created if missing.
+    pub async fn database(&self, name: &str) -> MySqlSettings {
+        exec_on(
+            &self.admin,
+            &[&format!(
+                "CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4",
+                ident::mysql(name)
+            )],
+        )
+        .await;
+        MySqlSettings {
+            database: name.into(),
+            ..self.admin.clone()
+        }
+    }
+}
+
+impl Drop for PrivateMariaDb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -1,0 +1,292 @@
+//! Never miss a row: what a clinic's ordinary day does to watermarks. A
+//! long first copy edited while it runs, a row stamped hours ahead by a
+//! clock that runs fast, and new rows stamped in the past or with
+//! OpenDental's "no date" values, each through both hops, each compared
+//! value by value with the source afterwards.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestDb, phase_report};
+use etl_pipeline::config::TablesConfig;
+
+const VISIT: &str = "CREATE TABLE `visit` (
+  `VisitNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  `PatNum` bigint NOT NULL,
+  `Fee` double NOT NULL DEFAULT 0,
+  `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,
+  KEY `DateTStamp` (`DateTStamp`)
+) ENGINE=InnoDB";
+
+/// Entry-stamped rows under a composite key (no auto-increment), the stamp
+/// a `datetime` in the server's local time.
+const PATPLAN: &str = "CREATE TABLE `patplan` (
+  `PatNum` bigint NOT NULL,
+  `Ordinal` tinyint NOT NULL,
+  `Note` varchar(40) NOT NULL DEFAULT '',
+  `SecDateTEntry` datetime NOT NULL DEFAULT '0001-01-01 00:00:00',
+  PRIMARY KEY (`PatNum`, `Ordinal`),
+  KEY `SecDateTEntry` (`SecDateTEntry`)
+) ENGINE=InnoDB";
+
+fn config() -> TablesConfig {
+    TablesConfig::parse(
+        "tables:
+  visit:
+    extraction_strategy: incremental
+    incremental_columns: [DateTStamp]
+    primary_incremental_column: DateTStamp
+    batch_size: 500
+    lookback_seconds: 2
+    lookback_keys: 1
+  patplan:
+    extraction_strategy: incremental
+    incremental_columns: [SecDateTEntry]
+    primary_incremental_column: SecDateTEntry
+    batch_size: 500
+    lookback_seconds: 2
+",
+    )
+    .unwrap()
+}
+
+fn fill_visits(rows: u32) -> String {
+    format!(
+        "INSERT INTO `visit` (`PatNum`, `Fee`, `DateTStamp`) \
+         SELECT seq % 977, seq, '2024-01-01 00:00:00' + INTERVAL (seq DIV 3) SECOND FROM seq_1_to_{rows}"
+    )
+}
+
+fn fill_patplans(rows: u32) -> String {
+    format!(
+        "INSERT INTO `patplan` (`PatNum`, `Ordinal`, `Note`, `SecDateTEntry`) \
+         SELECT seq, 1, CONCAT('plan ', seq), '2024-03-01 08:00:00' + INTERVAL seq MINUTE FROM seq_1_to_{rows}"
+    )
+}
+
+async fn assert_converged(db: &TestDb) {
+    db.assert_replica_same("visit", &["VisitNum"]).await;
+    db.assert_same("visit", &["VisitNum"]).await;
+    db.assert_replica_same("patplan", &["PatNum", "Ordinal"])
+        .await;
+    db.assert_same("patplan", &["PatNum", "Ordinal"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_behind_a_long_first_copy_reaches_the_warehouse() {
+    let db = TestDb::new("wm_long_copy").await;
+    db.source_sql(&[VISIT, &fill_visits(20_000), PATPLAN, &fill_patplans(10)])
+        .await;
+    let cfg = config();
+    // At 2,000 rows/s the first copy takes 10 s. Two seconds in, a row it has
+    // passed is edited; six seconds later one it has not reached yet, so the
+    // replica holds a newer stamp than the edit behind the copy.
+    let source = db.source.clone();
+    let edits = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        common::exec_on(
+            &source,
+            &["UPDATE `visit` SET `Fee` = -5 WHERE `VisitNum` = 5"],
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        common::exec_on(
+            &source,
+            &["UPDATE `visit` SET `Fee` = -19990 WHERE `VisitNum` = 19990"],
+        )
+        .await;
+    });
+    let first = db.run_two_hop(&cfg, Some(2000)).await;
+    edits.await.unwrap();
+    assert!(first.succeeded(), "{first:?}");
+    let second = db.run_two_hop(&cfg, None).await;
+    assert!(second.succeeded(), "{second:?}");
+    assert_converged(&db).await;
+    assert_eq!(db.pg_count("visit").await, 20_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_stamped_hours_ahead_never_hides_the_edits_after_it() {
+    let db = TestDb::new("wm_clock_ahead").await;
+    db.source_sql(&[VISIT, &fill_visits(300), PATPLAN, &fill_patplans(300)])
+        .await;
+    let cfg = config();
+    assert!(db.run_two_hop(&cfg, None).await.succeeded());
+    // A timestamp three hours ahead (a clock put right by NTP afterwards), and
+    // an entry stamp three hours ahead in the server's local time (a
+    // workstation's clock).
+    db.source_sql(&[
+        "UPDATE `visit` SET `Fee` = -1, `DateTStamp` = NOW() + INTERVAL 3 HOUR WHERE `VisitNum` = 1",
+        "UPDATE `patplan` SET `Note` = 'ahead', `SecDateTEntry` = NOW() + INTERVAL 3 HOUR WHERE `PatNum` = 1",
+    ])
+    .await;
+    let ahead = db.run_two_hop(&cfg, None).await;
+    assert!(ahead.succeeded(), "{ahead:?}");
+    // The copy sees the source's clock; the load stops at the copy's watermark.
+    for table in ["visit", "patplan"] {
+        let report = phase_report(&ahead, table, "extract");
+        assert_eq!(report.rows_future, 1, "{table}: {report:?}");
+    }
+    assert!(
+        phase_report(&ahead, "visit", "extract")
+            .warnings
+            .iter()
+            .any(|w| w.contains("1 row(s) stamped in the future")),
+        "{ahead:?}"
+    );
+    // Ordinary edits after it, stamped by the right clock.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    db.source_sql(&[
+        "UPDATE `visit` SET `Fee` = -2 WHERE `VisitNum` IN (2, 4)",
+        "UPDATE `patplan` SET `Note` = 'edited', `SecDateTEntry` = NOW() WHERE `PatNum` IN (2, 4)",
+    ])
+    .await;
+    let after = db.run_two_hop(&cfg, None).await;
+    assert!(after.succeeded(), "{after:?}");
+    assert_converged(&db).await;
+    let mark = db.watermark("visit", "DateTStamp").await.unwrap();
+    let now = db
+        .pg()
+        .await
+        .query_one(
+            "select (now() at time zone 'utc' + interval '1 minute')::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    assert!(
+        mark < now,
+        "the watermark {mark} passed the clock ({now} + 1 minute)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backdated_and_no_date_rows_arrive_without_moving_the_watermark() {
+    let db = TestDb::new("wm_backdated").await;
+    db.source_sql(&[VISIT, &fill_visits(300), PATPLAN, &fill_patplans(300)])
+        .await;
+    let cfg = config();
+    assert!(db.run_two_hop(&cfg, None).await.succeeded());
+    db.source_sql(&[
+        "INSERT INTO `visit` (`PatNum`, `Fee`, `DateTStamp`) VALUES (1, 11, '2015-03-03 10:00:00')",
+        "INSERT INTO `visit` (`PatNum`, `Fee`, `DateTStamp`) VALUES (2, 12, '0000-00-00 00:00:00')",
+        "INSERT INTO `patplan` (`PatNum`, `Ordinal`, `Note`, `SecDateTEntry`) VALUES \
+         (1, 2, 'no date', '0001-01-01 00:00:00'), (1, 3, 'zero', '0000-00-00 00:00:00'), \
+         (1, 4, 'sentinel', '1900-01-01 00:00:00')",
+    ])
+    .await;
+    let mark_before = db.watermark("visit", "DateTStamp").await;
+    let run = db.run_two_hop(&cfg, None).await;
+    assert!(run.succeeded(), "{run:?}");
+    assert_converged(&db).await;
+    for phase in ["extract", "load"] {
+        let visit = phase_report(&run, "visit", phase);
+        assert_eq!(visit.rows_new_keys, 1, "{phase}: {visit:?}");
+        assert_eq!(visit.rows_outside_bounds, 1, "{phase}: {visit:?}");
+        assert_eq!(phase_report(&run, "patplan", phase).rows_outside_bounds, 3);
+    }
+    assert_eq!(db.watermark("visit", "DateTStamp").await, mark_before);
+    // The backdated row is held now: the next run does not read it by key again.
+    let again = db.run_two_hop(&cfg, None).await;
+    assert!(again.succeeded(), "{again:?}");
+    for phase in ["extract", "load"] {
+        assert_eq!(phase_report(&again, "visit", phase).rows_new_keys, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_holds_its_watermark_while_the_copy_has_none_committed() {
+    let db = TestDb::new("wm_copy_unmarked").await;
+    db.source_sql(&[VISIT, &fill_visits(300), PATPLAN, &fill_patplans(10)])
+        .await;
+    let cfg = config();
+    assert!(db.run_two_hop(&cfg, None).await.succeeded());
+    let mark = db.watermark("visit", "DateTStamp").await;
+    // What a full copy stopped between its swap and its tracking update
+    // leaves: new rows in the replica, no copy watermark.
+    let edit = "UPDATE `visit` SET `Fee` = -7, `DateTStamp` = NOW() WHERE `VisitNum` = 3";
+    db.source_sql(&[edit]).await;
+    db.mysql(&[
+        edit,
+        "DELETE FROM `etl_copy_watermark` WHERE `table_name` = 'visit'",
+    ])
+    .await;
+    let load = db.load(&cfg.get("visit").unwrap().clone()).await.unwrap();
+    assert_eq!(load.rows_updated, 1, "{load:?}");
+    assert_eq!(db.watermark("visit", "DateTStamp").await, mark);
+    db.assert_same("visit", &["VisitNum"]).await;
+    // The next copy is a full one, and both hops move on from there.
+    let run = db.run_two_hop(&cfg, None).await;
+    assert!(run.succeeded(), "{run:?}");
+    assert!(
+        phase_report(&run, "visit", "extract")
+            .decision
+            .reason
+            .contains("no watermark recorded"),
+        "{run:?}"
+    );
+    assert_converged(&db).await;
+    assert!(db.watermark("visit", "DateTStamp").await > mark);
+}
+
+/// The server's local clock falls back an hour between two runs, as at the
+/// end of daylight saving time: stamps written in the local time of a
+/// `datetime` column go back an hour, below the watermark. The source is a
+/// server of the test's own so its global time zone can move from UTC−4
+/// (daylight time) to UTC−5 (standard time) as a zone with daylight saving
+/// does, without touching the tests beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_in_the_hour_repeated_at_a_fall_back_are_read() {
+    let server = common::PrivateMariaDb::start("wm_fall_back").await;
+    let mut db = TestDb::new("wm_fall_back").await;
+    db.source = server.database("clinic").await;
+    common::exec_on(&server.admin, &["SET GLOBAL time_zone = '-04:00'"]).await;
+    db.source_sql(&[
+        "CREATE TABLE `commlog` (`CommlogNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+         `Note` varchar(40) NOT NULL, `CommDateTime` datetime NOT NULL, KEY `CommDateTime` (`CommDateTime`))",
+        "INSERT INTO `commlog` (`Note`, `CommDateTime`) \
+         SELECT CONCAT('call ', seq), NOW() - INTERVAL (200 - seq) MINUTE FROM seq_1_to_200",
+    ])
+    .await;
+    let cfg = TablesConfig::parse(
+        "tables:
+  commlog:
+    extraction_strategy: incremental
+    incremental_columns: [CommDateTime]
+    primary_incremental_column: CommDateTime
+    batch_size: 50
+    lookback_seconds: 2
+",
+    )
+    .unwrap();
+    assert!(db.run_two_hop(&cfg, None).await.succeeded());
+    db.source_sql(&["UPDATE `commlog` SET `Note` = 'daylight time', `CommDateTime` = NOW() WHERE `CommlogNum` = 1"])
+        .await;
+    let daylight = db.run_two_hop(&cfg, None).await;
+    assert!(daylight.succeeded(), "{daylight:?}");
+    assert_eq!(phase_report(&daylight, "commlog", "load").rows_updated, 1);
+    // 02:00 daylight time becomes 01:00 standard time.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    common::exec_on(&server.admin, &["SET GLOBAL time_zone = '-05:00'"]).await;
+    db.source_sql(&[
+        "UPDATE `commlog` SET `Note` = 'standard time', `CommDateTime` = NOW() WHERE `CommlogNum` IN (5, 7)",
+    ])
+    .await;
+    let standard = db.run_two_hop(&cfg, None).await;
+    assert!(standard.succeeded(), "{standard:?}");
+    db.assert_replica_same("commlog", &["CommlogNum"]).await;
+    db.assert_same("commlog", &["CommlogNum"]).await;
+    // Both hops stepped their watermarks back with the clock, so the hour
+    // comes round again without loss.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    db.source_sql(&[
+        "UPDATE `commlog` SET `Note` = 'later', `CommDateTime` = NOW() WHERE `CommlogNum` = 9",
+    ])
+    .await;
+    let later = db.run_two_hop(&cfg, None).await;
+    assert!(later.succeeded(), "{later:?}");
+    db.assert_replica_same("commlog", &["CommlogNum"]).await;
+    db.assert_same("commlog", &["CommlogNum"]).await;
+}

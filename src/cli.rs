@@ -658,7 +658,14 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                     (Mode::Direct, Err(e)) => return Err(e),
                 };
                 let mut conn = my::connect(&lag_db).await?;
-                tracking::add_lag(&mut conn, &lag_db.database, &mut lines).await?;
+                let config = TablesConfig::load(&cli.tables).ok();
+                let skew = |table: &str| {
+                    config.as_ref().and_then(|c| c.get(table).ok()).map_or(
+                        crate::config::DEFAULT_CLOCK_SKEW_SECONDS,
+                        crate::config::TableConfig::skew_allowance,
+                    )
+                };
+                tracking::add_lag(&mut conn, &lag_db.database, &mut lines, skew).await?;
                 if args.format == StatusFormat::Table {
                     println!(
                         "lag measured against the {against}, {}",
@@ -716,6 +723,11 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                     && !l.watermark.is_empty()
                 {
                     println!("    lag: {note}");
+                }
+                if let Some(future) = l.rows_in_future.filter(|n| *n > 0) {
+                    println!(
+                        "    {future} row(s) stamped in the future: carried every run, never moving the watermark"
+                    );
                 }
             }
             if lines.is_empty() {

@@ -223,6 +223,7 @@ async fn summary_json_status_json_category_filter_and_history_retention() {
     assert_eq!(patient["failures_24h"], 0);
     assert_eq!(patient["rows_behind"], 0, "{patient}");
     assert_eq!(patient["lag_seconds"], 0, "{patient}");
+    assert_eq!(patient["rows_in_future"], 0, "{patient}");
 
     db.source_sql(&[
         "INSERT INTO `patient` (`LName`, `DateTStamp`) SELECT CONCAT('New', seq), NOW() + INTERVAL 2 HOUR FROM seq_1_to_7",
@@ -235,10 +236,15 @@ async fn summary_json_status_json_category_filter_and_history_retention() {
     );
     let lag = patient["lag_seconds"].as_i64().unwrap();
     assert!((7000..7400).contains(&lag), "two hours behind: {patient}");
+    assert_eq!(
+        patient["rows_in_future"], 7,
+        "stamped two hours past the source's clock: {patient}"
+    );
     let out = run(&env, &tables, &["status"]);
-    let line = text(&out);
-    let line = line.lines().find(|l| l.starts_with("patient")).unwrap();
+    let shown = text(&out);
+    let line = shown.lines().find(|l| l.starts_with("patient")).unwrap();
     assert!(line.contains(" 7 ") && line.contains("2h0"), "{line}");
+    assert!(shown.contains("7 row(s) stamped in the future"), "{shown}");
 
     let old: i64 = client
         .query_one(

@@ -16,10 +16,10 @@ pub use strategy::{
     Decision, Strategy, TableFacts, UNCHANGED_SKIP_MAX_SECONDS, resolve, unchanged, wants_checksum,
 };
 pub use tables::{
-    DEFAULT_BATCH_SIZE, DEFAULT_LOOKBACK_KEYS, DEFAULT_LOOKBACK_SECONDS, DEFAULT_MAX_DELETE_SHARE,
-    DeleteDetection, DeletePolicy, ExtractionStrategy, MAX_BATCH_SIZE, Monitoring,
-    PerformanceCategory, ProcessingPriority, QualityBounds, TableConfig, TablesConfig,
-    override_path,
+    DEFAULT_BATCH_SIZE, DEFAULT_CLOCK_SKEW_SECONDS, DEFAULT_LOOKBACK_KEYS,
+    DEFAULT_LOOKBACK_SECONDS, DEFAULT_MAX_DELETE_SHARE, DeleteDetection, DeletePolicy,
+    ExtractionStrategy, MAX_BATCH_SIZE, Monitoring, PerformanceCategory, ProcessingPriority,
+    QualityBounds, TableConfig, TablesConfig, override_path,
 };
 
 /// Writes a file through a temporary file and a rename, so a reader never

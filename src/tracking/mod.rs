@@ -803,6 +803,9 @@ pub struct StatusLine {
     pub rows_behind: Option<u64>,
     pub source_newest: Option<String>,
     pub lag_seconds: Option<i64>,
+    /// Of `rows_behind`, those stamped past the source's clock plus the
+    /// table's skew allowance: carried every run, never moving the watermark.
+    pub rows_in_future: Option<u64>,
     /// Why the lag is unknown, when it is.
     pub lag_note: Option<String>,
     /// The last transformation recorded by dbt (`etl_transform_status`).
@@ -853,6 +856,7 @@ pub async fn status_lines(client: &Client, schema: &str) -> Result<Vec<StatusLin
             rows_behind: None,
             source_newest: None,
             lag_seconds: None,
+            rows_in_future: None,
             lag_note: None,
             transform_status: r.get(10),
             last_transformed: r.get(11),
@@ -892,6 +896,7 @@ pub async fn add_copy_status(conn: &mut Conn, lines: &mut Vec<StatusLine>) -> Re
                 rows_behind: None,
                 source_newest: None,
                 lag_seconds: None,
+                rows_in_future: None,
                 lag_note: None,
                 transform_status: None,
                 last_transformed: None,
@@ -906,9 +911,16 @@ pub async fn add_copy_status(conn: &mut Conn, lines: &mut Vec<StatusLine>) -> Re
 /// Adds each table's lag behind the MySQL database `conn` is on (the source,
 /// or the replica when the source is not configured): the rows there past
 /// the loaded watermark, the newest watermark value, and for date-time
-/// watermarks how many seconds that is ahead. One range count per table on
-/// its watermark column; a table that cannot be measured gets a note.
-pub async fn add_lag(conn: &mut Conn, database: &str, lines: &mut [StatusLine]) -> Result<()> {
+/// watermarks how many seconds that is ahead and how many rows are stamped
+/// past the server's clock plus `skew(table)` seconds (in the column's own
+/// terms, as a run reads them). One range count per table on its watermark
+/// column; a table that cannot be measured gets a note.
+pub async fn add_lag(
+    conn: &mut Conn,
+    database: &str,
+    lines: &mut [StatusLine],
+    skew: impl Fn(&str) -> u64,
+) -> Result<()> {
     let types: Vec<(String, String, String)> = conn
         .exec(
             "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ?",
@@ -935,12 +947,21 @@ pub async fn add_lag(conn: &mut Conn, database: &str, lines: &mut [StatusLine]) 
         };
         let temporal = matches!(data_type, "date" | "datetime" | "timestamp");
         let col = ident::mysql(&line.watermark_column);
+        let clock = if data_type == "timestamp" {
+            "NOW()"
+        } else {
+            "CONVERT_TZ(NOW(), @@session.time_zone, @@global.time_zone)"
+        };
         let sql = format!(
             "SELECT COUNT(*), CAST(MAX({col}) AS CHAR), {} FROM {} WHERE {col} > ?",
             if temporal {
-                format!("TIMESTAMPDIFF(SECOND, ?, MAX({col}))")
+                format!(
+                    "TIMESTAMPDIFF(SECOND, ?, MAX({col})), \
+                     CAST(SUM({col} > {clock} + INTERVAL {} SECOND) AS UNSIGNED)",
+                    skew(&line.table)
+                )
             } else {
-                "NULL".into()
+                "NULL, NULL".into()
             },
             ident::mysql(&line.table)
         );
@@ -951,10 +972,10 @@ pub async fn add_lag(conn: &mut Conn, database: &str, lines: &mut [StatusLine]) 
             vec![value]
         };
         let row = conn
-            .exec_first::<(u64, Option<String>, Option<i64>), _, _>(sql, params)
+            .exec_first::<(u64, Option<String>, Option<i64>, Option<u64>), _, _>(sql, params)
             .await;
         match row {
-            Ok(Some((behind, newest, seconds))) => {
+            Ok(Some((behind, newest, seconds, future))) => {
                 line.rows_behind = Some(behind);
                 line.source_newest = newest;
                 line.lag_seconds = if temporal {
@@ -962,6 +983,7 @@ pub async fn add_lag(conn: &mut Conn, database: &str, lines: &mut [StatusLine]) 
                 } else {
                     None
                 };
+                line.rows_in_future = temporal.then_some(future.unwrap_or(0));
             }
             Ok(None) => {}
             Err(e) => line.lag_note = Some(format!("cannot measure: {e}")),

@@ -264,6 +264,13 @@ pub struct VerifyArgs {
     /// Compare every row value by value, in key order, and name differing keys.
     #[arg(long)]
     pub deep: bool,
+    /// With --deep: rewrite exactly the rows that differ (the replica from the source, then the
+    /// warehouse from the replica), then verify again.
+    #[arg(long, requires = "deep")]
+    pub repair: bool,
+    /// With --repair: let it remove more than a table's max_delete_share.
+    #[arg(long, requires = "repair")]
+    pub allow_mass_delete: bool,
 }
 
 /// Arguments of `demo`.
@@ -496,6 +503,51 @@ fn run_context(
             })
         }
     }
+}
+
+/// `verify`: counts, `--deep` comparisons and `--repair`.
+async fn verify_command(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
+    let config = TablesConfig::load(&cli.tables)?;
+    let all = args.table.is_empty();
+    let selected = pipeline::select_tables(&config, &args.table, all)?;
+    let tables: Vec<String> = selected.iter().map(|t| t.name.clone()).collect();
+    let env = Env::load(cli.env_file.as_deref())?;
+    let ctx = match env.mode()? {
+        Mode::Replica => VerifyContext {
+            source: env.source().ok(),
+            mysql: env.replica()?,
+            warehouse: env.warehouse()?,
+        },
+        Mode::Direct => VerifyContext {
+            source: None,
+            mysql: env.source()?,
+            warehouse: env.warehouse()?,
+        },
+    };
+    if args.repair {
+        for r in verify::repair(&ctx, &selected, args.allow_mass_delete).await? {
+            match &r.note {
+                Some(note) => println!("{:<28} not repaired: {note}", r.table),
+                None => println!(
+                    "{:<28} replica: {} row(s) rewritten, {} removed; warehouse: {} row(s) rewritten, {} removed",
+                    r.table,
+                    r.replica.written,
+                    r.replica.removed,
+                    r.warehouse.written,
+                    r.warehouse.removed
+                ),
+            }
+        }
+        println!();
+    }
+    let checks = verify::verify(&ctx, &tables, args.deep).await?;
+    print!("{}", verify::render(&checks, args.deep));
+    let clean = checks.iter().all(verify::TableCheck::is_clean);
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
 }
 
 /// Runs a parsed command line.
@@ -765,35 +817,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             env.source_max_connections()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify(args) => {
-            let config = TablesConfig::load(&cli.tables)?;
-            let all = args.table.is_empty();
-            let tables: Vec<String> = pipeline::select_tables(&config, &args.table, all)?
-                .into_iter()
-                .map(|t| t.name)
-                .collect();
-            let env = Env::load(cli.env_file.as_deref())?;
-            let ctx = match env.mode()? {
-                Mode::Replica => VerifyContext {
-                    source: env.source().ok(),
-                    mysql: env.replica()?,
-                    warehouse: env.warehouse()?,
-                },
-                Mode::Direct => VerifyContext {
-                    source: None,
-                    mysql: env.source()?,
-                    warehouse: env.warehouse()?,
-                },
-            };
-            let checks = verify::verify(&ctx, &tables, args.deep).await?;
-            print!("{}", verify::render(&checks, args.deep));
-            let clean = checks.iter().all(verify::TableCheck::is_clean);
-            Ok(if clean {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_FAILED)
-            })
-        }
+        Command::Verify(ref args) => verify_command(&cli, args).await,
         Command::TestConnections => {
             let env = Env::load(cli.env_file.as_deref())?;
             let mut ok = true;

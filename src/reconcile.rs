@@ -51,6 +51,31 @@ pub const DELETED_AT: &str = "_deleted_at";
 /// A primary key value (every key column is an integer).
 pub type Key = Vec<i64>;
 
+/// The key of a MySQL row whose key columns sit at `positions`; `None`
+/// when a key value is not a 64-bit signed integer.
+pub fn row_key(row: &Row, positions: &[usize]) -> Option<Key> {
+    positions
+        .iter()
+        .map(|&i| match row.as_ref(i) {
+            Some(mysql_async::Value::Int(v)) => Some(*v),
+            Some(mysql_async::Value::UInt(v)) => i64::try_from(*v).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a repair by key did to one copy of a table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Repaired {
+    /// Rows written again (inserted or changed).
+    pub written: u64,
+    /// Rows removed (or stamped deleted) because what the copy is read from lacks them.
+    pub removed: u64,
+}
+
+/// Keys per statement and transaction when rows are repaired by key.
+pub const REPAIR_CHUNK: usize = 1000;
+
 /// One copy of a table whose keys are compared.
 pub enum Side<'a> {
     MySql {
@@ -448,8 +473,9 @@ pub fn applies(policy: &DeletePolicy, strategy: &Strategy) -> bool {
         && matches!(strategy, Strategy::Incremental { .. })
 }
 
-/// Stops a reconciliation that would delete more than the allowed share.
-fn check_share(
+/// Stops a reconciliation that would delete more than the allowed share
+/// (`max_delete_share`) unless `allowed` (`--allow-mass-delete`).
+pub fn check_share(
     table: &str,
     deleting: u64,
     rows: u64,
@@ -472,7 +498,7 @@ fn check_share(
 }
 
 /// `WHERE` condition matching `keys` on `columns` (quoted), numbers inline.
-fn key_condition(columns: &[String], keys: &[Key]) -> String {
+pub fn key_condition(columns: &[String], keys: &[Key]) -> String {
     let tuple = |k: &Key| {
         let parts: Vec<String> = k.iter().map(i64::to_string).collect();
         if parts.len() == 1 {
@@ -494,22 +520,25 @@ fn key_condition(columns: &[String], keys: &[Key]) -> String {
 
 /// Deletes `keys` from a MySQL table; returns the rows removed.
 pub async fn delete_mysql(
-    conn: &mut Conn,
+    conn: &mut impl Queryable,
     table: &str,
     key: &[String],
     keys: &[Key],
 ) -> Result<u64> {
     let columns: Vec<String> = key.iter().map(|k| ident::mysql(k)).collect();
     let mut removed = 0;
+    let err = |e| Error::mysql(format!("deleting rows from replica table `{table}`"), e);
     for chunk in keys.chunks(DELETE_CHUNK) {
-        conn.query_drop(format!(
-            "DELETE FROM {} WHERE {}",
-            ident::mysql(table),
-            key_condition(&columns, chunk)
-        ))
-        .await
-        .map_err(|e| Error::mysql(format!("deleting rows from replica table `{table}`"), e))?;
-        removed += conn.affected_rows();
+        let result = conn
+            .query_iter(format!(
+                "DELETE FROM {} WHERE {}",
+                ident::mysql(table),
+                key_condition(&columns, chunk)
+            ))
+            .await
+            .map_err(err)?;
+        removed += result.affected_rows();
+        result.drop_result().await.map_err(err)?;
     }
     Ok(removed)
 }

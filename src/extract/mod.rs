@@ -609,6 +609,73 @@ pub async fn copy_table(
     Ok(report)
 }
 
+/// Copies again from the source the replica rows of `keys`: rows the
+/// source has are upserted (a row already equal is left as it is), rows it
+/// lacks are deleted. One replica transaction per chunk of keys, the
+/// source read within the run's rows-per-second budget. The repair of what
+/// a comparison found different.
+pub async fn recopy_keys(
+    ctx: &ExtractContext,
+    cfg: &TableConfig,
+    keys: &[reconcile::Key],
+) -> Result<reconcile::Repaired> {
+    let mut source = session(&ctx.source).await?;
+    let mut replica = replica_session(ctx).await?;
+    let table = my::describe_table(&mut source, &ctx.source.database, &cfg.name).await?;
+    let held = my::describe_table(&mut replica, &ctx.replica.database, &cfg.name).await?;
+    if !held.unique_keys.is_empty() {
+        relax_unique_keys(&mut replica, &cfg.name).await?;
+    }
+    let key = reconcile::reconcilable_key(&table)?;
+    let columns: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
+    let positions: Vec<usize> = key
+        .iter()
+        .filter_map(|k| columns.iter().position(|c| c == k))
+        .collect();
+    let key_columns: Vec<String> = key.iter().map(|k| ident::mysql(k)).collect();
+    let select = format!(
+        "SELECT {} FROM {} WHERE ",
+        ident::mysql_list(columns.iter().map(String::as_str)),
+        ident::mysql(&cfg.name)
+    );
+    let mut done = reconcile::Repaired::default();
+    for chunk in keys.chunks(reconcile::REPAIR_CHUNK) {
+        let rows: Vec<Row> = source
+            .exec(
+                format!("{select}{}", reconcile::key_condition(&key_columns, chunk)),
+                (),
+            )
+            .await
+            .map_err(|e| Error::mysql(format!("reading rows of `{}` by key", cfg.name), e))?;
+        if let Some(rate) = &ctx.rate {
+            rate.pay(u64::try_from(rows.len()).unwrap_or(u64::MAX))
+                .await;
+        }
+        let found: std::collections::HashSet<reconcile::Key> = rows
+            .iter()
+            .filter_map(|r| reconcile::row_key(r, &positions))
+            .collect();
+        let gone: Vec<reconcile::Key> = chunk
+            .iter()
+            .filter(|k| !found.contains(*k))
+            .cloned()
+            .collect();
+        let values: Vec<Vec<Value>> = rows.into_iter().map(Row::unwrap).collect();
+        let mut tx = replica
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(|e| Error::mysql("starting a replica transaction", e))?;
+        let (inserted, updated) =
+            insert_rows(&mut tx, &cfg.name, &columns, &key, values, true).await?;
+        done.written += inserted + updated;
+        done.removed += reconcile::delete_mysql(&mut tx, &cfg.name, &key, &gone).await?;
+        tx.commit()
+            .await
+            .map_err(|e| Error::mysql(format!("committing a repair of `{}`", cfg.name), e))?;
+    }
+    Ok(done)
+}
+
 /// Removes from the replica the rows the source no longer has: all of them
 /// (key reconciliation) when the table's schedule says it is due, else those
 /// OpenDental logged as deleted.

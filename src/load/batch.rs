@@ -48,7 +48,8 @@ impl Plan {
         self.columns.iter().position(|c| c.name == name)
     }
 
-    fn key_text(&self, row: &Row) -> String {
+    /// The row's key as text (`Num=5`), for messages.
+    pub fn key_text(&self, row: &Row) -> String {
         if self.key_positions.is_empty() {
             return "(table has no key)".to_string();
         }

@@ -809,6 +809,108 @@ async fn stage_and_merge(
     Ok((inserted, updated))
 }
 
+/// Loads again the warehouse rows of `keys` from the MySQL copy: rows it
+/// has are merged (a row already equal is not rewritten), rows it lacks
+/// are removed (stamped in soft-delete mode). One transaction per chunk of
+/// keys. The repair of what a comparison found different.
+pub async fn reload_keys(
+    ctx: &LoadContext,
+    cfg: &TableConfig,
+    keys: &[reconcile::Key],
+) -> Result<reconcile::Repaired> {
+    let mut mysql = my::connect(&ctx.replica).await?;
+    let mut client = pg::connect(&ctx.warehouse).await?;
+    let opts = LoadOptions::default();
+    let prepared = prepare(&mut mysql, &client, ctx, cfg, &opts).await?;
+    if prepared.key.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Schema,
+            format!(
+                "`{}` has no primary key: its rows cannot be reloaded by key",
+                cfg.name
+            ),
+        ));
+    }
+    let limits = Limits::default();
+    let job = Job {
+        ctx,
+        cfg,
+        opts: &opts,
+        prepared: &prepared,
+        limits: &limits,
+        run_started_at: "",
+    };
+    let schema = &ctx.warehouse.schema;
+    let target = ident::pg_qualified(schema, &cfg.name);
+    let (copy_sql, merge) = staging(&client, &job).await?;
+    let key_columns: Vec<String> = prepared.key.iter().map(|k| ident::mysql(k)).collect();
+    let select = format!(
+        "SELECT {} FROM {} WHERE ",
+        ident::mysql_list(prepared.plan.names().iter().map(String::as_str)),
+        ident::mysql(&cfg.name)
+    );
+    let mut done = reconcile::Repaired::default();
+    for chunk in keys.chunks(reconcile::REPAIR_CHUNK) {
+        let sql = format!("{select}{}", reconcile::key_condition(&key_columns, chunk));
+        let rows: Vec<mysql_async::Row> = mysql
+            .exec(sql, ())
+            .await
+            .map_err(|e| Error::mysql(format!("reading rows of `{}` by key", cfg.name), e))?;
+        if let Some(rate) = &ctx.rate {
+            rate.pay(u64::try_from(rows.len()).unwrap_or(u64::MAX))
+                .await;
+        }
+        let found: HashSet<reconcile::Key> = rows
+            .iter()
+            .map(|r| {
+                reconcile::row_key(r, &prepared.plan.key_positions).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Schema,
+                        format!(
+                            "`{}`: key {} is not a 64-bit integer",
+                            cfg.name,
+                            prepared.plan.key_text(r)
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<_>>()?;
+        let gone: Vec<reconcile::Key> = chunk
+            .iter()
+            .filter(|k| !found.contains(*k))
+            .cloned()
+            .collect();
+        let mut encoder = CopyEncoder::new(prepared.plan.clone());
+        let count = u64::try_from(rows.len()).unwrap_or(u64::MAX);
+        for row in rows {
+            my::Encoder::encode(&mut encoder, row)?;
+        }
+        let (payload, _) = my::Encoder::take(&mut encoder);
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| Error::postgres(format!("starting a reload of {target}"), e))?;
+        if count > 0 {
+            let (inserted, updated) =
+                stage_and_merge(&tx, (&copy_sql, &merge), &target, payload, count).await?;
+            done.written += inserted + updated;
+        }
+        done.removed += reconcile::delete_pg(
+            &tx,
+            schema,
+            &cfg.name,
+            &prepared.key,
+            &gone,
+            job.soft_delete(),
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(|e| Error::postgres(format!("committing a reload of {target}"), e))?;
+    }
+    Ok(done)
+}
+
 /// What a strategy's load works from.
 struct Job<'a> {
     ctx: &'a LoadContext,

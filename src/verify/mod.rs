@@ -15,9 +15,12 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, Value};
 use tokio_postgres::Client;
 
-use crate::config::{MySqlSettings, PgSettings};
+use crate::config::{MySqlSettings, PgSettings, TableConfig};
 use crate::error::{Error, Result};
+use crate::extract::ExtractContext;
+use crate::load::LoadContext;
 use crate::mysql::{self as my, ReadRange, page_query};
+use crate::reconcile::{Key, Repaired};
 use crate::schema::{SourceType, ident};
 use crate::{postgres as pg, tracking};
 
@@ -225,15 +228,71 @@ fn key_text(names: &[String], key: &[i128]) -> String {
         .join(", ")
 }
 
-/// Walks two sorted sides, comparing rows with equal keys, and records up
-/// to [`MAX_DIFFERENCES`] differences. Returns the rows compared.
+/// Differing keys a repair collects per pass before it writes them: the
+/// keys stay in memory (16 bytes or so each), the rows do not.
+const REPAIR_BATCH: usize = 50_000;
+
+/// What a deep comparison of two copies found: up to [`MAX_DIFFERENCES`]
+/// described, and (for a repair) the differing keys themselves.
+#[derive(Debug, Default)]
+struct Findings {
+    described: Vec<String>,
+    /// Keep the keys: rows to write again into the second copy (changed,
+    /// or missing there) and rows to remove from it (only there).
+    collect: bool,
+    rewrite: Vec<Key>,
+    remove: Vec<Key>,
+}
+
+impl Findings {
+    fn collecting() -> Findings {
+        Findings {
+            collect: true,
+            ..Findings::default()
+        }
+    }
+
+    /// Whether the comparison should stop here (and a repair write what it has).
+    fn full(&self) -> bool {
+        if self.collect {
+            self.rewrite.len() + self.remove.len() >= REPAIR_BATCH
+        } else {
+            self.described.len() >= MAX_DIFFERENCES
+        }
+    }
+
+    fn note(&mut self, key: &[i128], text: String, remove: bool) {
+        if self.described.len() < MAX_DIFFERENCES {
+            self.described.push(text);
+        }
+        if self.collect {
+            let key: Key = key
+                .iter()
+                .map(|k| i64::try_from(*k).unwrap_or(i64::MAX))
+                .collect();
+            if remove {
+                self.remove.push(key);
+            } else {
+                self.rewrite.push(key);
+            }
+        }
+    }
+
+    /// Every differing key, to write again or remove.
+    fn keys(&self) -> Vec<Key> {
+        self.rewrite.iter().chain(&self.remove).cloned().collect()
+    }
+}
+
+/// Walks two sorted sides, comparing rows with equal keys, and records
+/// what differs in `found` until it is full. Returns the rows compared.
 async fn merge<A, B, FA, FB, Eq>(
     mut next_a: FA,
     mut next_b: FB,
     key_names: &[String],
     labels: (&str, &str),
     mut differ: Eq,
-    out: &mut Vec<String>,
+    found: &mut Findings,
 ) -> Result<u64>
 where
     FA: AsyncNext<A>,
@@ -243,40 +302,47 @@ where
     let mut a = next_a.next().await?;
     let mut b = next_b.next().await?;
     let mut compared = 0;
-    while out.len() < MAX_DIFFERENCES {
+    while !found.full() {
         match (&a, &b) {
             (None, None) => break,
             (Some((ka, va)), Some((kb, vb))) if ka == kb => {
                 compared += 1;
                 if let Some(what) = differ(va, vb) {
-                    out.push(format!("key {}: {what}", key_text(key_names, ka)));
+                    found.note(
+                        ka,
+                        format!("key {}: {what}", key_text(key_names, ka)),
+                        false,
+                    );
                 }
                 a = next_a.next().await?;
                 b = next_b.next().await?;
             }
             (Some((ka, _)), Some((kb, _))) if ka < kb => {
-                out.push(format!(
+                let text = format!(
                     "key {}: missing in the {}",
                     key_text(key_names, ka),
                     labels.1
-                ));
+                );
+                found.note(ka, text, false);
                 a = next_a.next().await?;
             }
             (Some((ka, _)), None) => {
-                out.push(format!(
+                let text = format!(
                     "key {}: missing in the {}",
                     key_text(key_names, ka),
                     labels.1
-                ));
+                );
+                found.note(ka, text, false);
                 a = next_a.next().await?;
             }
             (_, Some((kb, _))) => {
-                out.push(format!(
+                let text = format!(
                     "key {}: only in the {} (not in the {})",
                     key_text(key_names, kb),
                     labels.1,
                     labels.0
-                ));
+                );
+                found.note(kb, text, true);
                 b = next_b.next().await?;
             }
         }
@@ -348,21 +414,30 @@ pub async fn verify(ctx: &VerifyContext, tables: &[String], deep: bool) -> Resul
                 .push(format!("{schema}.{table} is missing in the warehouse"));
         }
         if deep && check.mysql_rows.is_some() && check.warehouse_rows.is_some() {
-            deep_check(ctx, &client, table, &columns, source.is_some(), &mut check).await?;
+            deep_check(ctx, &client, table, &columns, &mut check).await?;
         }
         checks.push(check);
     }
     Ok(checks)
 }
 
-async fn deep_check(
+/// What a deep comparison of one table works from: its key (signed
+/// integers) and the columns both the MySQL copy and the warehouse have.
+struct DeepPlan {
+    table: String,
+    key: Vec<String>,
+    /// Shared columns with their warehouse `format_type`.
+    shared: Vec<(String, String)>,
+    names: Vec<String>,
+}
+
+/// The plan of a deep comparison, or `None` (with the reason) when the
+/// table's key is not made of signed integers.
+async fn deep_plan(
     ctx: &VerifyContext,
-    client: &Client,
     table: &str,
     pg_cols: &[(String, String)],
-    with_source: bool,
-    check: &mut TableCheck,
-) -> Result<()> {
+) -> Result<std::result::Result<DeepPlan, String>> {
     let mut conn = my::connect(&ctx.mysql).await?;
     let described = my::describe_table(&mut conn, &ctx.mysql.database, table).await?;
     let key = described.primary_key.clone();
@@ -380,90 +455,251 @@ async fn deep_check(
             )
         });
     if !int_keys {
-        check
-            .notes
-            .push("no signed-integer primary key: compared by counts only".to_string());
-        return Ok(());
+        return Ok(Err(
+            "no signed-integer primary key: compared by counts only".to_string(),
+        ));
     }
     let shared: Vec<(String, String)> = pg_cols
         .iter()
         .filter(|(n, _)| described.column(n).is_some())
         .cloned()
         .collect();
-    let names: Vec<String> = shared.iter().map(|(n, _)| n.clone()).collect();
-    let key_positions: Vec<usize> = key
-        .iter()
-        .filter_map(|k| names.iter().position(|n| n == k))
-        .collect();
-    let side = |conn: Conn, names: Vec<String>| MySqlSide {
-        conn,
+    let names = shared.iter().map(|(n, _)| n.clone()).collect();
+    Ok(Ok(DeepPlan {
         table: table.to_string(),
-        key_positions: key
-            .iter()
-            .filter_map(|k| names.iter().position(|n| n == k))
-            .collect(),
-        columns: names,
-        key: key.clone(),
-        cursor: None,
-        buffer: VecDeque::new(),
-        done: false,
-    };
-    let mut mysql_side = side(conn, names.clone());
+        key,
+        shared,
+        names,
+    }))
+}
+
+impl DeepPlan {
+    fn mysql_side(&self, conn: Conn) -> MySqlSide {
+        MySqlSide {
+            conn,
+            table: self.table.clone(),
+            key_positions: self
+                .key
+                .iter()
+                .filter_map(|k| self.names.iter().position(|n| n == k))
+                .collect(),
+            columns: self.names.clone(),
+            key: self.key.clone(),
+            cursor: None,
+            buffer: VecDeque::new(),
+            done: false,
+        }
+    }
+}
+
+/// Compares the warehouse with the MySQL copy it is loaded from; returns
+/// the rows compared.
+async fn compare_warehouse(
+    ctx: &VerifyContext,
+    client: &Client,
+    plan: &DeepPlan,
+    found: &mut Findings,
+) -> Result<u64> {
+    let mut mysql_side = plan.mysql_side(my::connect(&ctx.mysql).await?);
     let schema = &ctx.warehouse.schema;
+    let key = &plan.key;
     let mut pg_side = PgSide {
         client,
-        select: shared
+        select: plan
+            .shared
             .iter()
             .map(|(n, ty)| pg_expr(&ident::pg(n), ty))
             .collect::<Vec<_>>()
             .join(", "),
-        key_positions: key_positions.clone(),
+        key_positions: mysql_side.key_positions.clone(),
         key_len: key.len(),
         cursor: None,
-        types: shared.iter().map(|(_, ty)| ty.clone()).collect(),
+        types: plan.shared.iter().map(|(_, ty)| ty.clone()).collect(),
         buffer: VecDeque::new(),
         done: false,
-        from: ident::pg_qualified(schema, table),
+        from: ident::pg_qualified(schema, &plan.table),
         order: ident::pg_list(key.iter().map(String::as_str)),
         key_list: ident::pg_list(key.iter().map(String::as_str)),
     };
-    let types: Vec<String> = shared.iter().map(|(_, ty)| ty.clone()).collect();
+    let types: Vec<String> = plan.shared.iter().map(|(_, ty)| ty.clone()).collect();
+    let names = &plan.names;
     let differ = |a: &Vec<Value>, b: &Vec<Canon>| {
-        a.iter().zip(b).zip(&names).find_map(|((va, vb), name)| {
-            let ty = &types[names.iter().position(|n| n == name).unwrap_or(0)];
-            let ca = canon_mysql(va, ty);
-            (ca != *vb)
-                .then(|| format!("column `{name}` differs ({ca} in MySQL, {vb} in the warehouse)"))
-        })
+        a.iter()
+            .zip(b)
+            .zip(names.iter().zip(&types))
+            .find_map(|((va, vb), (name, ty))| {
+                let ca = canon_mysql(va, ty);
+                (ca != *vb).then(|| {
+                    format!("column `{name}` differs ({ca} in MySQL, {vb} in the warehouse)")
+                })
+            })
     };
-    check.compared = merge(
+    merge(
         &mut mysql_side,
         &mut pg_side,
-        &key,
+        key,
         ("MySQL copy", "warehouse"),
         differ,
-        &mut check.differences,
+        found,
     )
-    .await?;
-    if with_source && let Some(source) = &ctx.source {
-        let mut source_side = side(my::connect(source).await?, names.clone());
-        let mut replica_side = side(my::connect(&ctx.mysql).await?, names.clone());
-        let same = |a: &Vec<Value>, b: &Vec<Value>| {
-            a.iter().zip(b).zip(&names).find_map(|((va, vb), name)| {
-                (va != vb).then(|| format!("column `{name}` differs between source and replica"))
-            })
-        };
-        merge(
-            &mut source_side,
-            &mut replica_side,
-            &key,
-            ("source", "replica"),
-            same,
-            &mut check.differences,
-        )
-        .await?;
+    .await
+}
+
+/// Compares the replica with the source.
+async fn compare_replica(
+    source: &MySqlSettings,
+    replica: &MySqlSettings,
+    plan: &DeepPlan,
+    found: &mut Findings,
+) -> Result<u64> {
+    let mut source_side = plan.mysql_side(my::connect(source).await?);
+    let mut replica_side = plan.mysql_side(my::connect(replica).await?);
+    let names = &plan.names;
+    let same = |a: &Vec<Value>, b: &Vec<Value>| {
+        a.iter().zip(b).zip(names).find_map(|((va, vb), name)| {
+            (va != vb).then(|| format!("column `{name}` differs between source and replica"))
+        })
+    };
+    merge(
+        &mut source_side,
+        &mut replica_side,
+        &plan.key,
+        ("source", "replica"),
+        same,
+        found,
+    )
+    .await
+}
+
+async fn deep_check(
+    ctx: &VerifyContext,
+    client: &Client,
+    table: &str,
+    pg_cols: &[(String, String)],
+    check: &mut TableCheck,
+) -> Result<()> {
+    let plan = match deep_plan(ctx, table, pg_cols).await? {
+        Ok(plan) => plan,
+        Err(note) => {
+            check.notes.push(note);
+            return Ok(());
+        }
+    };
+    let mut found = Findings::default();
+    check.compared = compare_warehouse(ctx, client, &plan, &mut found).await?;
+    if let Some(source) = &ctx.source {
+        compare_replica(source, &ctx.mysql, &plan, &mut found).await?;
     }
+    check.differences.extend(found.described);
     Ok(())
+}
+
+/// What `verify --repair` did to one table.
+#[derive(Debug, Clone, Default)]
+pub struct TableRepair {
+    pub table: String,
+    /// Rows copied again into the replica, and removed from it.
+    pub replica: Repaired,
+    /// Rows loaded again into the warehouse, and removed from it.
+    pub warehouse: Repaired,
+    /// Why the table was not compared row by row, when it was not.
+    pub note: Option<String>,
+}
+
+/// Repairs exactly the rows a deep comparison finds different: first the
+/// replica from the source (when there is one), then the warehouse from
+/// the MySQL copy, each in passes of up to [`REPAIR_BATCH`] keys until a
+/// pass finds nothing more. Rows that match are never written. Removing
+/// more than a table's `max_delete_share` is refused unless
+/// `allow_mass_delete`.
+pub async fn repair(
+    ctx: &VerifyContext,
+    configs: &[TableConfig],
+    allow_mass_delete: bool,
+) -> Result<Vec<TableRepair>> {
+    let client = pg::connect(&ctx.warehouse).await?;
+    tracking::check_warehouse(&client, &ctx.warehouse.schema).await?;
+    let load = LoadContext {
+        replica: ctx.mysql.clone(),
+        warehouse: ctx.warehouse.clone(),
+        rate: None,
+        capped_by_copy: ctx.source.is_some(),
+    };
+    let mut repairs = Vec::with_capacity(configs.len());
+    for cfg in configs {
+        let mut repair = TableRepair {
+            table: cfg.name.clone(),
+            ..TableRepair::default()
+        };
+        let pg_cols = pg_columns(&client, &ctx.warehouse.schema, &cfg.name).await?;
+        let plan = match deep_plan(ctx, &cfg.name, &pg_cols).await? {
+            Ok(plan) => plan,
+            Err(note) => {
+                repair.note = Some(note);
+                repairs.push(repair);
+                continue;
+            }
+        };
+        if let Some(source) = &ctx.source {
+            let extract = ExtractContext {
+                source: source.clone(),
+                replica: ctx.mysql.clone(),
+                rate: None,
+                source_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+                replica_lock_wait: None,
+            };
+            loop {
+                let mut found = Findings::collecting();
+                compare_replica(source, &ctx.mysql, &plan, &mut found).await?;
+                let mut mysql = my::connect(&ctx.mysql).await?;
+                let rows = mysql_count(&mut mysql, &ctx.mysql.database, &cfg.name).await?;
+                check_removal(cfg, &found, rows, allow_mass_delete)?;
+                let done = crate::extract::recopy_keys(&extract, cfg, &found.keys()).await?;
+                repair.replica.written += done.written;
+                repair.replica.removed += done.removed;
+                if !found.full() {
+                    break;
+                }
+            }
+        }
+        loop {
+            let mut found = Findings::collecting();
+            compare_warehouse(ctx, &client, &plan, &mut found).await?;
+            let target = ident::pg_qualified(&ctx.warehouse.schema, &cfg.name);
+            let rows: i64 = client
+                .query_one(&format!("select count(*) from {target}"), &[])
+                .await
+                .map_err(|e| Error::postgres(format!("counting the rows of {target}"), e))?
+                .get(0);
+            check_removal(cfg, &found, u64::try_from(rows).ok(), allow_mass_delete)?;
+            let done = crate::load::reload_keys(&load, cfg, &found.keys()).await?;
+            repair.warehouse.written += done.written;
+            repair.warehouse.removed += done.removed;
+            if !found.full() {
+                break;
+            }
+        }
+        repairs.push(repair);
+    }
+    Ok(repairs)
+}
+
+/// The mass-delete guard of a repair: removing more than the table's share
+/// is refused (nothing is written) unless allowed.
+fn check_removal(
+    cfg: &TableConfig,
+    found: &Findings,
+    rows: Option<u64>,
+    allow_mass_delete: bool,
+) -> Result<()> {
+    let removing = u64::try_from(found.remove.len()).unwrap_or(u64::MAX);
+    crate::reconcile::check_share(
+        &cfg.name,
+        removing,
+        rows.unwrap_or(0),
+        &cfg.deletes,
+        allow_mass_delete,
+    )
 }
 
 /// The verification as a table: counts per database, rows compared (deep),

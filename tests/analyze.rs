@@ -5,7 +5,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{TestDb, binary_with, scratch};
-use etl_pipeline::config::{ExtractionStrategy, PerformanceCategory, TablesConfig};
+use etl_pipeline::config::{
+    DeleteDetection, ExtractionStrategy, PerformanceCategory, TablesConfig,
+};
 use mysql_async::prelude::Queryable;
 
 const DUMP: &str = "../shared/fixtures/opendental/opendental-21.1-unittest-dump.sql";
@@ -100,6 +102,15 @@ async fn analyze_profiles_the_opendental_fixture_and_its_config_drives_a_run() {
         bad.primary_incremental_column.as_deref(),
         Some("DateTEntry"),
         "the 1902/2099 column is never chosen"
+    );
+    assert_eq!(
+        (bad.deletes.detection, bad.deletes.every_hours),
+        (DeleteDetection::RowReconcile, Some(1)),
+        "an entry stamp is blind to edits: its rows are reconciled"
+    );
+    assert_eq!(
+        procedurelog.deletes.detection,
+        DeleteDetection::KeyReconcile
     );
     let text = std::fs::read_to_string(&tables).unwrap();
     assert!(

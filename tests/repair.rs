@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use common::{TestDb, binary_with, scratch, text};
 
 const CLAIM: &str = "CREATE TABLE `claim` (
@@ -24,18 +22,6 @@ const TABLES: &str = "tables:
     primary_incremental_column: SecDateTEntry
     batch_size: 1000
 ";
-
-/// `xmin` of every warehouse row: which rows a change rewrote.
-async fn row_versions(db: &TestDb) -> HashMap<i64, String> {
-    db.pg()
-        .await
-        .query("select \"ClaimNum\", xmin::text from raw.claim", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repair_rewrites_exactly_the_rows_that_differ_replica_first() {
@@ -74,12 +60,12 @@ async fn repair_rewrites_exactly_the_rows_that_differ_replica_first() {
         )
         .await
         .unwrap();
-    let before = row_versions(&db).await;
+    let before = db.row_versions("claim", "ClaimNum").await;
 
     let out = run(&["verify", "--deep"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert_eq!(
-        row_versions(&db).await,
+        db.row_versions("claim", "ClaimNum").await,
         before,
         "verify alone changes nothing"
     );
@@ -99,7 +85,7 @@ async fn repair_rewrites_exactly_the_rows_that_differ_replica_first() {
     assert!(shown.contains(" ok"), "{shown}");
     db.assert_replica_same("claim", &["ClaimNum"]).await;
     assert_eq!(db.assert_source_same("claim", &["ClaimNum"]).await, 3000);
-    let after = row_versions(&db).await;
+    let after = db.row_versions("claim", "ClaimNum").await;
     for (key, version) in &before {
         if ![100, 400, 8000].contains(key) {
             assert_eq!(after.get(key), Some(version), "row {key} was rewritten");
@@ -117,7 +103,7 @@ async fn repair_rewrites_exactly_the_rows_that_differ_replica_first() {
         "{}",
         text(&out)
     );
-    assert_eq!(row_versions(&db).await, after);
+    assert_eq!(db.row_versions("claim", "ClaimNum").await, after);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,6 +44,15 @@ const FULL_REFRESH_BELOW_ROWS: u64 = 10_000;
 /// each side) runs every few hours rather than every run.
 const RECONCILE_HOURLY_FROM_ROWS: u64 = 1_000_000;
 const RECONCILE_EVERY_HOURS: u32 = 6;
+/// Row reconciliation (a hash of every row on both sides of each hop) for
+/// tables whose watermark is an entry stamp: hourly below this size, as
+/// often as an edit may wait; every [`ROW_RECONCILE_LARGE_HOURS`] hours
+/// from it, a night's worth of hashing at most once a day.
+const ROW_RECONCILE_DAILY_FROM_ROWS: u64 = 1_000_000;
+const ROW_RECONCILE_SMALL_HOURS: u32 = 1;
+const ROW_RECONCILE_LARGE_HOURS: u32 = 24;
+/// Rank of the entry stamps in [`PATTERNS`]: they never move on an edit.
+const ENTRY_STAMP_RANK: u8 = 3;
 /// Bytes of rows per batch the generated `batch_size` aims at.
 const TARGET_BATCH_BYTES: u64 = 8 * 1024 * 1024;
 /// The lower quality bound written when a column holds older values.
@@ -539,7 +548,24 @@ pub fn render(
                 let _ = writeln!(out, "    primary_key: [{}]", keys.join(", "));
             }
         }
-        if incremental && p.reconcilable_key {
+        let entry_stamped = p
+            .chosen
+            .as_ref()
+            .and_then(|c| p.candidates.iter().find(|x| &x.column == c))
+            .is_some_and(|c| c.rank >= ENTRY_STAMP_RANK && !c.on_update);
+        if incremental && p.reconcilable_key && entry_stamped {
+            let hours = if p.estimated_rows >= ROW_RECONCILE_DAILY_FROM_ROWS {
+                ROW_RECONCILE_LARGE_HOURS
+            } else {
+                ROW_RECONCILE_SMALL_HOURS
+            };
+            let _ = writeln!(
+                out,
+                "    # the watermark is an entry stamp, blind to edits: rows compared every {hours} hour(s)"
+            );
+            let _ = writeln!(out, "    reconcile: rows");
+            let _ = writeln!(out, "    reconcile_every_hours: {hours}");
+        } else if incremental && p.reconcilable_key {
             let _ = writeln!(out, "    delete_detection: key_reconcile");
             if p.estimated_rows >= RECONCILE_HOURLY_FROM_ROWS {
                 let _ = writeln!(

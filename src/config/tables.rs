@@ -44,15 +44,48 @@ pub const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 60;
 /// wipe the warehouse.
 pub const DEFAULT_MAX_DELETE_SHARE: f64 = 0.10;
 
-/// How rows deleted at the source are found (`delete_detection`).
+/// How a copy is reconciled with what it is read from (`reconcile:`, or
+/// the older `delete_detection:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeleteDetection {
     /// Deleted rows stay until a full refresh.
     #[default]
     None,
-    /// Compare the primary-key sets of each copy with the one it is read from.
+    /// Compare the primary-key sets of each copy with the one it is read
+    /// from (`reconcile: keys`, `delete_detection: key_reconcile`).
     KeyReconcile,
+    /// Compare a hash of every column as well (`reconcile: rows`): rows
+    /// changed without their watermark moving are copied again, missing
+    /// ones copied, extra ones deleted.
+    RowReconcile,
+}
+
+/// The values of the older `delete_detection:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawDeleteDetection {
+    None,
+    KeyReconcile,
+}
+
+/// The values of `reconcile:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawReconcile {
+    None,
+    Keys,
+    Rows,
+}
+
+impl From<RawReconcile> for DeleteDetection {
+    fn from(raw: RawReconcile) -> DeleteDetection {
+        match raw {
+            RawReconcile::None => DeleteDetection::None,
+            RawReconcile::Keys => DeleteDetection::KeyReconcile,
+            RawReconcile::Rows => DeleteDetection::RowReconcile,
+        }
+    }
 }
 
 /// How rows deleted at the source are found and what happens to them.
@@ -174,7 +207,8 @@ struct RawTable {
     lookback_keys: Option<u64>,
     clock_skew_seconds: Option<u64>,
     estimated_rows: Option<u64>,
-    delete_detection: Option<DeleteDetection>,
+    delete_detection: Option<RawDeleteDetection>,
+    reconcile: Option<RawReconcile>,
     reconcile_every_runs: Option<u32>,
     reconcile_every_hours: Option<u32>,
     soft_delete: Option<bool>,
@@ -630,8 +664,26 @@ fn validate(name: &str, raw: RawTable) -> Result<TableConfig> {
         ));
     }
     let monitoring = validate_monitoring(name, raw.monitoring.unwrap_or_default())?;
+    let detection = match (raw.reconcile, raw.delete_detection) {
+        (Some(r), None) => r.into(),
+        (None, Some(RawDeleteDetection::KeyReconcile)) => DeleteDetection::KeyReconcile,
+        (None, Some(RawDeleteDetection::None) | None) => DeleteDetection::None,
+        (Some(r), Some(old)) => {
+            let old = match old {
+                RawDeleteDetection::None => DeleteDetection::None,
+                RawDeleteDetection::KeyReconcile => DeleteDetection::KeyReconcile,
+            };
+            if DeleteDetection::from(r) != old {
+                return Err(err(
+                    "reconcile",
+                    "disagrees with delete_detection, its older name; keep reconcile".into(),
+                ));
+            }
+            old
+        }
+    };
     let deletes = DeletePolicy {
-        detection: raw.delete_detection.unwrap_or_default(),
+        detection,
         every_runs: raw.reconcile_every_runs,
         every_hours: raw.reconcile_every_hours,
         soft_delete: raw.soft_delete.unwrap_or(false),
@@ -694,6 +746,40 @@ mod tests {
     use super::*;
 
     const SEED: &str = include_str!("../../../shared/fixtures/opendental/seed-system-tables.yml");
+
+    #[test]
+    fn reconcile_takes_keys_or_rows_and_the_old_name_still_works() {
+        let parse = |extra: &str| {
+            TablesConfig::parse(&format!(
+                "tables:\n  claim:\n    extraction_strategy: incremental\n    incremental_columns: [SecDateTEntry]\n{extra}"
+            ))
+            .map(|c| c.get("claim").unwrap().deletes.detection)
+        };
+        assert_eq!(parse("").unwrap(), DeleteDetection::None);
+        assert_eq!(
+            parse("    reconcile: rows\n").unwrap(),
+            DeleteDetection::RowReconcile
+        );
+        assert_eq!(
+            parse("    reconcile: keys\n").unwrap(),
+            DeleteDetection::KeyReconcile
+        );
+        assert_eq!(
+            parse("    delete_detection: key_reconcile\n").unwrap(),
+            DeleteDetection::KeyReconcile
+        );
+        assert_eq!(
+            parse("    delete_detection: key_reconcile\n    reconcile: keys\n").unwrap(),
+            DeleteDetection::KeyReconcile
+        );
+        let clash =
+            parse("    delete_detection: key_reconcile\n    reconcile: rows\n").unwrap_err();
+        assert!(
+            clash.to_string().contains("tables.claim.reconcile"),
+            "{clash}"
+        );
+        assert!(parse("    reconcile: values\n").is_err());
+    }
 
     #[test]
     fn the_old_systems_file_parses_as_is() {

@@ -593,7 +593,7 @@ pub async fn copy_table(
         }
     }
     if reconcile::applies(&cfg.deletes, &decision.strategy) {
-        report.rows_deleted = reconcile_copy(
+        let done = reconcile_copy(
             ctx,
             cfg,
             &source_table,
@@ -601,7 +601,9 @@ pub async fn copy_table(
             opts.allow_mass_delete,
         )
         .await?;
-    } else if cfg.deletes.detection == DeleteDetection::KeyReconcile {
+        report.rows_deleted = done.removed;
+        report.rows_repaired = done.written;
+    } else if cfg.deletes.detection != DeleteDetection::None {
         let mut replica = replica_session(ctx).await?;
         tracking::mark_copy_reconciled(&mut replica, &cfg.name, true).await?;
     }
@@ -609,11 +611,10 @@ pub async fn copy_table(
     Ok(report)
 }
 
-/// Copies again from the source the replica rows of `keys`: rows the
-/// source has are upserted (a row already equal is left as it is), rows it
-/// lacks are deleted. One replica transaction per chunk of keys, the
-/// source read within the run's rows-per-second budget. The repair of what
-/// a comparison found different.
+/// Copies again from the source the replica rows of `keys`, in one replica
+/// transaction: rows the source has are upserted (a row already equal is
+/// left as it is), rows it lacks are deleted. The repair of what a
+/// comparison found different.
 pub async fn recopy_keys(
     ctx: &ExtractContext,
     cfg: &TableConfig,
@@ -627,6 +628,36 @@ pub async fn recopy_keys(
         relax_unique_keys(&mut replica, &cfg.name).await?;
     }
     let key = reconcile::reconcilable_key(&table)?;
+    let mut tx = replica
+        .start_transaction(TxOpts::default())
+        .await
+        .map_err(|e| Error::mysql("starting a replica transaction", e))?;
+    let done = recopy_into(
+        &mut source,
+        &mut tx,
+        ctx.rate.as_deref(),
+        &table,
+        &key,
+        keys,
+    )
+    .await?;
+    tx.commit()
+        .await
+        .map_err(|e| Error::mysql(format!("committing a repair of `{}`", cfg.name), e))?;
+    Ok(done)
+}
+
+/// Reads the rows of `keys` from the source (within the run's budget) and
+/// upserts them into the replica through `replica` (a transaction of the
+/// caller's); deletes the keys the source lacks.
+async fn recopy_into(
+    source: &mut Conn,
+    replica: &mut impl Queryable,
+    rate: Option<&RateLimit>,
+    table: &SourceTable,
+    key: &[String],
+    keys: &[reconcile::Key],
+) -> Result<reconcile::Repaired> {
     let columns: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
     let positions: Vec<usize> = key
         .iter()
@@ -636,7 +667,7 @@ pub async fn recopy_keys(
     let select = format!(
         "SELECT {} FROM {} WHERE ",
         ident::mysql_list(columns.iter().map(String::as_str)),
-        ident::mysql(&cfg.name)
+        ident::mysql(&table.name)
     );
     let mut done = reconcile::Repaired::default();
     for chunk in keys.chunks(reconcile::REPAIR_CHUNK) {
@@ -646,8 +677,8 @@ pub async fn recopy_keys(
                 (),
             )
             .await
-            .map_err(|e| Error::mysql(format!("reading rows of `{}` by key", cfg.name), e))?;
-        if let Some(rate) = &ctx.rate {
+            .map_err(|e| Error::mysql(format!("reading rows of `{}` by key", table.name), e))?;
+        if let Some(rate) = rate {
             rate.pay(u64::try_from(rows.len()).unwrap_or(u64::MAX))
                 .await;
         }
@@ -661,57 +692,69 @@ pub async fn recopy_keys(
             .cloned()
             .collect();
         let values: Vec<Vec<Value>> = rows.into_iter().map(Row::unwrap).collect();
-        let mut tx = replica
-            .start_transaction(TxOpts::default())
-            .await
-            .map_err(|e| Error::mysql("starting a replica transaction", e))?;
         let (inserted, updated) =
-            insert_rows(&mut tx, &cfg.name, &columns, &key, values, true).await?;
+            insert_rows(replica, &table.name, &columns, key, values, true).await?;
         done.written += inserted + updated;
-        done.removed += reconcile::delete_mysql(&mut tx, &cfg.name, &key, &gone).await?;
-        tx.commit()
-            .await
-            .map_err(|e| Error::mysql(format!("committing a repair of `{}`", cfg.name), e))?;
+        done.removed += reconcile::delete_mysql(replica, &table.name, key, &gone).await?;
     }
     Ok(done)
 }
 
-/// Removes from the replica the rows the source no longer has: all of them
-/// (key reconciliation) when the table's schedule says it is due, else those
-/// OpenDental logged as deleted.
+/// Reconciles the replica with the source when the table's schedule says
+/// so (else removes the rows OpenDental logged as deleted): rows the source
+/// no longer has are deleted and, under `reconcile: rows`, rows that
+/// differ or are missing are copied again, in one replica transaction with
+/// the tracking update.
 async fn reconcile_copy(
     ctx: &ExtractContext,
     cfg: &TableConfig,
     table: &SourceTable,
     state: (Option<i64>, i64),
     allow_mass_delete: bool,
-) -> Result<u64> {
+) -> Result<reconcile::Repaired> {
     let key = reconcile::reconcilable_key(table)?;
     let mut replica = replica_session(ctx).await?;
     let mut source = session(&ctx.source).await?;
-    let (keys, due) = reconcile::keys_to_delete(
+    let row_text = (cfg.deletes.detection == DeleteDetection::RowReconcile)
+        .then(|| reconcile::row_text(table));
+    let found = reconcile::reconcile(
         &mut source,
         ctx.rate.clone(),
         &mut Side::MySql {
             conn: &mut replica,
             table: cfg.name.clone(),
             rate: None,
+            row_text: row_text.clone(),
         },
         cfg,
         &key,
         state,
+        row_text,
         allow_mass_delete,
     )
     .await?;
-    let err = |e| Error::mysql(format!("reconciling replica table `{}`", cfg.name), e);
-    replica.query_drop("START TRANSACTION").await.map_err(err)?;
-    let removed = reconcile::delete_mysql(&mut replica, &cfg.name, &key, &keys).await?;
-    tracking::mark_copy_reconciled(&mut replica, &cfg.name, due).await?;
-    replica.query_drop("COMMIT").await.map_err(err)?;
-    if removed > 0 {
-        tracing::info!(table = %cfg.name, removed, "rows deleted at the source removed from the replica");
+    let mut tx = replica
+        .start_transaction(TxOpts::default())
+        .await
+        .map_err(|e| Error::mysql(format!("reconciling replica table `{}`", cfg.name), e))?;
+    let mut done = recopy_into(
+        &mut source,
+        &mut tx,
+        ctx.rate.as_deref(),
+        table,
+        &key,
+        &found.rewrite,
+    )
+    .await?;
+    done.removed += reconcile::delete_mysql(&mut tx, &cfg.name, &key, &found.delete).await?;
+    tracking::mark_copy_reconciled(&mut tx, &cfg.name, found.full).await?;
+    tx.commit()
+        .await
+        .map_err(|e| Error::mysql(format!("reconciling replica table `{}`", cfg.name), e))?;
+    if done.removed + done.written > 0 {
+        tracing::info!(table = %cfg.name, removed = done.removed, repaired = done.written, "replica reconciled with the source");
     }
-    Ok(removed)
+    Ok(done)
 }
 
 struct CopyJob<'a> {

@@ -69,6 +69,8 @@ pub struct TableReport {
     pub rows_updated: u64,
     /// Rows removed (or soft-deleted) because the copy read from no longer has them.
     pub rows_deleted: u64,
+    /// Rows a row reconciliation wrote again because they differed or were missing.
+    pub rows_repaired: u64,
     /// Rows whose watermark value lies outside the quality bounds (re-read, not moving the watermark).
     pub rows_outside_bounds: u64,
     /// Rows stamped past the source clock at the run's start (carried, not moving the watermark).
@@ -93,6 +95,7 @@ impl TableReport {
             rows_inserted: 0,
             rows_updated: 0,
             rows_deleted: 0,
+            rows_repaired: 0,
             rows_outside_bounds: 0,
             rows_future: 0,
             rows_new_keys: 0,
@@ -612,8 +615,10 @@ async fn load_once(
         }
     }
     if reconcile::applies(&cfg.deletes, &prepared.decision.strategy) {
-        report.rows_deleted = reconcile_load(&job, &mut client).await?;
-    } else if cfg.deletes.detection == DeleteDetection::KeyReconcile {
+        let done = reconcile_load(&job, &mut client).await?;
+        report.rows_deleted = done.removed;
+        report.rows_repaired = done.written;
+    } else if cfg.deletes.detection != DeleteDetection::None {
         let schema = &ctx.warehouse.schema;
         tracking::mark_load_reconciled(&client, schema, &cfg.name, true).await?;
     }
@@ -621,10 +626,14 @@ async fn load_once(
     Ok(report)
 }
 
-/// Removes from the warehouse (or stamps in `_deleted_at`) the rows the
-/// MySQL copy it is loaded from no longer has: all of them when the schedule
-/// says so, else those OpenDental logged as deleted.
-async fn reconcile_load(job: &Job<'_>, client: &mut Client) -> Result<u64> {
+/// Reconciles the warehouse with the MySQL copy it is loaded from when the
+/// table's schedule says so (else removes the rows OpenDental logged as
+/// deleted): rows the copy no longer has are removed (or stamped in
+/// `_deleted_at`) and, under `reconcile: rows`, rows that differ or are
+/// missing are loaded again, in one transaction with the tracking update.
+/// The warehouse's rows are compared value by value in key order (no SQL
+/// expression renders a `double` or a `json` alike in both databases).
+async fn reconcile_load(job: &Job<'_>, client: &mut Client) -> Result<reconcile::Repaired> {
     let Job {
         ctx,
         cfg,
@@ -633,38 +642,92 @@ async fn reconcile_load(job: &Job<'_>, client: &mut Client) -> Result<u64> {
         ..
     } = *job;
     let schema = &ctx.warehouse.schema;
+    let target = ident::pg_qualified(schema, &cfg.name);
     let key = reconcile::reconcilable_key(&prepared.source)?;
     let mut mysql = my::connect(&ctx.replica).await?;
-    let (keys, due) = reconcile::keys_to_delete(
-        &mut mysql,
-        ctx.rate.clone(),
-        &mut Side::Pg {
-            client,
-            schema: schema.clone(),
-            table: cfg.name.clone(),
-            live_only: cfg.deletes.soft_delete,
-        },
-        cfg,
-        &key,
-        prepared.state.reconciled(),
-        opts.allow_mass_delete,
-    )
-    .await?;
-    let target = ident::pg_qualified(schema, &cfg.name);
-    let tx = client
-        .transaction()
-        .await
-        .map_err(|e| Error::postgres(format!("starting the reconciliation of {target}"), e))?;
-    let removed =
-        reconcile::delete_pg(&tx, schema, &cfg.name, &key, &keys, cfg.deletes.soft_delete).await?;
-    tracking::mark_load_reconciled(&tx, schema, &cfg.name, due).await?;
-    tx.commit()
-        .await
-        .map_err(|e| Error::postgres(format!("committing the reconciliation of {target}"), e))?;
-    if removed > 0 {
-        tracing::info!(table = %cfg.name, removed, "rows gone from the replica removed from the warehouse");
+    let state = prepared.state.reconciled();
+    let mut done = reconcile::Repaired::default();
+    if cfg.deletes.detection == DeleteDetection::RowReconcile
+        && reconcile::is_due(&cfg.deletes, state)
+    {
+        let columns = reconcile::pg_columns(client, schema, &cfg.name).await?;
+        let plan = reconcile::deep_plan(&ctx.replica, &cfg.name, &columns)
+            .await?
+            .map_err(|note| {
+                Error::config(format!("`{}`: {note}; set reconcile: keys", cfg.name))
+            })?;
+        loop {
+            let mut found = reconcile::Findings::collecting();
+            let compared = reconcile::compare_warehouse(
+                &ctx.replica,
+                (&*client, schema),
+                &plan,
+                job.soft_delete(),
+                &mut found,
+            )
+            .await?;
+            let held = compared + u64::try_from(found.remove.len()).unwrap_or(u64::MAX);
+            reconcile::check_share(
+                &cfg.name,
+                u64::try_from(found.remove.len()).unwrap_or(u64::MAX),
+                held,
+                &cfg.deletes,
+                opts.allow_mass_delete,
+            )?;
+            let tx = client.transaction().await.map_err(|e| {
+                Error::postgres(format!("starting the reconciliation of {target}"), e)
+            })?;
+            let step = reload_into(&tx, &mut mysql, job, &found.keys()).await?;
+            let finished = !found.full();
+            tracking::mark_load_reconciled(&tx, schema, &cfg.name, finished).await?;
+            tx.commit().await.map_err(|e| {
+                Error::postgres(format!("committing the reconciliation of {target}"), e)
+            })?;
+            done.written += step.written;
+            done.removed += step.removed;
+            if finished {
+                break;
+            }
+        }
+    } else {
+        let found = reconcile::reconcile(
+            &mut mysql,
+            ctx.rate.clone(),
+            &mut Side::Pg {
+                client,
+                schema: schema.clone(),
+                table: cfg.name.clone(),
+                live_only: cfg.deletes.soft_delete,
+            },
+            cfg,
+            &key,
+            state,
+            None,
+            opts.allow_mass_delete,
+        )
+        .await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| Error::postgres(format!("starting the reconciliation of {target}"), e))?;
+        done.removed = reconcile::delete_pg(
+            &tx,
+            schema,
+            &cfg.name,
+            &key,
+            &found.delete,
+            cfg.deletes.soft_delete,
+        )
+        .await?;
+        tracking::mark_load_reconciled(&tx, schema, &cfg.name, found.full).await?;
+        tx.commit().await.map_err(|e| {
+            Error::postgres(format!("committing the reconciliation of {target}"), e)
+        })?;
     }
-    Ok(removed)
+    if done.removed + done.written > 0 {
+        tracing::info!(table = %cfg.name, removed = done.removed, repaired = done.written, "warehouse reconciled with the MySQL copy");
+    }
+    Ok(done)
 }
 
 /// Up to this table size on disk a full refresh empties the table with
@@ -809,10 +872,10 @@ async fn stage_and_merge(
     Ok((inserted, updated))
 }
 
-/// Loads again the warehouse rows of `keys` from the MySQL copy: rows it
-/// has are merged (a row already equal is not rewritten), rows it lacks
-/// are removed (stamped in soft-delete mode). One transaction per chunk of
-/// keys. The repair of what a comparison found different.
+/// Loads again the warehouse rows of `keys` from the MySQL copy, in one
+/// transaction: rows it has are merged (a row already equal is not
+/// rewritten), rows it lacks are removed (stamped in soft-delete mode). The
+/// repair of what a comparison found different.
 pub async fn reload_keys(
     ctx: &LoadContext,
     cfg: &TableConfig,
@@ -840,9 +903,30 @@ pub async fn reload_keys(
         limits: &limits,
         run_started_at: "",
     };
+    let target = ident::pg_qualified(&ctx.warehouse.schema, &cfg.name);
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| Error::postgres(format!("starting a reload of {target}"), e))?;
+    let done = reload_into(&tx, &mut mysql, &job, keys).await?;
+    tx.commit()
+        .await
+        .map_err(|e| Error::postgres(format!("committing a reload of {target}"), e))?;
+    Ok(done)
+}
+
+/// Reads the rows of `keys` from the MySQL copy and merges them into the
+/// warehouse in the caller's transaction; removes the keys it lacks.
+async fn reload_into(
+    tx: &tokio_postgres::Transaction<'_>,
+    mysql: &mut Conn,
+    job: &Job<'_>,
+    keys: &[reconcile::Key],
+) -> Result<reconcile::Repaired> {
+    let (ctx, cfg, prepared) = (job.ctx, job.cfg, job.prepared);
     let schema = &ctx.warehouse.schema;
     let target = ident::pg_qualified(schema, &cfg.name);
-    let (copy_sql, merge) = staging(&client, &job).await?;
+    let (copy_sql, merge) = staging(tx, job).await?;
     let key_columns: Vec<String> = prepared.key.iter().map(|k| ident::mysql(k)).collect();
     let select = format!(
         "SELECT {} FROM {} WHERE ",
@@ -886,17 +970,13 @@ pub async fn reload_keys(
             my::Encoder::encode(&mut encoder, row)?;
         }
         let (payload, _) = my::Encoder::take(&mut encoder);
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| Error::postgres(format!("starting a reload of {target}"), e))?;
         if count > 0 {
             let (inserted, updated) =
-                stage_and_merge(&tx, (&copy_sql, &merge), &target, payload, count).await?;
+                stage_and_merge(tx, (&copy_sql, &merge), &target, payload, count).await?;
             done.written += inserted + updated;
         }
         done.removed += reconcile::delete_pg(
-            &tx,
+            tx,
             schema,
             &cfg.name,
             &prepared.key,
@@ -904,9 +984,6 @@ pub async fn reload_keys(
             job.soft_delete(),
         )
         .await?;
-        tx.commit()
-            .await
-            .map_err(|e| Error::postgres(format!("committing a reload of {target}"), e))?;
     }
     Ok(done)
 }

@@ -273,6 +273,7 @@ fn history_outcome(result: &Result<TableReport>) -> HistoryOutcome {
             rows_inserted: i64::try_from(report.rows_inserted).unwrap_or(i64::MAX),
             rows_updated: i64::try_from(report.rows_updated).unwrap_or(i64::MAX),
             rows_deleted: i64::try_from(report.rows_deleted).unwrap_or(i64::MAX),
+            rows_repaired: i64::try_from(report.rows_repaired).unwrap_or(i64::MAX),
             watermark_start: report.watermark_start.clone(),
             watermark_end: report.watermark_end.clone(),
             zero_dates: serde_json::json!(report.zero_dates),

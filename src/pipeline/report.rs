@@ -49,6 +49,13 @@ pub fn render_summary(report: &RunReport) -> String {
                     r.rows_per_second(),
                     r.decision.reason
                 );
+                if r.rows_repaired > 0 {
+                    let _ = writeln!(
+                        out,
+                        "    repaired: {} row(s) that differed or were missing, found by row reconciliation",
+                        r.rows_repaired
+                    );
+                }
                 for (column, count) in &r.zero_dates {
                     let _ = writeln!(out, "    {column}: {count} zero date(s) loaded as NULL");
                 }
@@ -139,6 +146,7 @@ pub fn summary_json(report: &RunReport) -> serde_json::Value {
                 "rows_inserted": r.rows_inserted,
                 "rows_updated": r.rows_updated,
                 "rows_deleted": r.rows_deleted,
+                "rows_repaired": r.rows_repaired,
                 "rows_outside_bounds": r.rows_outside_bounds,
                 "rows_future": r.rows_future,
                 "rows_new_keys": r.rows_new_keys,

@@ -107,6 +107,10 @@ fn warehouse_ddl(schema: &str) -> Vec<String> {
             "create index if not exists etl_run_history_table_started on {} (table_name, started_at)",
             t("etl_run_history")
         ),
+        format!(
+            "alter table {} add column if not exists rows_repaired bigint not null default 0",
+            t("etl_run_history")
+        ),
     ]
 }
 
@@ -512,6 +516,7 @@ pub struct HistoryOutcome {
     pub rows_inserted: i64,
     pub rows_updated: i64,
     pub rows_deleted: i64,
+    pub rows_repaired: i64,
     pub watermark_start: Option<String>,
     pub watermark_end: Option<String>,
     pub zero_dates: serde_json::Value,
@@ -555,7 +560,7 @@ pub async fn finish_history(
                 "update {} set finished_at = now(), status = $2, strategy = $3, strategy_reason = $4, \
                  rows_read = $5, rows_inserted = $6, rows_updated = $7, watermark_start = $8, \
                  watermark_end = $9, zero_dates = $10::text::jsonb, warnings = $11::text::jsonb, error = $12, \
-                 rows_deleted = $13 \
+                 rows_deleted = $13, rows_repaired = $14 \
                  where id = $1",
                 ident::pg_qualified(schema, "etl_run_history")
             ),
@@ -573,6 +578,7 @@ pub async fn finish_history(
                 &warnings,
                 &outcome.error,
                 &outcome.rows_deleted,
+                &outcome.rows_repaired,
             ],
         )
         .await
@@ -708,7 +714,11 @@ pub async fn save_load_checksum(
 }
 
 /// Records a reconciliation of the replica copy (`done`) or one more copy without.
-pub async fn mark_copy_reconciled(conn: &mut Conn, table: &str, done: bool) -> Result<()> {
+pub async fn mark_copy_reconciled(
+    conn: &mut impl Queryable,
+    table: &str,
+    done: bool,
+) -> Result<()> {
     let set = if done {
         "`last_reconciled` = NOW(), `runs_since_reconcile` = 0"
     } else {

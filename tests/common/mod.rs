@@ -234,6 +234,28 @@ pub async fn exec_on(settings: &MySqlSettings, statements: &[&str]) {
     }
 }
 
+impl TestDb {
+    /// `xmin` of every row of a warehouse table, by its integer key: which
+    /// rows a change rewrote.
+    pub async fn row_versions(&self, table: &str, key: &str) -> HashMap<i64, String> {
+        self.pg()
+            .await
+            .query(
+                &format!(
+                    "select {}, xmin::text from {}",
+                    ident::pg(key),
+                    ident::pg_qualified("raw", table)
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+}
+
 /// The report of one table's phase in a run, which must have succeeded.
 pub fn phase_report<'a>(run: &'a RunReport, table: &str, phase: &str) -> &'a TableReport {
     run.outcome(table, phase)

@@ -13,7 +13,16 @@
 //! `h = ((k1 mod P) * 31 + (k2 mod P)) mod P …`, then `h * 48271 mod P` with
 //! `P = 2^31 - 1`; every intermediate stays below 2^47.
 
-use std::collections::{BTreeSet, HashMap};
+mod canon;
+mod rows;
+
+pub use canon::{Canon, canon_mysql, canon_pg, pg_expr};
+pub use rows::{
+    DeepPlan, Findings, MAX_DIFFERENCES, REPAIR_BATCH, compare_replica, compare_warehouse,
+    deep_plan, pg_columns,
+};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use mysql_async::prelude::Queryable;
@@ -83,6 +92,9 @@ pub enum Side<'a> {
         table: String,
         /// Charged with the rows each query scans (the source is read gently).
         rate: Option<Arc<RateLimit>>,
+        /// With `reconcile: rows`, the row's canonical text ([`row_text`]):
+        /// its hash joins the key's in every aggregate and listing.
+        row_text: Option<String>,
     },
     Pg {
         client: &'a tokio_postgres::Client,
@@ -106,6 +118,32 @@ fn hash_expr(columns: &[String]) -> String {
         h = format!("(({h} * 31 + ({c} % {MODULUS})) % {MODULUS})");
     }
     format!("(({h} * 48271) % {MODULUS})")
+}
+
+/// A row's content as one text MySQL and MariaDB build alike from the same
+/// values: each column as its length, a colon and its text (`N` for NULL),
+/// comma-separated, so no two different rows read the same. `float` goes
+/// through `double`, whose text is exact (a `float`'s own has six digits).
+pub fn row_text(table: &SourceTable) -> String {
+    let fields: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| {
+            let col = ident::mysql(&c.name);
+            let value = if matches!(c.ty, SourceType::Float) {
+                format!("CAST({col} AS DOUBLE)")
+            } else {
+                col
+            };
+            format!("IFNULL(CONCAT(LENGTH({value}), ':', {value}), 'N')")
+        })
+        .collect();
+    format!("CONCAT_WS(',', {})", fields.join(", "))
+}
+
+/// 28 bits of the MD5 of a row's text, as an integer.
+fn content_hash(row_text: &str) -> String {
+    format!("CAST(CONV(SUBSTRING(MD5({row_text}), 1, 7), 16, 10) AS UNSIGNED)")
 }
 
 impl Side<'_> {
@@ -221,9 +259,19 @@ impl Side<'_> {
             Side::MySql { .. } => "DIV",
             Side::Pg { .. } => "/",
         };
+        let hash = match self {
+            Side::MySql {
+                row_text: Some(text),
+                ..
+            } => format!(
+                "(({} * 31 + {}) % {MODULUS})",
+                hash_expr(&columns),
+                content_hash(text)
+            ),
+            _ => hash_expr(&columns),
+        };
         let sql = format!(
-            "SELECT ({first} - {lo}) {divide} {width} AS b, COUNT(*), CAST(SUM({}) AS {}) {} GROUP BY b",
-            hash_expr(&columns),
+            "SELECT ({first} - {lo}) {divide} {width} AS b, COUNT(*), CAST(SUM({hash}) AS {}) {} GROUP BY b",
             match self {
                 Side::MySql { .. } => "CHAR",
                 Side::Pg { .. } => "text",
@@ -251,21 +299,33 @@ impl Side<'_> {
         Ok(out)
     }
 
-    async fn keys(&mut self, key: &[String], lo: i64, hi: i64) -> Result<BTreeSet<Key>> {
+    /// The keys in `[lo, hi]`, each with its row's content hash under
+    /// `reconcile: rows` (else 0).
+    async fn keys(&mut self, key: &[String], lo: i64, hi: i64) -> Result<BTreeMap<Key, u64>> {
         let columns = self.columns(key);
+        let content = match self {
+            Side::MySql {
+                row_text: Some(text),
+                ..
+            } => content_hash(text),
+            _ => "0".to_string(),
+        };
         let sql = format!(
-            "SELECT {} {}",
+            "SELECT {}, {content} {}",
             columns.join(", "),
             self.source_clause(&columns[0], Some((lo, hi)))
         );
-        let keys: BTreeSet<Key> = self
+        let keys: BTreeMap<Key, u64> = self
             .rows(&sql)
             .await?
             .into_iter()
-            .map(|r| {
-                r.iter()
+            .map(|mut r| {
+                let hash = r.pop().flatten().and_then(|v| v.parse().ok()).unwrap_or(0);
+                let key = r
+                    .iter()
                     .map(|v| v.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0))
-                    .collect()
+                    .collect();
+                (key, hash)
             })
             .collect();
         self.charge(keys.len() as u64).await;
@@ -275,83 +335,86 @@ impl Side<'_> {
 
 /// What a comparison found.
 #[derive(Debug, Default)]
-struct Extra {
+struct Differences {
     /// Keys the copy holds that the reference does not, in key order.
-    keys: Vec<Key>,
+    extra: Vec<Key>,
+    /// Under `reconcile: rows`: keys whose row the copy lacks or holds with
+    /// other values, in key order.
+    rewrite: Vec<Key>,
     /// Rows in the copy.
     copy_rows: u64,
 }
 
-/// The keys `copy` holds that `reference` does not.
-async fn extra_keys(
+/// How `copy` differs from `reference`: by keys, and by row content when
+/// both sides carry a row text.
+async fn differences(
     reference: &mut Side<'_>,
     copy: &mut Side<'_>,
     key: &[String],
-) -> Result<Extra> {
-    let Some((copy_lo, copy_hi)) = copy.bounds(key).await? else {
-        return Ok(Extra::default());
+    rows: bool,
+) -> Result<Differences> {
+    let theirs_bounds = reference.bounds(key).await?;
+    let Some((lo, hi)) = (match (copy.bounds(key).await?, theirs_bounds) {
+        (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+        (Some(ours), None) => Some(ours),
+        (None, Some(theirs)) if rows => Some(theirs),
+        (None, _) => None,
+    }) else {
+        return Ok(Differences::default());
     };
-    let (lo, hi) = match reference.bounds(key).await? {
-        Some((a, b)) => (a.min(copy_lo), b.max(copy_hi)),
-        None => (copy_lo, copy_hi),
-    };
-    let mut found = Vec::new();
+    let mut found = Differences::default();
     let mut copy_rows = None;
     let mut queue = vec![(lo, hi, u64::MAX)];
-    while let Some((lo, hi, rows)) = queue.pop() {
+    while let Some((lo, hi, count)) = queue.pop() {
         let span = i128::from(hi) - i128::from(lo) + 1;
-        if rows <= LEAF_ROWS || span <= MIN_BUCKETS {
+        if count <= LEAF_ROWS || span <= MIN_BUCKETS {
             let theirs = reference.keys(key, lo, hi).await?;
             let ours = copy.keys(key, lo, hi).await?;
             copy_rows.get_or_insert(ours.len() as u64);
-            found.extend(ours.difference(&theirs).cloned());
+            found
+                .extra
+                .extend(ours.keys().filter(|k| !theirs.contains_key(*k)).cloned());
+            if rows {
+                found.rewrite.extend(
+                    theirs
+                        .iter()
+                        .filter(|(k, hash)| ours.get(*k) != Some(hash))
+                        .map(|(k, _)| k.clone()),
+                );
+            }
             continue;
         }
-        let expected = i128::from(rows).min(span);
+        let expected = i128::from(count).min(span);
         let buckets = (expected / i128::from(LEAF_ROWS)).clamp(MIN_BUCKETS, MAX_BUCKETS);
         let width = i64::try_from((span + buckets - 1) / buckets).unwrap_or(i64::MAX);
         let theirs = reference.buckets(key, lo, hi, width).await?;
         let ours = copy.buckets(key, lo, hi, width).await?;
         copy_rows.get_or_insert(ours.values().map(|a| a.count).sum());
-        for (bucket, agg) in &ours {
-            let other = theirs.get(bucket);
-            if other == Some(agg) {
-                continue;
-            }
-            let start = i128::from(lo) + i128::from(*bucket) * i128::from(width);
+        let mut differing: BTreeSet<i64> = ours
+            .iter()
+            .filter(|(b, agg)| theirs.get(*b) != Some(*agg))
+            .map(|(b, _)| *b)
+            .collect();
+        if rows {
+            differing.extend(theirs.keys().filter(|b| !ours.contains_key(*b)));
+        }
+        for bucket in differing {
+            let start = i128::from(lo) + i128::from(bucket) * i128::from(width);
             let end = (start + i128::from(width) - 1).min(i128::from(hi));
             let (Ok(start), Ok(end)) = (i64::try_from(start), i64::try_from(end)) else {
                 continue;
             };
-            queue.push((start, end, agg.count.max(other.map_or(0, |a| a.count))));
+            let most = ours
+                .get(&bucket)
+                .map_or(0, |a| a.count)
+                .max(theirs.get(&bucket).map_or(0, |a| a.count));
+            queue.push((start, end, most));
         }
     }
-    found.sort();
-    Ok(Extra {
-        keys: found,
-        copy_rows: copy_rows.unwrap_or(0),
-    })
-}
-
-/// The keys to delete from `copy`: those `reference` no longer has, unless
-/// they are more than the policy's share of the copy and not `allowed`.
-async fn deletions(
-    reference: &mut Side<'_>,
-    copy: &mut Side<'_>,
-    key: &[String],
-    table: &str,
-    policy: &DeletePolicy,
-    allowed: bool,
-) -> Result<Vec<Key>> {
-    let extra = extra_keys(reference, copy, key).await?;
-    check_share(
-        table,
-        extra.keys.len() as u64,
-        extra.copy_rows,
-        policy,
-        allowed,
-    )?;
-    Ok(extra.keys)
+    found.extra.sort();
+    found.rewrite.sort();
+    found.copy_rows = copy_rows.unwrap_or(0);
+    Ok(found)
 }
 
 /// The fast path between reconciliations: keys OpenDental logged in
@@ -391,31 +454,67 @@ async fn logged_deletions(
     }
 }
 
-/// The keys to remove from `copy` this run, and whether they come from a
-/// full reconciliation (due by the table's policy given the last one `since` seconds
-/// ago and `runs` runs since) or from OpenDental's deletion log.
-pub async fn keys_to_delete(
+/// What a reconciliation of one copy decided: keys to remove, and under
+/// `reconcile: rows` keys to copy again.
+#[derive(Debug, Default)]
+pub struct Reconciliation {
+    pub delete: Vec<Key>,
+    pub rewrite: Vec<Key>,
+    /// A full comparison ran (due by the table's schedule), rather than only
+    /// OpenDental's deletion log.
+    pub full: bool,
+}
+
+/// What to remove from `copy` this run (and copy again, under `reconcile:
+/// rows`, where `copy` carries its row text and `row_text` is the
+/// reference's): a full comparison when the table's policy says one is due
+/// (the last `since` seconds and `runs` runs ago), else the keys
+/// OpenDental's deletion log names. A removal of more than the policy's
+/// share is refused unless `allowed`.
+#[allow(clippy::too_many_arguments)]
+pub async fn reconcile(
     reference: &mut Conn,
     rate: Option<Arc<RateLimit>>,
     copy: &mut Side<'_>,
     cfg: &TableConfig,
     key: &[String],
     (since, runs): (Option<i64>, i64),
+    row_text: Option<String>,
     allowed: bool,
-) -> Result<(Vec<Key>, bool)> {
+) -> Result<Reconciliation> {
     let (table, policy) = (cfg.name.as_str(), &cfg.deletes);
-    if due(policy, since, runs) {
-        let mut theirs = Side::MySql {
-            conn: reference,
-            table: table.to_string(),
-            rate,
-        };
-        let keys = deletions(&mut theirs, copy, key, table, policy, allowed).await?;
-        Ok((keys, true))
-    } else {
-        let keys = logged_deletions(reference, table, key, since.unwrap_or(0)).await?;
-        Ok((keys, false))
+    if !due(policy, since, runs) {
+        let delete = logged_deletions(reference, table, key, since.unwrap_or(0)).await?;
+        return Ok(Reconciliation {
+            delete,
+            ..Reconciliation::default()
+        });
     }
+    let rows = row_text.is_some();
+    let mut theirs = Side::MySql {
+        conn: reference,
+        table: table.to_string(),
+        rate,
+        row_text,
+    };
+    let found = differences(&mut theirs, copy, key, rows).await?;
+    check_share(
+        table,
+        found.extra.len() as u64,
+        found.copy_rows,
+        policy,
+        allowed,
+    )?;
+    Ok(Reconciliation {
+        delete: found.extra,
+        rewrite: found.rewrite,
+        full: true,
+    })
+}
+
+/// Whether a full reconciliation is due by the table's schedule.
+pub fn is_due(policy: &DeletePolicy, (since, runs): (Option<i64>, i64)) -> bool {
+    due(policy, since, runs)
 }
 
 /// Whether a key column's values fit the hash arithmetic on both servers:
@@ -436,15 +535,15 @@ pub fn reconcilable_type(ty: &SourceType) -> bool {
 pub fn reconcilable_key(table: &SourceTable) -> Result<Vec<String>> {
     if table.primary_key.is_empty() {
         return Err(Error::config(format!(
-            "`{}` has no primary key; delete_detection: key_reconcile needs one (set delete_detection: none)",
+            "`{}` has no primary key; reconciliation (reconcile: keys or rows) needs one (set reconcile: none)",
             table.name
         )));
     }
     for k in &table.primary_key {
         if !table.column(k).is_some_and(|c| reconcilable_type(&c.ty)) {
             return Err(Error::config(format!(
-                "`{}`: key column `{k}` is not an integer; delete_detection: key_reconcile compares integer keys \
-                 only (set delete_detection: none)",
+                "`{}`: key column `{k}` is not an integer; reconciliation compares integer keys only \
+                 (set reconcile: none)",
                 table.name
             )));
         }
@@ -469,8 +568,7 @@ fn due(policy: &DeletePolicy, seconds_since: Option<i64>, runs_since: i64) -> bo
 
 /// Whether this phase of the table reconciles at all.
 pub fn applies(policy: &DeletePolicy, strategy: &Strategy) -> bool {
-    policy.detection == DeleteDetection::KeyReconcile
-        && matches!(strategy, Strategy::Incremental { .. })
+    policy.detection != DeleteDetection::None && matches!(strategy, Strategy::Incremental { .. })
 }
 
 /// Stops a reconciliation that would delete more than the allowed share

@@ -664,23 +664,12 @@ fn validate(name: &str, raw: RawTable) -> Result<TableConfig> {
         ));
     }
     let monitoring = validate_monitoring(name, raw.monitoring.unwrap_or_default())?;
+    // `reconcile` is the newer name and wins: an override file can say
+    // `reconcile: rows` for a table `analyze` wrote `delete_detection` for.
     let detection = match (raw.reconcile, raw.delete_detection) {
-        (Some(r), None) => r.into(),
+        (Some(r), _) => r.into(),
         (None, Some(RawDeleteDetection::KeyReconcile)) => DeleteDetection::KeyReconcile,
         (None, Some(RawDeleteDetection::None) | None) => DeleteDetection::None,
-        (Some(r), Some(old)) => {
-            let old = match old {
-                RawDeleteDetection::None => DeleteDetection::None,
-                RawDeleteDetection::KeyReconcile => DeleteDetection::KeyReconcile,
-            };
-            if DeleteDetection::from(r) != old {
-                return Err(err(
-                    "reconcile",
-                    "disagrees with delete_detection, its older name; keep reconcile".into(),
-                ));
-            }
-            old
-        }
     };
     let deletes = DeletePolicy {
         detection,
@@ -772,11 +761,10 @@ mod tests {
             parse("    delete_detection: key_reconcile\n    reconcile: keys\n").unwrap(),
             DeleteDetection::KeyReconcile
         );
-        let clash =
-            parse("    delete_detection: key_reconcile\n    reconcile: rows\n").unwrap_err();
-        assert!(
-            clash.to_string().contains("tables.claim.reconcile"),
-            "{clash}"
+        assert_eq!(
+            parse("    delete_detection: key_reconcile\n    reconcile: rows\n").unwrap(),
+            DeleteDetection::RowReconcile,
+            "the newer name wins"
         );
         assert!(parse("    reconcile: values\n").is_err());
     }

@@ -150,9 +150,14 @@ const REPLICA_WATERMARK_DDL: &str = "CREATE TABLE IF NOT EXISTS `etl_copy_waterm
 /// keys were last reconciled with the source, copies since, and the
 /// source's checksum taken before the last full copy.
 const REPLICA_STATUS_COLUMNS: &str = "ALTER TABLE `etl_copy_status`
-    ADD COLUMN IF NOT EXISTS `last_reconciled` datetime NULL,
+    ADD COLUMN IF NOT EXISTS `last_reconciled` datetime(6) NULL,
     ADD COLUMN IF NOT EXISTS `runs_since_reconcile` int NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS `source_checksum` varchar(20) NULL";
+
+/// `last_reconciled` to the microsecond, as in the warehouse (a replica
+/// made before it was kept to the second).
+const REPLICA_RECONCILED_PRECISION: &str =
+    "ALTER TABLE `etl_copy_status` MODIFY COLUMN `last_reconciled` datetime(6) NULL";
 
 /// When the run that wrote a copy watermark began (UTC, the replica's
 /// clock): the next run reads back to the earliest stamp the source's
@@ -168,6 +173,7 @@ pub async fn init_replica(conn: &mut Conn) -> Result<()> {
     for ddl in [
         REPLICA_DDL,
         REPLICA_STATUS_COLUMNS,
+        REPLICA_RECONCILED_PRECISION,
         REPLICA_WATERMARK_DDL,
         REPLICA_WATERMARK_COLUMNS,
     ] {
@@ -720,7 +726,7 @@ pub async fn mark_copy_reconciled(
     done: bool,
 ) -> Result<()> {
     let set = if done {
-        "`last_reconciled` = NOW(), `runs_since_reconcile` = 0"
+        "`last_reconciled` = NOW(6), `runs_since_reconcile` = 0"
     } else {
         "`runs_since_reconcile` = `runs_since_reconcile` + 1"
     };

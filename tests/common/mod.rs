@@ -700,3 +700,34 @@ impl Drop for PrivateMariaDb {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// splitmix64: small, seedable, and the same everywhere.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..=max`.
+    pub fn upto(&mut self, max: u64) -> u64 {
+        self.next() % (max + 1)
+    }
+
+    /// True with probability `percent` / 100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.upto(99) < percent
+    }
+}
+
+/// A whole-number setting from the environment, or `default`.
+pub fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name).map_or(default, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a whole number"))
+    })
+}

@@ -324,6 +324,33 @@ async fn a_new_source_column_is_added_and_filled_on_the_next_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_column_is_filled_even_when_the_refresh_after_adding_it_failed() {
+    let db = TestDb::new("new_column_failed").await;
+    db.mysql(&[
+        STAMPED,
+        "INSERT INTO `stamped` (`Note`, `DateTStamp`) SELECT CONCAT('row ', seq), '2024-01-01' + INTERVAL seq MINUTE \
+         FROM seq_1_to_100",
+    ])
+    .await;
+    let cfg = stamped_config(1000, 0);
+    db.load(&cfg).await.unwrap();
+    // The column reaches the warehouse, then the refresh fails (a value it
+    // cannot carry; a kill or a lost connection would do the same).
+    db.mysql(&[
+        "ALTER TABLE `stamped` ADD COLUMN `IsHidden` tinyint(4) NOT NULL DEFAULT 3",
+        "UPDATE `stamped` SET `Note` = CONCAT('bad', CHAR(0)) WHERE `Num` = 50",
+    ])
+    .await;
+    db.load(&cfg).await.unwrap_err();
+    assert!(db.pg_types("stamped").await.contains_key("IsHidden"));
+    db.mysql(&["UPDATE `stamped` SET `Note` = 'fixed' WHERE `Num` = 50"])
+        .await;
+    let report = db.load(&cfg).await.unwrap();
+    assert_eq!(report.decision.strategy, Strategy::Full, "{report:?}");
+    db.assert_same("stamped", &["Num"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dbt_view_over_a_raw_table_survives_a_full_refresh() {
     let db = TestDb::new("view_survives").await;
     db.mysql(&[

@@ -184,7 +184,7 @@ fn mapped_alternatives(source: &crate::schema::SourceType) -> [PgType; 2] {
 
 async fn prepare(
     mysql: &mut Conn,
-    client: &Client,
+    client: &mut Client,
     ctx: &LoadContext,
     cfg: &TableConfig,
     opts: &LoadOptions,
@@ -263,14 +263,21 @@ async fn prepare(
                     ..source.clone()
                 };
                 let profile = my::profile_columns(mysql, &subset).await?;
+                let tx = client.transaction().await.map_err(|e| {
+                    Error::postgres(format!("adding columns to {schema}.{}", cfg.name), e)
+                })?;
+                tracking::forget_load_watermarks(&tx, schema, &cfg.name).await?;
                 for column in &missing {
                     let ty = map_type(
                         &column.ty,
                         profile.get(&column.name).copied().unwrap_or_default(),
                     );
-                    pg::add_column(client, schema, &cfg.name, &column.name, &ty).await?;
+                    pg::add_column(&tx, schema, &cfg.name, &column.name, &ty).await?;
                     added_columns.push(column.name.clone());
                 }
+                tx.commit().await.map_err(|e| {
+                    Error::postgres(format!("adding columns to {schema}.{}", cfg.name), e)
+                })?;
                 describe_dest(client, schema, &cfg.name).await?
             } else {
                 existing
@@ -294,7 +301,7 @@ async fn prepare(
                 _ => continue,
             }
         };
-        match pg::alter_column_type(client, schema, &cfg.name, &column.name, &wanted).await {
+        match widen_column(client, schema, &cfg.name, &column.name, &wanted).await {
             Ok(()) => altered_columns.push(column.name.clone()),
             Err(e) => warnings.push(format!(
                 "column `{}` is now {} in MySQL; widening it from {current} to {wanted} failed ({}); \
@@ -468,6 +475,26 @@ fn add_zero_dates(report: &mut BTreeMap<String, u64>, plan: &Plan, counts: &[u64
     }
 }
 
+/// Changes a warehouse column's type and forgets the table's watermarks in
+/// one transaction: a refresh that fails after it still refreshes next time.
+async fn widen_column(
+    client: &mut Client,
+    schema: &str,
+    table: &str,
+    column: &str,
+    ty: &PgType,
+) -> Result<()> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| Error::postgres(format!("widening {schema}.{table}.{column}"), e))?;
+    tracking::forget_load_watermarks(&tx, schema, table).await?;
+    pg::alter_column_type(&tx, schema, table, column, ty).await?;
+    tx.commit()
+        .await
+        .map_err(|e| Error::postgres(format!("widening {schema}.{table}.{column}"), e))
+}
+
 /// Loads one table. The caller records the outcome in the run history.
 /// A `time` value past 24 hours that meets a `time` column (created when
 /// every value fit a day) widens the column to `interval` and loads again;
@@ -539,7 +566,7 @@ async fn load_once(
     let started = Instant::now();
     let mut mysql = my::connect(&ctx.replica).await?;
     let mut client = pg::connect(&ctx.warehouse).await?;
-    let prepared = prepare(&mut mysql, &client, ctx, cfg, opts).await?;
+    let prepared = prepare(&mut mysql, &mut client, ctx, cfg, opts).await?;
     let mut report = TableReport {
         warnings: prepared.warnings.clone(),
         watermark_start: incremental::describe_marks(
@@ -659,7 +686,7 @@ async fn reconcile_load(job: &Job<'_>, client: &mut Client) -> Result<reconcile:
         loop {
             let mut found = reconcile::Findings::collecting();
             let compared = reconcile::compare_warehouse(
-                &ctx.replica,
+                (&ctx.replica, ctx.rate.clone()),
                 (&*client, schema),
                 &plan,
                 job.soft_delete(),
@@ -884,7 +911,7 @@ pub async fn reload_keys(
     let mut mysql = my::connect(&ctx.replica).await?;
     let mut client = pg::connect(&ctx.warehouse).await?;
     let opts = LoadOptions::default();
-    let prepared = prepare(&mut mysql, &client, ctx, cfg, &opts).await?;
+    let prepared = prepare(&mut mysql, &mut client, ctx, cfg, &opts).await?;
     if prepared.key.is_empty() {
         return Err(Error::new(
             ErrorKind::Schema,

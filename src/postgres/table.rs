@@ -1,8 +1,8 @@
 //! Destination tables: what the catalog says, creating and evolving them,
 //! and the merge statement that upserts a staged batch.
 
-use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, GenericClient};
 
 use crate::error::{Error, Result};
 use crate::schema::{PgType, ident};
@@ -33,7 +33,7 @@ impl DestTable {
 }
 
 async fn execute(
-    client: &Client,
+    client: &impl GenericClient,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
     what: &str,
@@ -150,7 +150,7 @@ pub async fn create_table(
 
 /// Adds a nullable column (a column the source gained).
 pub async fn add_column(
-    client: &Client,
+    client: &impl GenericClient,
     schema: &str,
     table: &str,
     name: &str,
@@ -173,7 +173,7 @@ pub async fn add_column(
 
 /// Changes a column's type in place (a widening the caller checked).
 pub async fn alter_column_type(
-    client: &Client,
+    client: &impl GenericClient,
     schema: &str,
     table: &str,
     name: &str,

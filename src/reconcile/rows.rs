@@ -5,6 +5,7 @@
 //! (`verify --deep --repair`, and `reconcile: rows` on the warehouse hop).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, Value};
@@ -14,7 +15,7 @@ use super::Key;
 use super::canon::{Canon, canon_mysql, canon_pg, pg_expr};
 use crate::config::MySqlSettings;
 use crate::error::{Error, Result};
-use crate::mysql::{self as my, ReadRange, page_query};
+use crate::mysql::{self as my, RateLimit, ReadRange, page_query};
 use crate::schema::{SourceType, ident};
 
 /// Rows fetched per side and page.
@@ -58,6 +59,8 @@ struct MySqlSide {
     cursor: Option<Vec<Value>>,
     buffer: VecDeque<(Vec<i128>, Vec<Value>)>,
     done: bool,
+    /// Charged with each page (a source is read within the run's budget).
+    rate: Option<Arc<RateLimit>>,
 }
 
 impl MySqlSide {
@@ -75,6 +78,10 @@ impl MySqlSide {
                 Error::mysql(format!("reading `{}` for verification", self.table), e)
             })?;
             self.done = rows.len() < usize::try_from(PAGE_ROWS).unwrap_or(usize::MAX);
+            if let Some(rate) = &self.rate {
+                rate.pay(u64::try_from(rows.len()).unwrap_or(u64::MAX))
+                    .await;
+            }
             for row in rows {
                 let values = row.unwrap();
                 self.cursor = Some(
@@ -368,9 +375,10 @@ pub async fn deep_plan(
 }
 
 impl DeepPlan {
-    fn mysql_side(&self, conn: Conn) -> MySqlSide {
+    fn mysql_side(&self, conn: Conn, rate: Option<Arc<RateLimit>>) -> MySqlSide {
         MySqlSide {
             conn,
+            rate,
             table: self.table.clone(),
             key_positions: self
                 .key
@@ -387,16 +395,17 @@ impl DeepPlan {
 }
 
 /// Compares warehouse schema `schema` with the MySQL copy it is loaded
-/// from (with `live_only`, the warehouse rows not soft-deleted); returns
-/// the rows compared.
+/// from (with `live_only`, the warehouse rows not soft-deleted), reading
+/// MySQL within `rate` (direct mode reads the source); returns the rows
+/// compared.
 pub async fn compare_warehouse(
-    mysql: &MySqlSettings,
+    (mysql, rate): (&MySqlSettings, Option<Arc<RateLimit>>),
     (client, schema): (&Client, &str),
     plan: &DeepPlan,
     live_only: bool,
     found: &mut Findings,
 ) -> Result<u64> {
-    let mut mysql_side = plan.mysql_side(my::connect(mysql).await?);
+    let mut mysql_side = plan.mysql_side(my::connect(mysql).await?, rate);
     let key = &plan.key;
     let mut pg_side = PgSide {
         client,
@@ -452,8 +461,8 @@ pub async fn compare_replica(
     plan: &DeepPlan,
     found: &mut Findings,
 ) -> Result<u64> {
-    let mut source_side = plan.mysql_side(my::connect(source).await?);
-    let mut replica_side = plan.mysql_side(my::connect(replica).await?);
+    let mut source_side = plan.mysql_side(my::connect(source).await?, None);
+    let mut replica_side = plan.mysql_side(my::connect(replica).await?, None);
     let names = &plan.names;
     let same = |a: &Vec<Value>, b: &Vec<Value>| {
         a.iter().zip(b).zip(names).find_map(|((va, vb), name)| {

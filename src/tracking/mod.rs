@@ -324,6 +324,28 @@ pub struct StoredWatermark {
     pub key: Option<String>,
 }
 
+/// Forgets a table's load watermarks, so its next load is a full refresh
+/// whatever happens to the one under way: done in the transaction that adds
+/// or widens a column, so a refresh that fails after it still fills the
+/// column's values in existing rows next time.
+pub async fn forget_load_watermarks(
+    client: &impl GenericClient,
+    schema: &str,
+    table: &str,
+) -> Result<()> {
+    client
+        .execute(
+            &format!(
+                "delete from {} where table_name = $1",
+                ident::pg_qualified(schema, "etl_load_watermark")
+            ),
+            &[&table],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("forgetting the watermarks of {table}"), e))?;
+    Ok(())
+}
+
 /// The load watermarks of a table, by column.
 pub async fn load_watermarks(
     client: &Client,

@@ -145,7 +145,7 @@ async fn deep_check(
     };
     let mut found = Findings::default();
     check.compared = compare_warehouse(
-        &ctx.mysql,
+        (&ctx.mysql, None),
         (client, &ctx.warehouse.schema),
         &plan,
         false,
@@ -230,7 +230,7 @@ pub async fn repair(
         loop {
             let mut found = Findings::collecting();
             compare_warehouse(
-                &ctx.mysql,
+                (&ctx.mysql, None),
                 (&client, &ctx.warehouse.schema),
                 &plan,
                 false,

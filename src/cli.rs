@@ -285,7 +285,7 @@ pub struct DemoArgs {
     /// Only these tables (comma-separated; default: all of OpenDental's).
     #[arg(long, value_delimiter = ',', value_name = "TABLES")]
     pub only: Vec<String>,
-    /// Folder with the OpenDental fixture (default: ../shared/fixtures/opendental).
+    /// Folder with the OpenDental fixture (default: the repository's fixtures/opendental).
     #[arg(long, value_name = "DIR")]
     pub fixtures: Option<PathBuf>,
     /// Create the data, config and env file, but do not load.

@@ -112,15 +112,15 @@ impl DemoOptions {
     }
 }
 
-/// The folder holding the OpenDental fixture: `given`, or
-/// `../shared/fixtures/opendental` beside the working directory or beside
-/// the source tree.
+/// The folder holding the OpenDental fixture: `given`, or the repository's
+/// `fixtures/opendental` (from the working directory, or where the binary
+/// was built).
 pub fn fixtures_dir(given: Option<&Path>) -> Result<PathBuf> {
     let candidates: Vec<PathBuf> = match given {
         Some(dir) => vec![dir.to_path_buf()],
         None => vec![
-            PathBuf::from("../shared/fixtures/opendental"),
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/opendental"),
+            PathBuf::from("fixtures/opendental"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/opendental"),
         ],
     };
     candidates

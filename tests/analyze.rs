@@ -10,13 +10,13 @@ use etl_pipeline::config::{
 };
 use mysql_async::prelude::Queryable;
 
-const DUMP: &str = "../shared/fixtures/opendental/opendental-21.1-unittest-dump.sql";
+const DUMP: &str = "fixtures/opendental/opendental-21.1-unittest-dump.sql";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn analyze_profiles_the_opendental_fixture_and_its_config_drives_a_run() {
     let db = TestDb::new("analyze_fixture").await;
     let dump =
-        std::fs::read_to_string(DUMP).expect("the OpenDental fixture is in ../shared/fixtures");
+        std::fs::read_to_string(DUMP).expect("the OpenDental fixture is in fixtures/opendental");
     let mut conn = etl_pipeline::mysql::connect(&db.source).await.unwrap();
     conn.query_drop(dump).await.unwrap();
     // Planted: procedurelog large enough to be tracked, a table whose only

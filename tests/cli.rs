@@ -285,7 +285,7 @@ async fn dbt_sources_lists_every_table_and_column_with_documentation_and_freshne
         &[
             "dbt-sources",
             "--docs",
-            "../shared/fixtures/opendental/OpenDentalDocumentation24-3.xml",
+            "fixtures/opendental/OpenDentalDocumentation24-3.xml",
             "--output",
             output.to_str().unwrap(),
         ],

@@ -9,14 +9,14 @@ use etl_pipeline::config::{TableConfig, TablesConfig};
 use etl_pipeline::mysql as my;
 use mysql_async::prelude::Queryable;
 
-const DUMP: &str = "../shared/fixtures/opendental/opendental-21.1-unittest-dump.sql";
-const SEED_TABLES: &str = "../shared/fixtures/opendental/seed-system-tables.yml";
+const DUMP: &str = "fixtures/opendental/opendental-21.1-unittest-dump.sql";
+const SEED_TABLES: &str = "fixtures/opendental/seed-system-tables.yml";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_opendental_fixture_runs_two_hop_with_the_old_config_and_verifies_clean() {
     let db = TestDb::new("opendental").await;
     let dump =
-        std::fs::read_to_string(DUMP).expect("the OpenDental fixture is in ../shared/fixtures");
+        std::fs::read_to_string(DUMP).expect("the OpenDental fixture is in fixtures/opendental");
     let mut conn = my::connect(&db.source).await.unwrap();
     conn.query_drop(dump).await.unwrap();
     let names: Vec<String> = conn

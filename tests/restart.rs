@@ -34,6 +34,7 @@ fn restart_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts this machine's PostgreSQL: run by .ci/run and reliability/run (cargo test -- --ignored)"]
 async fn a_postgres_restart_mid_load_is_retried_and_converges() {
     let db = TestDb::new("fault_pg_restart").await;
     db.mysql(&[

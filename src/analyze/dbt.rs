@@ -213,8 +213,7 @@ mod tests {
 
     #[test]
     fn the_real_documentation_parses() {
-        let xml =
-            include_str!("../../../shared/fixtures/opendental/OpenDentalDocumentation24-3.xml");
+        let xml = include_str!("../../fixtures/opendental/OpenDentalDocumentation24-3.xml");
         let docs = parse_docs(xml).unwrap();
         assert_eq!(docs.tables.len(), 408);
         let (summary, columns) = docs.table("procedurelog").unwrap();

@@ -734,7 +734,7 @@ fn validate_monitoring(name: &str, raw: RawMonitoring) -> Result<Monitoring> {
 mod tests {
     use super::*;
 
-    const SEED: &str = include_str!("../../../shared/fixtures/opendental/seed-system-tables.yml");
+    const SEED: &str = include_str!("../../fixtures/opendental/seed-system-tables.yml");
 
     #[test]
     fn reconcile_takes_keys_or_rows_and_the_old_name_still_works() {

@@ -361,3 +361,25 @@ async fn transform_mark_and_the_dbt_macro_record_what_status_shows() {
     let line = line.lines().find(|l| l.starts_with("definition")).unwrap();
     assert!(line.contains(" success   "), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_all_in_direct_mode_loads_straight_from_the_source() {
+    let db = TestDb::new("cli_direct").await;
+    db.source_sql(&PATIENTS_AND_DEFINITIONS).await;
+    let dir = scratch("cli_direct");
+    let env = db.env_file(&dir);
+    let mut text_env = std::fs::read_to_string(&env).unwrap();
+    text_env.push_str("ETL_MODE=direct\n");
+    std::fs::write(&env, text_env).unwrap();
+    let tables = dir.join("tables.yml");
+    std::fs::write(&tables, TABLES).unwrap();
+    let out = run(&env, &tables, &["run", "--all"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(db.pg_count("patient").await, 40);
+    let mut replica = etl_pipeline::mysql::connect(&db.ctx.replica).await.unwrap();
+    let copied: Vec<String> =
+        mysql_async::prelude::Queryable::query(&mut replica, "SHOW TABLES LIKE 'patient'")
+            .await
+            .unwrap();
+    assert!(copied.is_empty(), "nothing is copied in direct mode");
+}

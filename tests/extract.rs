@@ -285,7 +285,7 @@ async fn direct_mode_loads_the_warehouse_straight_from_the_source() {
         max_workers: 2,
         phases: etl_pipeline::pipeline::Phases {
             extract: true,
-            load: true,
+            load: false,
         },
         if_locked: Default::default(),
     };
@@ -293,9 +293,10 @@ async fn direct_mode_loads_the_warehouse_straight_from_the_source() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("direct"), "{err}");
+    // Both phases (`--phase all`, the default) are the load alone.
     let plan = etl_pipeline::pipeline::RunPlan {
         phases: etl_pipeline::pipeline::Phases {
-            extract: false,
+            extract: true,
             load: true,
         },
         if_locked: Default::default(),

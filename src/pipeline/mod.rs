@@ -581,9 +581,13 @@ async fn process_table_phases(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<Tab
 pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
     let started = Instant::now();
     if plan.phases.extract && ctx.extract.is_none() {
-        return Err(Error::config(
-            "the extract phase needs a replica: ETL_MODE is direct, so run --phase load (or --phase all)",
-        ));
+        // Direct mode has no copy to make: `--phase all` is the load alone.
+        if !plan.phases.load {
+            return Err(Error::config(
+                "the extract phase needs a replica: ETL_MODE is direct, so run --phase load or --phase all",
+            ));
+        }
+        plan.phases.extract = false;
     }
     if let Some(extract) = ctx.extract.as_ref().filter(|_| plan.phases.extract) {
         let mut replica = crate::mysql::connect(&extract.replica).await?;

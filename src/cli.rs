@@ -679,14 +679,27 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
-            let env = Env::load(cli.env_file.as_deref())?;
-            let notifier = Notifier::from_env(&env, args.on_alert.as_deref())?;
-            let outcome = run_tables(&cli.tables, &args, &env, &notifier).await;
-            if let Err(e) = &outcome
-                && notifier.delivers()
-            {
-                notifier.send(&Alert::run_failed(&pipeline::new_run_id(), e));
-                notifier.flush().await;
+            let started = std::time::Instant::now();
+            let outcome = async {
+                let env = Env::load(cli.env_file.as_deref())?;
+                let notifier = Notifier::from_env(&env, args.on_alert.as_deref())?;
+                let outcome = run_tables(&cli.tables, &args, &env, &notifier).await;
+                if let Err(e) = &outcome
+                    && notifier.delivers()
+                {
+                    notifier.send(&Alert::run_failed(&pipeline::new_run_id(), e));
+                    notifier.flush().await;
+                }
+                outcome
+            }
+            .await;
+            // A run that ends in an error still leaves its summary, so a
+            // scheduler never reads the previous run's as this one's.
+            if let (Err(e), Some(path)) = (&outcome, &args.summary_json) {
+                let summary = pipeline::failed_summary_json(started.elapsed(), e);
+                if let Err(written) = write_json(path, &summary) {
+                    eprintln!("warning: {written:#}");
+                }
             }
             outcome
         }

@@ -383,3 +383,55 @@ async fn run_all_in_direct_mode_loads_straight_from_the_source() {
             .unwrap();
     assert!(copied.is_empty(), "nothing is copied in direct mode");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_cannot_start_still_writes_its_summary_json() {
+    let db = TestDb::new("cli_summary_failed").await;
+    db.source_sql(&PATIENTS_AND_DEFINITIONS).await;
+    let dir = scratch("cli_summary_failed");
+    let env = db.env_file(&dir);
+    let tables = dir.join("tables.yml");
+    std::fs::write(&tables, TABLES).unwrap();
+    let summary = dir.join("summary.json");
+    let summary_arg = summary.to_str().unwrap().to_string();
+    // The warehouse's port closed, then an environment that does not parse.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let original = std::fs::read_to_string(&env).unwrap();
+    let unreachable = original
+        .lines()
+        .map(|l| {
+            if l.starts_with("TEST_POSTGRES_ANALYTICS_PORT=") {
+                format!("TEST_POSTGRES_ANALYTICS_PORT={port}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    for (env_text, expected) in [
+        (unreachable, "cannot connect"),
+        (
+            original.replace("ETL_ENVIRONMENT=test", "ETL_ENVIRONMENT=staging"),
+            "ETL_ENVIRONMENT",
+        ),
+    ] {
+        std::fs::write(&summary, "{\"succeeded\": true, \"stale\": true}").unwrap();
+        std::fs::write(&env, env_text).unwrap();
+        let out = run(
+            &env,
+            &tables,
+            &["run", "--all", "--summary-json", &summary_arg],
+        );
+        assert!(!out.status.success(), "{}", text(&out));
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+        assert_eq!(json["succeeded"], false, "{json}");
+        assert!(json.get("stale").is_none(), "{json}");
+        assert!(
+            json["error"].as_str().unwrap().contains(expected),
+            "{expected}: {json}"
+        );
+    }
+}

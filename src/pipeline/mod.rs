@@ -22,7 +22,7 @@ use crate::schema::{DateTimeParts, days_since_pg_epoch};
 use crate::shutdown::Stop;
 use crate::tracking::{self, HistoryOutcome};
 
-pub use report::{peak_rss_kib, render_summary, summary_json, totals_line};
+pub use report::{failed_summary_json, peak_rss_kib, render_summary, summary_json, totals_line};
 
 /// Tables processed at once unless `--max-workers` says otherwise: one per
 /// core (a table's load keeps about one core busy across this process and

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::RunReport;
-use crate::error::{ErrorKind, chain};
+use crate::error::{Error, ErrorKind, chain};
 
 /// Peak resident memory of this process in KiB (`VmHWM`), where the OS tells.
 pub fn peak_rss_kib() -> Option<u64> {
@@ -128,6 +128,22 @@ pub fn totals_line(report: &RunReport) -> String {
             .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
             .unwrap_or_else(|| "unknown".into())
     )
+}
+
+/// The `--summary-json` of a run that ended in `error` before it had a
+/// report: no table, the error, and how long it took.
+pub fn failed_summary_json(elapsed: std::time::Duration, error: &Error) -> serde_json::Value {
+    serde_json::json!({
+        "run_id": super::new_run_id(),
+        "succeeded": false,
+        "interrupted": error.kind() == ErrorKind::Interrupted,
+        "seconds": elapsed.as_secs_f64(),
+        "rows_read": 0,
+        "peak_memory_kib": peak_rss_kib(),
+        "tables": [],
+        "alerts": [],
+        "error": chain(error),
+    })
 }
 
 /// The run as JSON, for schedulers (`--summary-json`).

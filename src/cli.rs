@@ -67,7 +67,7 @@ pub enum Command {
     DbtSources(DbtSourcesArgs),
     /// Create the tracking tables in the replica and the warehouse (idempotent).
     Init,
-    /// Load tables.
+    /// Copy tables from the source into the replica, then load them into the warehouse.
     Run(RunArgs),
     /// One line per table from the tracking tables (copy and load side by side).
     Status(StatusArgs),
@@ -165,21 +165,20 @@ pub enum LockChoice {
 
 /// Arguments of `run`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["table", "all"])))]
 pub struct RunArgs {
     /// Phase to run.
     #[arg(long, value_enum, default_value = "all")]
     pub phase: Phase,
     /// Table to run (repeatable).
-    #[arg(
-        long = "table",
-        value_name = "T",
-        required_unless_present = "all",
-        conflicts_with = "all"
-    )]
+    #[arg(long = "table", value_name = "T")]
     pub table: Vec<String>,
     /// Run every table in the config.
     #[arg(long)]
     pub all: bool,
+    /// With --all: leave this table out (repeatable).
+    #[arg(long, value_name = "T", conflicts_with = "table")]
+    pub exclude: Vec<String>,
     /// Refresh in full, whatever the watermarks say.
     #[arg(long)]
     pub force_full: bool,
@@ -190,7 +189,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_time_gap: bool,
     /// Tables processed at once (default: one per core, 2 to 8).
-    #[arg(long, default_value_t = pipeline::default_max_workers(), value_parser = parse_workers)]
+    #[arg(
+        long,
+        default_value_t = pipeline::default_max_workers(),
+        hide_default_value = true,
+        value_parser = parse_workers
+    )]
     pub max_workers: usize,
     /// Only tables of this performance category (with --all).
     #[arg(long, value_enum)]
@@ -377,7 +381,11 @@ async fn run_tables(
     notifier: &Notifier,
 ) -> Result<ExitCode> {
     let config = TablesConfig::load(tables_file)?;
+    for name in &args.exclude {
+        config.get(name)?;
+    }
     let mut tables = pipeline::select_tables(&config, &args.table, args.all)?;
+    tables.retain(|t| !args.exclude.contains(&t.name));
     if let Some(category) = args.category {
         tables.retain(|t| category.matches(t));
         if tables.is_empty() {

@@ -112,6 +112,19 @@ impl DemoOptions {
     }
 }
 
+/// This program as the user can type it: its path relative to the working
+/// directory when it lies below it (`target/release/etl-pipeline` after
+/// `cargo run --release`), else its full path; `etl-pipeline` if unknown.
+fn this_binary() -> PathBuf {
+    let Ok(exe) = std::env::current_exe() else {
+        return PathBuf::from("etl-pipeline");
+    };
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or(exe)
+}
+
 /// The folder holding the OpenDental fixture: `given`, or the repository's
 /// `fixtures/opendental` (from the working directory, or where the binary
 /// was built).
@@ -530,7 +543,8 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
         plans.iter().filter(|p| p.chosen.is_some()).count()
     );
     let hint = format!(
-        "etl-pipeline --env-file {} --tables {}",
+        "{} --env-file {} --tables {}",
+        this_binary().display(),
         env_file.display(),
         tables_file.display()
     );

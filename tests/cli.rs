@@ -435,3 +435,58 @@ async fn a_run_that_cannot_start_still_writes_its_summary_json() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_suggests_names_and_says_what_run_needs() {
+    let db = TestDb::new("cli_polish").await;
+    db.source_sql(&PATIENTS_AND_DEFINITIONS).await;
+    let dir = scratch("cli_polish");
+    let env = db.env_file(&dir);
+    let tables = dir.join("tables.yml");
+    std::fs::write(
+        &tables,
+        format!("{TABLES}  definition:\n    extraction_strategy: full_table\n"),
+    )
+    .unwrap();
+    let err = |args: &[&str]| {
+        let out = run(&env, &tables, args);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        text(&out)
+    };
+    assert!(err(&["statu"]).contains("a similar subcommand exists: 'status'"));
+    assert!(err(&["run"]).contains("<--table <T>|--all>"));
+    assert!(err(&["run", "--table", "patient", "--all"]).contains("cannot be used with"));
+    assert!(
+        err(&["run", "--table", "patient", "--exclude", "definition"])
+            .contains("cannot be used with")
+    );
+    assert!(err(&["run", "--all", "--exclude", "nosuch"]).contains("`nosuch`"));
+    let help = text(&run(&env, &tables, &["--help"]));
+    assert!(
+        help.contains("Copy tables from the source into the replica, then load them"),
+        "{help}"
+    );
+    let run_help = text(&run(&env, &tables, &["run", "--help"]));
+    let workers = run_help
+        .split("--max-workers")
+        .nth(1)
+        .and_then(|rest| rest.split("--category").next())
+        .unwrap();
+    assert!(
+        !workers.contains("[default:"),
+        "one default, said once: {workers}"
+    );
+
+    let out = run(&env, &tables, &["run", "--all", "--exclude", "patient"]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains(": 1 table(s), 0 failed"), "{shown}");
+    assert_eq!(db.pg_count("definition").await, 12);
+    let client = db.pg().await;
+    let patient: Option<String> = client
+        .query_one("select to_regclass('raw.patient')::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(patient, None, "patient was left out");
+}

@@ -95,6 +95,17 @@ fn the_demo_runs_full_then_incremental_and_verifies_clean() {
         text.contains("6 tables, 72000 rows") && text.contains("source = replica = warehouse"),
         "{text}"
     );
+    // The hint names the program as it can be typed (cargo puts it under
+    // target/, which is not on PATH), and runs count tables, not phases.
+    let program = std::path::Path::new(env!("CARGO_BIN_EXE_etl-pipeline"));
+    let typed = program
+        .strip_prefix(std::env::current_dir().unwrap())
+        .unwrap_or(program);
+    assert!(
+        text.contains(&format!("  {} --env-file", typed.display())),
+        "{text}"
+    );
+    assert!(text.contains(": 6 table(s), 0 failed"), "{text}");
     let second = std::fs::read_to_string(dir.join("run-2.txt")).unwrap();
     let line = |table: &str, phase: &str| {
         second

@@ -116,10 +116,12 @@ pub fn totals_line(report: &RunReport) -> String {
         0 => String::new(),
         n => format!(", {n} alert(s)"),
     };
+    let tables: std::collections::BTreeSet<&str> =
+        report.outcomes.iter().map(|o| o.table.as_str()).collect();
     format!(
         "run {}: {} table(s), {} failed{alerts}, {} rows in {:.2}s ({:.0} rows/s), peak memory {}",
         report.run_id,
-        report.outcomes.len(),
+        tables.len(),
         failed,
         rows,
         secs,

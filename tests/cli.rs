@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::{TestDb, binary_with, scratch, text};
@@ -362,17 +362,28 @@ async fn transform_mark_and_the_dbt_macro_record_what_status_shows() {
     assert!(line.contains(" success   "), "{line}");
 }
 
+/// A test's clinic of 40 patients and 12 definitions at the source, its env
+/// file and a config of both tables.
+async fn clinic(name: &str) -> (TestDb, PathBuf, PathBuf) {
+    let db = TestDb::new(name).await;
+    db.source_sql(&PATIENTS_AND_DEFINITIONS).await;
+    let dir = scratch(name);
+    let env = db.env_file(&dir);
+    let tables = dir.join("tables.yml");
+    std::fs::write(
+        &tables,
+        format!("{TABLES}  definition:\n    extraction_strategy: full_table\n"),
+    )
+    .unwrap();
+    (db, env, tables)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_all_in_direct_mode_loads_straight_from_the_source() {
-    let db = TestDb::new("cli_direct").await;
-    db.source_sql(&PATIENTS_AND_DEFINITIONS).await;
-    let dir = scratch("cli_direct");
-    let env = db.env_file(&dir);
+    let (db, env, tables) = clinic("cli_direct").await;
     let mut text_env = std::fs::read_to_string(&env).unwrap();
     text_env.push_str("ETL_MODE=direct\n");
     std::fs::write(&env, text_env).unwrap();
-    let tables = dir.join("tables.yml");
-    std::fs::write(&tables, TABLES).unwrap();
     let out = run(&env, &tables, &["run", "--all"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(db.pg_count("patient").await, 40);
@@ -386,13 +397,8 @@ async fn run_all_in_direct_mode_loads_straight_from_the_source() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_that_cannot_start_still_writes_its_summary_json() {
-    let db = TestDb::new("cli_summary_failed").await;
-    db.source_sql(&PATIENTS_AND_DEFINITIONS).await;
-    let dir = scratch("cli_summary_failed");
-    let env = db.env_file(&dir);
-    let tables = dir.join("tables.yml");
-    std::fs::write(&tables, TABLES).unwrap();
-    let summary = dir.join("summary.json");
+    let (_db, env, tables) = clinic("cli_summary_failed").await;
+    let summary = env.with_file_name("summary.json");
     let summary_arg = summary.to_str().unwrap().to_string();
     // The warehouse's port closed, then an environment that does not parse.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -438,16 +444,7 @@ async fn a_run_that_cannot_start_still_writes_its_summary_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_suggests_names_and_says_what_run_needs() {
-    let db = TestDb::new("cli_polish").await;
-    db.source_sql(&PATIENTS_AND_DEFINITIONS).await;
-    let dir = scratch("cli_polish");
-    let env = db.env_file(&dir);
-    let tables = dir.join("tables.yml");
-    std::fs::write(
-        &tables,
-        format!("{TABLES}  definition:\n    extraction_strategy: full_table\n"),
-    )
-    .unwrap();
+    let (db, env, tables) = clinic("cli_polish").await;
     let err = |args: &[&str]| {
         let out = run(&env, &tables, args);
         assert!(!out.status.success(), "{args:?}: {}", text(&out));

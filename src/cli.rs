@@ -250,6 +250,10 @@ pub struct StatusArgs {
     /// Do not query the source for each table's lag behind it.
     #[arg(long)]
     pub no_lag: bool,
+    /// Exit 1 when a table's lag is over this (90s, 15m, 2h, 1d) or cannot
+    /// be measured: for monitors.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "no_lag")]
+    pub max_lag: Option<i64>,
 }
 
 /// `status --format`.
@@ -513,6 +517,172 @@ fn run_context(
     }
 }
 
+/// `status`: the tracking tables, and each table's lag behind the source
+/// (unknown, with the reason, when the source cannot be reached).
+async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<ExitCode> {
+    let env = Env::load(cli.env_file.as_deref())?;
+    let warehouse = env.warehouse()?;
+    let client = pg::connect(&warehouse).await?;
+    tracking::check_warehouse(&client, &warehouse.schema).await?;
+    let mut lines = tracking::status_lines(&client, &warehouse.schema).await?;
+    if env.mode()? == Mode::Replica
+        && let Ok(replica) = env.replica()
+    {
+        let mut conn = my::connect(&replica).await?;
+        tracking::check_replica(&mut conn, &replica.database).await?;
+        tracking::add_copy_status(&mut conn, &mut lines).await?;
+    }
+    if !args.no_lag {
+        let (against, lag_db) = match (env.mode()?, env.source()) {
+            (_, Ok(source)) => ("source", source),
+            (Mode::Replica, Err(_)) => ("replica", env.replica()?),
+            (Mode::Direct, Err(e)) => return Err(e),
+        };
+        let config = TablesConfig::load(&cli.tables).ok();
+        let skew = |table: &str| {
+            config.as_ref().and_then(|c| c.get(table).ok()).map_or(
+                crate::config::DEFAULT_CLOCK_SKEW_SECONDS,
+                crate::config::TableConfig::skew_allowance,
+            )
+        };
+        // The source down is when an operator needs the rest most: the lag
+        // is marked unknown, with the reason, and the tracking still shows.
+        let measured = match my::connect(&lag_db).await {
+            Ok(mut conn) => {
+                tracking::add_lag(&mut conn, &lag_db.database, &mut lines, skew).await?;
+                format!(
+                    "lag measured against the {against}, {}",
+                    my::describe(&lag_db)
+                )
+            }
+            Err(e) => {
+                let why = format!("unknown: {}", crate::error::chain(&e));
+                for line in &mut lines {
+                    line.lag_note = Some(why.clone());
+                }
+                format!(
+                    "lag unknown: the {against} cannot be reached ({})",
+                    my::describe(&lag_db)
+                )
+            }
+        };
+        if args.format == StatusFormat::Table {
+            println!("{measured}");
+        }
+    }
+    if args.format == StatusFormat::Json {
+        let text = serde_json::to_string_pretty(&lines)
+            .map_err(|e| Error::config(format!("cannot encode the status: {e}")))?;
+        println!("{text}");
+        return Ok(lag_verdict(&lines, args.max_lag));
+    }
+    println!(
+        "{:<28} {:<11} {:<19} {:<11} {:<19} {:<11} {:>10} {:>5} {:>9} {:>9} {:<9} {:>9}  watermark",
+        "table",
+        "copy",
+        "last copied",
+        "load",
+        "last loaded",
+        "strategy",
+        "rows",
+        "fails",
+        "behind",
+        "lag",
+        "transform",
+        "dbt lag"
+    );
+    for l in &lines {
+        println!(
+            "{:<28} {:<11} {:<19} {:<11} {:<19} {:<11} {:>10} {:>5} {:>9} {:>9} {:<9} {:>9}  {}",
+            l.table,
+            l.copy_status.as_deref().unwrap_or("-"),
+            l.last_copied.as_deref().unwrap_or("-"),
+            if l.status.is_empty() { "-" } else { &l.status },
+            if l.last_loaded.is_empty() {
+                "-"
+            } else {
+                &l.last_loaded
+            },
+            l.strategy,
+            l.rows_loaded,
+            l.failures_24h,
+            l.rows_behind.map_or_else(|| "-".into(), |n| n.to_string()),
+            l.lag_seconds.map_or_else(|| "-".into(), human_duration),
+            l.transform_status.as_deref().unwrap_or("-"),
+            l.transform_behind_seconds
+                .map_or_else(|| "-".into(), human_duration),
+            l.watermark
+        );
+        if !l.error.is_empty() {
+            println!("    error: {}", l.error);
+        }
+        if let Some(note) = &l.lag_note
+            && !l.watermark.is_empty()
+        {
+            println!("    lag: {note}");
+        }
+        if let Some(future) = l.rows_in_future.filter(|n| *n > 0) {
+            println!(
+                "    {future} row(s) stamped in the future: carried every run, never moving the watermark"
+            );
+        }
+    }
+    if lines.is_empty() {
+        println!("no table has been run yet; run `etl-pipeline run --all`");
+    }
+    Ok(lag_verdict(&lines, args.max_lag))
+}
+
+/// The exit of `status --max-lag`: failure when some table is further
+/// behind than `max_lag` seconds, or its lag could not be measured.
+fn lag_verdict(lines: &[tracking::StatusLine], max_lag: Option<i64>) -> ExitCode {
+    let Some(max) = max_lag else {
+        return ExitCode::SUCCESS;
+    };
+    let late: Vec<String> = lines
+        .iter()
+        .filter(|l| !l.watermark.is_empty())
+        .filter_map(|l| match (l.lag_seconds, &l.lag_note) {
+            (Some(lag), _) if lag > max => {
+                Some(format!("{} is {} behind", l.table, human_duration(lag)))
+            }
+            (None, Some(note)) if l.rows_behind.is_none() => {
+                Some(format!("{}: lag {note}", l.table))
+            }
+            _ => None,
+        })
+        .collect();
+    if late.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "more than {} behind, or not measured: {}",
+        human_duration(max),
+        late.join("; ")
+    );
+    ExitCode::from(EXIT_FAILED)
+}
+
+/// A duration as `status --max-lag` takes it: a number with `s`, `m`, `h`
+/// or `d` (`90s`, `15m`, `2h`, `1d`), in seconds.
+fn parse_duration(text: &str) -> std::result::Result<i64, String> {
+    let bad = || format!("`{text}` is not a duration like 90s, 15m, 2h or 1d");
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    number
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(bad)
+}
+
 /// `verify`: counts, `--deep` comparisons and `--repair`.
 async fn verify_command(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
     let config = TablesConfig::load(&cli.tables)?;
@@ -711,103 +881,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             }
             outcome
         }
-        Command::Status(args) => {
-            let env = Env::load(cli.env_file.as_deref())?;
-            let warehouse = env.warehouse()?;
-            let client = pg::connect(&warehouse).await?;
-            tracking::check_warehouse(&client, &warehouse.schema).await?;
-            let mut lines = tracking::status_lines(&client, &warehouse.schema).await?;
-            if env.mode()? == Mode::Replica
-                && let Ok(replica) = env.replica()
-            {
-                let mut conn = my::connect(&replica).await?;
-                tracking::check_replica(&mut conn, &replica.database).await?;
-                tracking::add_copy_status(&mut conn, &mut lines).await?;
-            }
-            if !args.no_lag {
-                let (against, lag_db) = match (env.mode()?, env.source()) {
-                    (_, Ok(source)) => ("source", source),
-                    (Mode::Replica, Err(_)) => ("replica", env.replica()?),
-                    (Mode::Direct, Err(e)) => return Err(e),
-                };
-                let mut conn = my::connect(&lag_db).await?;
-                let config = TablesConfig::load(&cli.tables).ok();
-                let skew = |table: &str| {
-                    config.as_ref().and_then(|c| c.get(table).ok()).map_or(
-                        crate::config::DEFAULT_CLOCK_SKEW_SECONDS,
-                        crate::config::TableConfig::skew_allowance,
-                    )
-                };
-                tracking::add_lag(&mut conn, &lag_db.database, &mut lines, skew).await?;
-                if args.format == StatusFormat::Table {
-                    println!(
-                        "lag measured against the {against}, {}",
-                        my::describe(&lag_db)
-                    );
-                }
-            }
-            if args.format == StatusFormat::Json {
-                let text = serde_json::to_string_pretty(&lines)
-                    .map_err(|e| Error::config(format!("cannot encode the status: {e}")))?;
-                println!("{text}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            println!(
-                "{:<28} {:<11} {:<19} {:<11} {:<19} {:<11} {:>10} {:>5} {:>9} {:>9} {:<9} {:>9}  watermark",
-                "table",
-                "copy",
-                "last copied",
-                "load",
-                "last loaded",
-                "strategy",
-                "rows",
-                "fails",
-                "behind",
-                "lag",
-                "transform",
-                "dbt lag"
-            );
-            for l in &lines {
-                println!(
-                    "{:<28} {:<11} {:<19} {:<11} {:<19} {:<11} {:>10} {:>5} {:>9} {:>9} {:<9} {:>9}  {}",
-                    l.table,
-                    l.copy_status.as_deref().unwrap_or("-"),
-                    l.last_copied.as_deref().unwrap_or("-"),
-                    if l.status.is_empty() { "-" } else { &l.status },
-                    if l.last_loaded.is_empty() {
-                        "-"
-                    } else {
-                        &l.last_loaded
-                    },
-                    l.strategy,
-                    l.rows_loaded,
-                    l.failures_24h,
-                    l.rows_behind.map_or_else(|| "-".into(), |n| n.to_string()),
-                    l.lag_seconds.map_or_else(|| "-".into(), human_duration),
-                    l.transform_status.as_deref().unwrap_or("-"),
-                    l.transform_behind_seconds
-                        .map_or_else(|| "-".into(), human_duration),
-                    l.watermark
-                );
-                if !l.error.is_empty() {
-                    println!("    error: {}", l.error);
-                }
-                if let Some(note) = &l.lag_note
-                    && !l.watermark.is_empty()
-                {
-                    println!("    lag: {note}");
-                }
-                if let Some(future) = l.rows_in_future.filter(|n| *n > 0) {
-                    println!(
-                        "    {future} row(s) stamped in the future: carried every run, never moving the watermark"
-                    );
-                }
-            }
-            if lines.is_empty() {
-                println!("no table has been run yet; run `etl-pipeline run --all`");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Status(ref args) => status_command(&cli, args).await,
         Command::Validate => {
             let config = TablesConfig::load(&cli.tables)?;
             let env = Env::load(cli.env_file.as_deref())?;

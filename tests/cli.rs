@@ -405,17 +405,7 @@ async fn a_run_that_cannot_start_still_writes_its_summary_json() {
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let original = std::fs::read_to_string(&env).unwrap();
-    let unreachable = original
-        .lines()
-        .map(|l| {
-            if l.starts_with("TEST_POSTGRES_ANALYTICS_PORT=") {
-                format!("TEST_POSTGRES_ANALYTICS_PORT={port}")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let unreachable = with_setting(&env, "TEST_POSTGRES_ANALYTICS_PORT", &port.to_string());
     for (env_text, expected) in [
         (unreachable, "cannot connect"),
         (
@@ -486,4 +476,75 @@ async fn the_command_line_suggests_names_and_says_what_run_needs() {
         .unwrap()
         .get(0);
     assert_eq!(patient, None, "patient was left out");
+}
+
+/// The env file with one variable set to another value.
+fn with_setting(env: &Path, name: &str, value: &str) -> String {
+    std::fs::read_to_string(env)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with(&format!("{name}=")) {
+                format!("{name}={value}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_tracking_with_the_source_down_and_max_lag_alerts() {
+    let (db, env, tables) = clinic("cli_status_down").await;
+    let out = run(&env, &tables, &["run", "--all"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(&env, &tables, &["status", "--max-lag", "1h"]);
+    assert!(out.status.success(), "within an hour: {}", text(&out));
+    // Seven patients stamped two hours ahead of the load.
+    db.source_sql(&[
+        "INSERT INTO `patient` (`LName`, `DateTStamp`) SELECT CONCAT('Late', seq), NOW() + INTERVAL 2 HOUR FROM seq_1_to_7",
+    ])
+    .await;
+    let out = run(&env, &tables, &["status", "--max-lag", "1h"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("patient is 2h"), "{}", text(&out));
+    assert!(
+        run(&env, &tables, &["status", "--max-lag", "3h"])
+            .status
+            .success()
+    );
+    let out = run(&env, &tables, &["status", "--max-lag", "soon"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // The source's port closed: the tracking still shows, the lag is unknown.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    std::fs::write(
+        &env,
+        with_setting(&env, "TEST_OPENDENTAL_SOURCE_PORT", &port.to_string()),
+    )
+    .unwrap();
+    let out = run(&env, &tables, &["status"]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("lag unknown: the source cannot be reached"),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("patient") && l.contains("success")),
+        "{shown}"
+    );
+    assert!(shown.contains("lag: unknown: cannot connect"), "{shown}");
+    let out = run(&env, &tables, &["status", "--max-lag", "1d"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "not measured is not fresh: {}",
+        text(&out)
+    );
 }

@@ -903,13 +903,23 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                     my::describe(&source),
                     source.ssl_mode
                 ),
-                Err(e) if mode == Mode::Direct => return Err(e),
+                Err(e) if mode == Mode::Direct || env.source_configured() => return Err(e),
                 Err(e) => {
                     println!("  source     not configured (needed by the extract phase): {e}")
                 }
             }
             env.source_max_rows_per_second()?;
             env.source_max_connections()?;
+            env.history_retention_days()?;
+            if mode == Mode::Replica {
+                env.replica_lock_wait()?;
+            }
+            Notifier::from_env(&env, None)?;
+            for (name, nearest) in env.unknown_variables() {
+                println!(
+                    "  warning: {name} is not a setting this tool reads; did you mean {nearest}?"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify(ref args) => verify_command(&cli, args).await,

@@ -240,6 +240,58 @@ async fn broken_configs_and_settings_get_clear_errors() {
         2,
         &["ETL_ENVIRONMENT", "staging"],
     );
+    // Every setting is checked by validate, the source's too once any of
+    // its variables is set, and a misspelled variable is named.
+    for (name, line, expect) in [
+        (
+            "ssl_mode",
+            "TEST_OPENDENTAL_SOURCE_SSL_MODE=verify-full",
+            &["TEST_OPENDENTAL_SOURCE_SSL_MODE", "verify-full"][..],
+        ),
+        (
+            "ssl_ca",
+            "TEST_OPENDENTAL_SOURCE_SSL_MODE=verify_ca",
+            &["TEST_OPENDENTAL_SOURCE_SSL_CA"][..],
+        ),
+        (
+            "webhook",
+            "ETL_ALERT_WEBHOOK_URL=ftp://x",
+            &["ETL_ALERT_WEBHOOK_URL", "https://"][..],
+        ),
+        (
+            "retention",
+            "ETL_HISTORY_RETENTION_DAYS=abc",
+            &["ETL_HISTORY_RETENTION_DAYS", "abc"][..],
+        ),
+        (
+            "lock_wait",
+            "TEST_MYSQL_REPLICATION_LOCK_WAIT_SECONDS=-5",
+            &["TEST_MYSQL_REPLICATION_LOCK_WAIT_SECONDS", "-5"][..],
+        ),
+    ] {
+        case(
+            &env_variant(&env, name, &[line], &[]),
+            GOOD_TABLES,
+            validate,
+            2,
+            expect,
+        );
+    }
+    case(
+        &env_variant(
+            &env,
+            "misspelled",
+            &["TEST_OPENDENTAL_SOURCE_SSLMODE=required"],
+            &[],
+        ),
+        GOOD_TABLES,
+        validate,
+        0,
+        &[
+            "TEST_OPENDENTAL_SOURCE_SSLMODE",
+            "did you mean TEST_OPENDENTAL_SOURCE_SSL_MODE?",
+        ],
+    );
     let password = env_variant(
         &env,
         "password",

@@ -167,6 +167,68 @@ pub struct PgSettings {
 /// The default warehouse schema, as the old system used.
 pub const DEFAULT_SCHEMA: &str = "raw";
 
+/// The per-environment variables this tool reads (`TEST_` is put before
+/// them in the test environment).
+const KNOWN_SETTINGS: &[&str] = &[
+    "OPENDENTAL_SOURCE_HOST",
+    "OPENDENTAL_SOURCE_PORT",
+    "OPENDENTAL_SOURCE_DB",
+    "OPENDENTAL_SOURCE_USER",
+    "OPENDENTAL_SOURCE_PASSWORD",
+    "OPENDENTAL_SOURCE_SSL_MODE",
+    "OPENDENTAL_SOURCE_SSL_CA",
+    "OPENDENTAL_SOURCE_MAX_ROWS_PER_SECOND",
+    "OPENDENTAL_SOURCE_MAX_CONNECTIONS",
+    "MYSQL_REPLICATION_HOST",
+    "MYSQL_REPLICATION_PORT",
+    "MYSQL_REPLICATION_DB",
+    "MYSQL_REPLICATION_USER",
+    "MYSQL_REPLICATION_PASSWORD",
+    "MYSQL_REPLICATION_SSL_MODE",
+    "MYSQL_REPLICATION_SSL_CA",
+    "MYSQL_REPLICATION_LOCK_WAIT_SECONDS",
+    "POSTGRES_ANALYTICS_HOST",
+    "POSTGRES_ANALYTICS_PORT",
+    "POSTGRES_ANALYTICS_DB",
+    "POSTGRES_ANALYTICS_SCHEMA",
+    "POSTGRES_ANALYTICS_USER",
+    "POSTGRES_ANALYTICS_PASSWORD",
+];
+
+/// The variables both environments share.
+const KNOWN_SHARED: &[&str] = &[
+    "ETL_ALERT_COMMAND",
+    "ETL_ALERT_WEBHOOK_URL",
+    "ETL_ALERT_WEBHOOK_TIMEOUT_SECONDS",
+    "ETL_ALERT_WEBHOOK_RETRIES",
+];
+
+/// Prefixes under which an unknown variable is surely meant for this tool.
+const CHECKED_PREFIXES: &[&str] = &[
+    "OPENDENTAL_SOURCE_",
+    "MYSQL_REPLICATION_",
+    "POSTGRES_ANALYTICS_",
+    "ETL_ALERT_",
+];
+
+/// Levenshtein distance, for naming the variable a misspelled one meant.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let current = row[j + 1];
+            row[j + 1] = (previous + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(current + 1);
+            previous = current;
+        }
+    }
+    row[b.len()]
+}
+
 /// The resolved environment: process variables over env-file variables.
 #[derive(Clone)]
 pub struct Env {
@@ -306,6 +368,47 @@ impl Env {
         })
     }
 
+    /// Whether any source variable (`OPENDENTAL_SOURCE_*`) is set: a source
+    /// set up halfway is an error to report, not a source left out.
+    pub fn source_configured(&self) -> bool {
+        let prefix = self.name("OPENDENTAL_SOURCE_");
+        self.vars.keys().any(|k| k.starts_with(&prefix))
+    }
+
+    /// Variables with one of this tool's prefixes that it does not read
+    /// (a misspelling does nothing otherwise), each with the nearest name it
+    /// does read.
+    pub fn unknown_variables(&self) -> Vec<(String, String)> {
+        let known = self.known_variables();
+        let mut unknown: Vec<(String, String)> = self
+            .vars
+            .keys()
+            .filter(|k| {
+                let name = k.strip_prefix("TEST_").unwrap_or(k);
+                CHECKED_PREFIXES.iter().any(|p| name.starts_with(p)) && !known.contains(*k)
+            })
+            .map(|k| {
+                let nearest = known
+                    .iter()
+                    .min_by_key(|n| edit_distance(k, n))
+                    .cloned()
+                    .unwrap_or_default();
+                (k.clone(), nearest)
+            })
+            .collect();
+        unknown.sort();
+        unknown
+    }
+
+    /// Every variable this tool reads, in either environment's names (a
+    /// shell may hold both).
+    fn known_variables(&self) -> Vec<String> {
+        let mut known: Vec<String> = KNOWN_SETTINGS.iter().map(|b| (*b).to_string()).collect();
+        known.extend(KNOWN_SETTINGS.iter().map(|b| format!("TEST_{b}")));
+        known.extend(KNOWN_SHARED.iter().map(|s| (*s).to_string()));
+        known
+    }
+
     /// The clinic's OpenDental server (`OPENDENTAL_SOURCE_*`).
     pub fn source(&self) -> Result<MySqlSettings> {
         self.mysql("OPENDENTAL_SOURCE")
@@ -443,6 +546,34 @@ fn parse_env_text(text: &str) -> std::result::Result<HashMap<String, String>, (u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misspelled_variable_is_nearest_to_the_one_meant() {
+        assert_eq!(edit_distance("SSLMODE", "SSL_MODE"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        let env = Env::from_sources(
+            [
+                ("ETL_ENVIRONMENT".to_string(), "test".to_string()),
+                (
+                    "TEST_OPENDENTAL_SOURCE_SSLMODE".to_string(),
+                    "required".to_string(),
+                ),
+                ("OPENDENTAL_SOURCE_HOST".to_string(), "clinic".to_string()),
+                ("ETL_TEST_MYSQL_HOST".to_string(), "x".to_string()),
+            ]
+            .into(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            env.unknown_variables(),
+            vec![(
+                "TEST_OPENDENTAL_SOURCE_SSLMODE".to_string(),
+                "TEST_OPENDENTAL_SOURCE_SSL_MODE".to_string()
+            )]
+        );
+    }
 
     #[test]
     fn redact_scrubs_every_secret_read() {

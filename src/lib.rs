@@ -11,6 +11,7 @@ pub mod extract;
 pub mod incremental;
 pub mod load;
 pub mod mysql;
+pub mod outcome;
 pub mod pipeline;
 pub mod postgres;
 pub mod progress;

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{Env, TableConfig};
 use crate::error::{Error, ErrorKind, Result, chain};
-use crate::load::TableReport;
+use crate::outcome::TableReport;
 
 pub use memory::{MemoryWatch, Tracked};
 pub use webhook::Webhook;
@@ -76,7 +76,7 @@ pub struct Alert {
 
 impl Alert {
     fn new(kind: AlertKind, run_id: &str, message: String) -> Alert {
-        let at = crate::pipeline::utc_now()
+        let at = crate::outcome::utc_now()
             .to_sql_string()
             .replacen(' ', "T", 1)
             + "Z";

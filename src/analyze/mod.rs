@@ -698,7 +698,7 @@ pub fn write_config(
     path: &Path,
     environment: &str,
 ) -> Result<()> {
-    let now = crate::pipeline::utc_now().to_sql_string().replace(' ', "T") + "Z";
+    let now = crate::outcome::utc_now().to_sql_string().replace(' ', "T") + "Z";
     let text = render(plans, environment, &now, &schema_hash(plans));
     TablesConfig::parse(&text)?;
     write_atomically(path, &text)?;

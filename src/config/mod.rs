@@ -13,7 +13,8 @@ pub use settings::{
     Secret, SslMode, redact,
 };
 pub use strategy::{
-    Decision, Strategy, TableFacts, UNCHANGED_SKIP_MAX_SECONDS, resolve, unchanged, wants_checksum,
+    Decision, Strategy, TableFacts, UNCHANGED_REASON, UNCHANGED_SKIP_MAX_SECONDS, resolve,
+    unchanged, wants_checksum,
 };
 pub use tables::{
     DEFAULT_BATCH_SIZE, DEFAULT_CLOCK_SKEW_SECONDS, DEFAULT_LOOKBACK_KEYS,

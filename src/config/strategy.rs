@@ -63,6 +63,10 @@ fn full(reason: impl Into<String>) -> Decision {
     }
 }
 
+/// Why a full refresh was skipped.
+pub const UNCHANGED_REASON: &str =
+    "unchanged since the last full refresh (same CHECKSUM TABLE, refreshed at least daily)";
+
 /// A full refresh of an unchanged table is skipped for at most this long:
 /// the next one after it runs whatever the checksum says, so even a
 /// checksum collision cannot keep a change out for more than a day.

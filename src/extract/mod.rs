@@ -26,11 +26,11 @@ use crate::config::{
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::incremental::{self, Limits, Marks};
-use crate::load::{LoadOptions, TableReport};
 use crate::mysql::{
     self as my, Encoder, Pass, PassKind, RateLimit, ReadJob, ReadRange, ReadSpec, SourceTable,
     spawn_reader,
 };
+use crate::outcome::{LoadOptions, TableReport};
 use crate::reconcile::{self, Side};
 use crate::schema::ident;
 use crate::shutdown::Stop;
@@ -454,10 +454,6 @@ async fn table_exists(conn: &mut Conn, database: &str, table: &str) -> Result<bo
     Ok(n.unwrap_or(0) > 0)
 }
 
-/// Why a full refresh was skipped.
-pub const UNCHANGED_REASON: &str =
-    "unchanged since the last full refresh (same CHECKSUM TABLE, refreshed at least daily)";
-
 /// Copies one table from the source into the replica.
 pub async fn copy_table(
     ctx: &ExtractContext,
@@ -567,7 +563,7 @@ pub async fn copy_table(
         None
     };
     if unchanged(cfg, &facts, checksum.as_deref(), state.last_refresh()) {
-        report.decision.reason = UNCHANGED_REASON.to_string();
+        report.decision.reason = crate::config::UNCHANGED_REASON.to_string();
         report.elapsed = started.elapsed();
         return Ok(report);
     }

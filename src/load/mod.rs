@@ -10,7 +10,7 @@ mod batch;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value};
@@ -22,15 +22,15 @@ use crate::config::{
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::incremental::{self, Limits, Marks};
-use crate::mysql::{self as my, PassKind, RateLimit, ReadJob, ReadSpec, SourceTable, spawn_reader};
+use crate::mysql::{self as my, RateLimit, ReadJob, ReadSpec, SourceTable, spawn_reader};
 use crate::postgres::{self as pg, CopyIn, DestTable};
 use crate::reconcile::{self, Side};
 use crate::schema::{
     DataProfile, PgType, SourceType, covering, ident, is_widening, map_type, value_from_text,
 };
-use crate::shutdown::Stop;
 use crate::tracking::{self, PhaseState, Progress, StoredWatermark};
 
+pub use crate::outcome::{LoadOptions, TableReport};
 pub use batch::{CopyEncoder, FULL_BATCH_BYTES, MAX_BATCH_BYTES, Plan, PlannedColumn};
 
 /// Where a load reads and writes.
@@ -44,115 +44,6 @@ pub struct LoadContext {
     /// `replica` is filled by this tool's copy (not direct mode): the load
     /// never moves a watermark past what the copy has committed.
     pub capped_by_copy: bool,
-}
-
-/// How a load runs.
-#[derive(Debug, Clone, Default)]
-pub struct LoadOptions {
-    pub force_full: bool,
-    /// Lets a key reconciliation delete more than the table's `max_delete_share`.
-    pub allow_mass_delete: bool,
-    /// Reads incrementally even after a gap longer than `time_gap_threshold_days`.
-    pub ignore_time_gap: bool,
-    pub run_id: String,
-    /// Asked to stop: finish the batch in hand (a full refresh rolls back).
-    pub stop: Stop,
-}
-
-/// What one phase (extract or load) did to a table.
-#[derive(Debug, Clone)]
-pub struct TableReport {
-    pub table: String,
-    pub decision: Decision,
-    pub rows_read: u64,
-    pub rows_inserted: u64,
-    pub rows_updated: u64,
-    /// Rows removed (or soft-deleted) because the copy read from no longer has them.
-    pub rows_deleted: u64,
-    /// Rows a row reconciliation wrote again because they differed or were missing.
-    pub rows_repaired: u64,
-    /// Rows whose watermark value lies outside the quality bounds (re-read, not moving the watermark).
-    pub rows_outside_bounds: u64,
-    /// Rows stamped past the source clock at the run's start (carried, not moving the watermark).
-    pub rows_future: u64,
-    /// New rows stamped below the window, found by their auto-increment key.
-    pub rows_new_keys: u64,
-    /// Zero dates written as NULL, by column.
-    pub zero_dates: BTreeMap<String, u64>,
-    pub warnings: Vec<String>,
-    pub watermark_start: Option<String>,
-    pub watermark_end: Option<String>,
-    pub elapsed: Duration,
-}
-
-impl TableReport {
-    /// A report of nothing done yet.
-    pub fn new(table: &str, decision: Decision) -> TableReport {
-        TableReport {
-            table: table.to_string(),
-            decision,
-            rows_read: 0,
-            rows_inserted: 0,
-            rows_updated: 0,
-            rows_deleted: 0,
-            rows_repaired: 0,
-            rows_outside_bounds: 0,
-            rows_future: 0,
-            rows_new_keys: 0,
-            zero_dates: BTreeMap::new(),
-            warnings: Vec::new(),
-            watermark_start: None,
-            watermark_end: None,
-            elapsed: Duration::ZERO,
-        }
-    }
-
-    /// Counts a batch of an incremental read by the pass that read it.
-    pub fn count_pass(&mut self, kind: PassKind, rows: u64) {
-        match kind {
-            PassKind::OutsideBounds => self.rows_outside_bounds += rows,
-            PassKind::Future => self.rows_future += rows,
-            PassKind::NewKeys => self.rows_new_keys += rows,
-            PassKind::Window | PassKind::AheadOfCopy => {}
-        }
-    }
-
-    /// Warns about the rows an incremental read carried outside its window:
-    /// stamped outside the quality bounds, in the future (past the source
-    /// clock plus `skew_seconds`), or new below the window.
-    pub fn note_arrivals(&mut self, skew_seconds: u64) {
-        if self.rows_outside_bounds > 0 {
-            self.warnings.push(format!(
-                "{} row(s) have a watermark value outside the quality bounds (zero, sentinel or out-of-range dates); \
-                 they are re-read every run",
-                self.rows_outside_bounds
-            ));
-        }
-        if self.rows_future > 0 {
-            self.warnings.push(format!(
-                "{} row(s) stamped in the future (past the source clock at the run's start + {skew_seconds} s); \
-                 carried every run, they never move the watermark",
-                self.rows_future
-            ));
-        }
-        if self.rows_new_keys > 0 {
-            self.warnings.push(format!(
-                "{} new row(s) stamped before the watermark window (backdated, zero or sentinel stamps) \
-                 arrived by their key",
-                self.rows_new_keys
-            ));
-        }
-    }
-
-    /// Rows read per second of wall time.
-    pub fn rows_per_second(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 {
-            self.rows_read as f64 / secs
-        } else {
-            0.0
-        }
-    }
 }
 
 const STAGE_TABLE: &str = "etl_stage";
@@ -597,7 +488,7 @@ async fn load_once(
         prepared.state.last_refresh(),
     ) {
         tracking::mark_status(&client, schema, &cfg.name, "success", None, &opts.run_id).await?;
-        report.decision.reason = crate::extract::UNCHANGED_REASON.to_string();
+        report.decision.reason = crate::config::UNCHANGED_REASON.to_string();
         report.elapsed = started.elapsed();
         return Ok(report);
     }

@@ -6,7 +6,7 @@ mod report;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio_postgres::Client;
@@ -18,7 +18,6 @@ use crate::extract::{self, ExtractContext};
 use crate::load::{LoadContext, LoadOptions, TableReport, load_table};
 use crate::postgres as pg;
 use crate::progress;
-use crate::schema::{DateTimeParts, days_since_pg_epoch};
 use crate::shutdown::Stop;
 use crate::tracking::{self, HistoryOutcome};
 
@@ -161,23 +160,12 @@ impl RunReport {
 
 /// A run id that sorts by time: `20261122T021500Z-<pid>`.
 pub fn new_run_id() -> String {
-    let now = utc_now();
+    let now = crate::outcome::utc_now();
     let stamp = format!(
         "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
         now.year, now.month, now.day, now.hour, now.minute, now.second
     );
     format!("{stamp}-{}", std::process::id())
-}
-
-/// The current UTC time.
-pub fn utc_now() -> DateTimeParts {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let micros = i64::try_from(now.as_micros()).unwrap_or(0);
-    let unix_to_pg = days_since_pg_epoch(1970, 1, 1) * 86_400_000_000;
-    DateTimeParts::from_pg_micros(micros + unix_to_pg)
-        .unwrap_or(DateTimeParts::midnight(1970, 1, 1))
 }
 
 fn order_tables(tables: &mut [TableConfig]) {

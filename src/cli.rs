@@ -239,6 +239,10 @@ pub struct DbtSourcesArgs {
     /// Where to write the sources file.
     #[arg(long, value_name = "FILE", default_value = "sources.yml")]
     pub output: PathBuf,
+    /// Write `freshness` and `loaded_at_field` on each table, as dbt before
+    /// 1.10 reads them, instead of under `config:`.
+    #[arg(long)]
+    pub legacy_freshness: bool,
 }
 
 /// Arguments of `status`.
@@ -819,7 +823,13 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 }
                 None => None,
             };
-            let text = analyze::dbt_sources(&warehouse, config.as_ref(), docs.as_ref()).await?;
+            let text = analyze::dbt_sources(
+                &warehouse,
+                config.as_ref(),
+                docs.as_ref(),
+                args.legacy_freshness,
+            )
+            .await?;
             config::write_atomically(&args.output, &text)?;
             println!("wrote {}", args.output.display());
             Ok(ExitCode::SUCCESS)

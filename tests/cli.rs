@@ -271,17 +271,17 @@ async fn dbt_sources_lists_every_table_and_column_with_documentation_and_freshne
     .await;
     let dir = scratch("cli_dbt_sources");
     let env = db.env_file(&dir);
-    let tables = dir.join("tables.yml");
-    std::fs::write(&tables, TABLES).unwrap();
+    let tables_file = dir.join("tables.yml");
+    std::fs::write(&tables_file, TABLES).unwrap();
     assert!(
-        run(&env, &tables, &["run", "--phase", "load", "--all"])
+        run(&env, &tables_file, &["run", "--phase", "load", "--all"])
             .status
             .success()
     );
     let output = dir.join("sources.yml");
     let out = run(
         &env,
-        &tables,
+        &tables_file,
         &[
             "dbt-sources",
             "--docs",
@@ -300,11 +300,40 @@ async fn dbt_sources_lists_every_table_and_column_with_documentation_and_freshne
     let patient = &tables[0];
     assert_eq!(patient["name"].as_str(), Some("patient"));
     assert!(patient["description"].as_str().unwrap().len() > 10);
-    assert_eq!(patient["loaded_at_field"].as_str(), Some("\"DateTStamp\""));
+    // dbt 1.10 reads freshness and its field under `config:`.
+    let config = &patient["config"];
+    assert_eq!(config["loaded_at_field"].as_str(), Some("\"DateTStamp\""));
+    assert_eq!(
+        config["freshness"]["warn_after"]["count"].as_u64(),
+        Some(24)
+    );
+    assert!(patient.get("loaded_at_field").is_none() && patient.get("freshness").is_none());
     let columns = patient["columns"].as_sequence().unwrap();
     assert_eq!(columns.len(), 3);
     assert_eq!(columns[0]["name"].as_str(), Some("PatNum"));
     assert_eq!(columns[0]["description"].as_str(), Some("Primary key."));
+
+    let legacy = dir.join("legacy.yml");
+    let out = run(
+        &env,
+        &tables_file,
+        &[
+            "dbt-sources",
+            "--legacy-freshness",
+            "--output",
+            legacy.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let yaml: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(&legacy).unwrap()).unwrap();
+    let patient = &yaml["sources"][0]["tables"][0];
+    assert_eq!(patient["loaded_at_field"].as_str(), Some("\"DateTStamp\""));
+    assert_eq!(
+        patient["freshness"]["error_after"]["count"].as_u64(),
+        Some(72)
+    );
+    assert!(patient.get("config").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -118,6 +118,7 @@ pub async fn dbt_sources(
     warehouse: &PgSettings,
     config: Option<&TablesConfig>,
     docs: Option<&Docs>,
+    legacy: bool,
 ) -> Result<String> {
     let client = pg::connect(warehouse).await?;
     let rows = client
@@ -168,12 +169,21 @@ pub async fn dbt_sources(
                     .any(|(c, ty)| c == w && (ty.starts_with("timestamp") || ty == "date"))
             });
         if let Some(w) = watermark {
+            // dbt 1.10 reads both under `config:` (1.9 moved `freshness`
+            // there); earlier versions read them on the table itself.
+            let indent = if legacy {
+                "        "
+            } else {
+                out.push_str("        config:\n");
+                "          "
+            };
             out.push_str(&format!(
-                "        loaded_at_field: {}\n",
+                "{indent}loaded_at_field: {}\n",
                 q(&format!("\"{w}\""))
             ));
             out.push_str(&format!(
-                "        freshness:\n          warn_after: {{count: {FRESHNESS_WARN_HOURS}, period: hour}}\n          error_after: {{count: {FRESHNESS_ERROR_HOURS}, period: hour}}\n"
+                "{indent}freshness:\n{indent}  warn_after: {{count: {FRESHNESS_WARN_HOURS}, period: hour}}\n\
+                 {indent}  error_after: {{count: {FRESHNESS_ERROR_HOURS}, period: hour}}\n"
             ));
         }
         out.push_str("        columns:\n");

@@ -699,3 +699,56 @@ async fn a_unique_code_moved_to_a_new_row_leaves_both_rows_in_the_copies() {
     db.assert_replica_same("procedurecode", &["CodeNum"]).await;
     db.assert_same("procedurecode", &["CodeNum"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_with_foreign_keys_copy_and_stay_in_step() {
+    let db = TestDb::new("ex_foreign_keys").await;
+    db.source_sql(&[
+        "CREATE TABLE `provider` (`ProvNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, `Abbr` varchar(20) NOT NULL, \
+         `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP, KEY (`DateTStamp`)) ENGINE=InnoDB",
+        "CREATE TABLE `appointment` (`AptNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, `ProvNum` bigint NOT NULL, \
+         `Note` varchar(40) NOT NULL, `Fee` decimal(10,2) NOT NULL CHECK (`Fee` >= 0), \
+         `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP, KEY (`DateTStamp`), \
+         CONSTRAINT `fk_provider` FOREIGN KEY (`ProvNum`) REFERENCES `provider` (`ProvNum`) ON DELETE CASCADE) ENGINE=InnoDB",
+        "INSERT INTO `provider` (`Abbr`, `DateTStamp`) SELECT CONCAT('DOC', seq), '2024-01-01' FROM seq_1_to_20",
+        "INSERT INTO `appointment` (`ProvNum`, `Note`, `Fee`, `DateTStamp`) \
+         SELECT 1 + seq % 20, CONCAT('visit ', seq), seq, '2024-01-01' + INTERVAL seq MINUTE FROM seq_1_to_500",
+    ])
+    .await;
+    let table = |name: &str| {
+        format!(
+            "  {name}:\n    extraction_strategy: incremental\n    incremental_columns: [DateTStamp]\n    \
+             primary_incremental_column: DateTStamp\n    reconcile: keys\n"
+        )
+    };
+    let cfg = TablesConfig::parse(&format!(
+        "tables:\n{}{}",
+        table("appointment"),
+        table("provider")
+    ))
+    .unwrap();
+    let first = db.run_two_hop(&cfg, None).await;
+    assert!(first.succeeded(), "{first:?}");
+    // A provider removed with its appointments (the cascade), new ones.
+    db.source_sql(&[
+        "DELETE FROM `provider` WHERE `ProvNum` = 3",
+        "INSERT INTO `provider` (`Abbr`) VALUES ('NEW')",
+        "INSERT INTO `appointment` (`ProvNum`, `Note`, `Fee`) \
+         SELECT (SELECT MAX(`ProvNum`) FROM `provider`), 'new provider', 5 FROM seq_1_to_3",
+    ])
+    .await;
+    let second = db.run_two_hop(&cfg, None).await;
+    assert!(second.succeeded(), "{second:?}");
+    for (table, key) in [("provider", "ProvNum"), ("appointment", "AptNum")] {
+        db.assert_replica_same(table, &[key]).await;
+        db.assert_same(table, &[key]).await;
+    }
+    let mut replica = etl_pipeline::mysql::connect(&db.ctx.replica).await.unwrap();
+    let foreign: Option<u64> = replica
+        .query_first(
+            "SELECT COUNT(*) FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = DATABASE()",
+        )
+        .await
+        .unwrap();
+    assert_eq!(foreign, Some(0), "the replica keeps no foreign key");
+}

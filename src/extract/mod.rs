@@ -805,6 +805,11 @@ impl CopyJob<'_> {
 /// sorting, far faster than maintaining it row by row while it fills.
 /// Returns the body without them and the key definitions to add afterwards.
 /// A secondary `UNIQUE` key comes back as a plain one ([`relax_unique_keys`]).
+/// Foreign keys are left out: the copy fills tables one at a time and in
+/// any order (a child before its parent, a parent's rows deleted by key
+/// reconciliation before its children's), and the source already enforces
+/// them. CHECK constraints stay: they hold row by row, and MariaDB marks
+/// its `json` columns with one.
 fn defer_secondary_keys(body: &str) -> (String, Vec<String>) {
     let (Some(open), Some(close)) = (body.find("(\n"), body.rfind("\n)")) else {
         return (body.to_string(), Vec::new());
@@ -813,6 +818,9 @@ fn defer_secondary_keys(body: &str) -> (String, Vec<String>) {
     let mut deferred = Vec::new();
     for line in body[open + 2..close].lines() {
         let item = line.trim().trim_end_matches(',');
+        if item.starts_with("CONSTRAINT ") && item.contains(" FOREIGN KEY ") {
+            continue;
+        }
         if let Some(plain) = item.strip_prefix("UNIQUE ") {
             deferred.push(plain.to_string());
         } else if ["KEY ", "FULLTEXT KEY ", "SPATIAL KEY "]
@@ -1208,6 +1216,27 @@ mod tests {
             auto_increment: None,
             unique_keys: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_replica_keeps_checks_defers_keys_and_drops_foreign_keys() {
+        let body = "(\n  `Num` bigint(20) NOT NULL AUTO_INCREMENT,\n  `ProvNum` bigint(20) NOT NULL,\n  \
+                    `Meta` longtext CHECK (json_valid(`Meta`)),\n  PRIMARY KEY (`Num`),\n  \
+                    UNIQUE KEY `Code` (`ProvNum`,`Num`),\n  KEY `ProvNum` (`ProvNum`),\n  \
+                    CONSTRAINT `fk_prov` FOREIGN KEY (`ProvNum`) REFERENCES `provider` (`ProvNum`) ON DELETE CASCADE,\n  \
+                    CONSTRAINT `positive` CHECK (`ProvNum` > 0)\n) ENGINE=InnoDB";
+        let (kept, deferred) = defer_secondary_keys(body);
+        assert!(!kept.contains("FOREIGN KEY"), "{kept}");
+        assert!(kept.contains("CHECK (json_valid(`Meta`))"), "{kept}");
+        assert!(
+            kept.contains("CONSTRAINT `positive` CHECK (`ProvNum` > 0)\n)"),
+            "{kept}"
+        );
+        assert!(kept.contains("PRIMARY KEY (`Num`)"), "{kept}");
+        assert_eq!(
+            deferred,
+            ["KEY `Code` (`ProvNum`,`Num`)", "KEY `ProvNum` (`ProvNum`)"]
+        );
     }
 
     #[test]

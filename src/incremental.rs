@@ -128,8 +128,14 @@ async fn column_bounds(
     Ok(bounds)
 }
 
-fn as_bound(value: &Option<Value>) -> Bound {
-    value.clone().map(Bound::At).unwrap_or(Bound::Open)
+impl ColumnBounds {
+    /// The highest value of `column` within these bounds, or `None` when no
+    /// row lies there: a full read's watermark, an incremental window's top.
+    async fn highest(&self, mysql: &mut Conn, table: &str, column: &str) -> Result<Option<Value>> {
+        let bound = |v: Option<&Value>| v.cloned().map(Bound::At).unwrap_or(Bound::Open);
+        let max = bound(self.max.as_ref().map(|(v, _)| v));
+        my::upper_bound(mysql, table, column, &bound(self.min.as_ref()), &max).await
+    }
 }
 
 /// The columns whose watermarks a full read records for the next run.
@@ -170,9 +176,7 @@ pub async fn full_read_marks(
             None,
         )
         .await?;
-        let max = as_bound(&bounds.max.map(|(v, _)| v));
-        if let Some(upper) =
-            my::upper_bound(mysql, &cfg.name, &column, &as_bound(&bounds.min), &max).await?
+        if let Some(upper) = bounds.highest(mysql, &cfg.name, &column).await?
             && let Some(value) = value_to_text(&upper)
         {
             marks.push((column, StoredWatermark { value, key: None }));
@@ -321,16 +325,7 @@ pub async fn plan_passes(
         }
         let mut order = vec![column.clone()];
         order.extend(key.iter().filter(|k| *k != column).cloned());
-        let max = bounds.max.clone();
-        if let Some(upper) = my::upper_bound(
-            mysql,
-            &cfg.name,
-            column,
-            &as_bound(&bounds.min),
-            &as_bound(&max.clone().map(|(v, _)| v)),
-        )
-        .await?
-        {
+        if let Some(upper) = bounds.highest(mysql, &cfg.name, column).await? {
             passes.push(Pass {
                 advances: Some(column.clone()),
                 kind: PassKind::Window,
@@ -342,7 +337,7 @@ pub async fn plan_passes(
                 after: None,
             });
         }
-        if let Some((max, kind)) = max {
+        if let Some((max, kind)) = bounds.max {
             passes.push(Pass {
                 advances: None,
                 kind,

@@ -655,38 +655,10 @@ async fn recopy_into(
     keys: &[reconcile::Key],
 ) -> Result<reconcile::Repaired> {
     let columns: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
-    let positions: Vec<usize> = key
-        .iter()
-        .filter_map(|k| columns.iter().position(|c| c == k))
-        .collect();
-    let key_columns: Vec<String> = key.iter().map(|k| ident::mysql(k)).collect();
-    let select = format!(
-        "SELECT {} FROM {} WHERE ",
-        ident::mysql_list(columns.iter().map(String::as_str)),
-        ident::mysql(&table.name)
-    );
     let mut done = reconcile::Repaired::default();
     for chunk in keys.chunks(reconcile::REPAIR_CHUNK) {
-        let rows: Vec<Row> = source
-            .exec(
-                format!("{select}{}", reconcile::key_condition(&key_columns, chunk)),
-                (),
-            )
-            .await
-            .map_err(|e| Error::mysql(format!("reading rows of `{}` by key", table.name), e))?;
-        if let Some(rate) = rate {
-            rate.pay(u64::try_from(rows.len()).unwrap_or(u64::MAX))
-                .await;
-        }
-        let found: std::collections::HashSet<reconcile::Key> = rows
-            .iter()
-            .filter_map(|r| reconcile::row_key(r, &positions))
-            .collect();
-        let gone: Vec<reconcile::Key> = chunk
-            .iter()
-            .filter(|k| !found.contains(*k))
-            .cloned()
-            .collect();
+        let (rows, gone) =
+            reconcile::rows_by_key(source, (&table.name, &columns, key), chunk, rate).await?;
         let values: Vec<Vec<Value>> = rows.into_iter().map(Row::unwrap).collect();
         let (inserted, updated) =
             insert_rows(replica, &table.name, &columns, key, values, true).await?;

@@ -48,8 +48,7 @@ impl Plan {
         self.columns.iter().position(|c| c.name == name)
     }
 
-    /// The row's key as text (`Num=5`), for messages.
-    pub fn key_text(&self, row: &Row) -> String {
+    fn key_text(&self, row: &Row) -> String {
         if self.key_positions.is_empty() {
             return "(table has no key)".to_string();
         }

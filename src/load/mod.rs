@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value};
 use tokio_postgres::{Client, GenericClient};
 
@@ -845,43 +844,16 @@ async fn reload_into(
     let schema = &ctx.warehouse.schema;
     let target = ident::pg_qualified(schema, &cfg.name);
     let (copy_sql, merge) = staging(tx, job).await?;
-    let key_columns: Vec<String> = prepared.key.iter().map(|k| ident::mysql(k)).collect();
-    let select = format!(
-        "SELECT {} FROM {} WHERE ",
-        ident::mysql_list(prepared.plan.names().iter().map(String::as_str)),
-        ident::mysql(&cfg.name)
-    );
+    let columns = prepared.plan.names();
     let mut done = reconcile::Repaired::default();
     for chunk in keys.chunks(reconcile::REPAIR_CHUNK) {
-        let sql = format!("{select}{}", reconcile::key_condition(&key_columns, chunk));
-        let rows: Vec<mysql_async::Row> = mysql
-            .exec(sql, ())
-            .await
-            .map_err(|e| Error::mysql(format!("reading rows of `{}` by key", cfg.name), e))?;
-        if let Some(rate) = &ctx.rate {
-            rate.pay(u64::try_from(rows.len()).unwrap_or(u64::MAX))
-                .await;
-        }
-        let found: HashSet<reconcile::Key> = rows
-            .iter()
-            .map(|r| {
-                reconcile::row_key(r, &prepared.plan.key_positions).ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Schema,
-                        format!(
-                            "`{}`: key {} is not a 64-bit integer",
-                            cfg.name,
-                            prepared.plan.key_text(r)
-                        ),
-                    )
-                })
-            })
-            .collect::<Result<_>>()?;
-        let gone: Vec<reconcile::Key> = chunk
-            .iter()
-            .filter(|k| !found.contains(*k))
-            .cloned()
-            .collect();
+        let (rows, gone) = reconcile::rows_by_key(
+            mysql,
+            (&cfg.name, &columns, &prepared.key),
+            chunk,
+            ctx.rate.as_deref(),
+        )
+        .await?;
         let mut encoder = CopyEncoder::new(prepared.plan.clone());
         let count = u64::try_from(rows.len()).unwrap_or(u64::MAX);
         for row in rows {
@@ -936,23 +908,7 @@ async fn copy_caps(mysql: &mut Conn, table: &SourceTable) -> Result<HashMap<Stri
             )
         })?;
         let value = if matches!(source_column.ty, SourceType::Timestamp { .. }) {
-            let row: Option<mysql_async::Row> = mysql
-                .exec_first(
-                    "SELECT CONVERT_TZ(?, '+00:00', @@session.time_zone)",
-                    (value,),
-                )
-                .await
-                .map_err(|e| Error::mysql("converting the copy's watermark", e))?;
-            match row.and_then(|mut r| r.take::<Value, _>(0)) {
-                Some(v @ Value::Date(..)) => v,
-                _ => {
-                    return Err(Error::new(
-                        ErrorKind::Config,
-                        "the replica cannot convert between UTC and its session's time zone; \
-                         load its time zone tables (mysql_tzinfo_to_sql /usr/share/zoneinfo | mysql mysql)",
-                    ));
-                }
-            }
+            my::utc_to_session(mysql, value).await?
         } else {
             value
         };

@@ -7,7 +7,9 @@ mod stream;
 pub use catalog::{
     SourceColumn, SourceTable, describe_table, profile_columns, row_number, row_text,
 };
-pub use reader::{Bound, ClockTerms, ReadRange, page_query, server_clock, upper_bound};
+pub use reader::{
+    Bound, ClockTerms, ReadRange, page_query, server_clock, upper_bound, utc_to_session,
+};
 pub use stream::{
     Batch, CHANNEL_BATCHES, Encoder, Pass, PassKind, RateLimit, ReadJob, ReadSpec, finish_reader,
     spawn_reader,

@@ -211,12 +211,33 @@ pub async fn server_clock(
         .unwrap_or_default();
     match upper {
         Some(upper @ Value::Date(..)) => Ok((upper, back_micros.and(earliest))),
-        _ => Err(Error::new(
-            crate::ErrorKind::Config,
-            "the server cannot convert its clock between the session's and its own time zone; \
-             load its time zone tables (mysql_tzinfo_to_sql /usr/share/zoneinfo | mysql mysql)",
-        )),
+        _ => Err(no_time_zones()),
     }
+}
+
+/// A UTC date-time as this session's time zone shows it (how a `timestamp`
+/// value read in a UTC session reads in this one).
+pub async fn utc_to_session(conn: &mut Conn, value: Value) -> Result<Value> {
+    let row: Option<Row> = conn
+        .exec_first(
+            "SELECT CONVERT_TZ(?, '+00:00', @@session.time_zone)",
+            (value,),
+        )
+        .await
+        .map_err(|e| Error::mysql("converting a UTC time into the session's time zone", e))?;
+    match row.and_then(|mut r| r.take::<Value, _>(0)) {
+        Some(v @ Value::Date(..)) => Ok(v),
+        _ => Err(no_time_zones()),
+    }
+}
+
+/// `CONVERT_TZ` gave NULL: the server does not know a zone it was named.
+fn no_time_zones() -> Error {
+    Error::new(
+        crate::ErrorKind::Config,
+        "the server cannot convert between UTC, its sessions' and its own time zone; \
+         load its time zone tables (mysql_tzinfo_to_sql /usr/share/zoneinfo | mysql mysql)",
+    )
 }
 
 #[cfg(test)]

@@ -62,7 +62,7 @@ pub type Key = Vec<i64>;
 
 /// The key of a MySQL row whose key columns sit at `positions`; `None`
 /// when a key value is not a 64-bit signed integer.
-pub fn row_key(row: &Row, positions: &[usize]) -> Option<Key> {
+fn row_key(row: &Row, positions: &[usize]) -> Option<Key> {
     positions
         .iter()
         .map(|&i| match row.as_ref(i) {
@@ -71,6 +71,54 @@ pub fn row_key(row: &Row, positions: &[usize]) -> Option<Key> {
             _ => None,
         })
         .collect()
+}
+
+/// The rows of `keys` in MySQL table `table` (`columns` selected, `key`
+/// among them), read with the binary protocol so values come typed, and
+/// charged to `rate`; and the keys the table lacks. One statement: callers
+/// pass at most [`REPAIR_CHUNK`] keys at a time.
+pub async fn rows_by_key(
+    conn: &mut Conn,
+    (table, columns, key): (&str, &[String], &[String]),
+    keys: &[Key],
+    rate: Option<&RateLimit>,
+) -> Result<(Vec<Row>, Vec<Key>)> {
+    let positions: Vec<usize> = key
+        .iter()
+        .filter_map(|k| columns.iter().position(|c| c == k))
+        .collect();
+    let key_columns: Vec<String> = key.iter().map(|k| ident::mysql(k)).collect();
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {}",
+        ident::mysql_list(columns.iter().map(String::as_str)),
+        ident::mysql(table),
+        key_condition(&key_columns, keys)
+    );
+    let rows: Vec<Row> = conn
+        .exec(sql, ())
+        .await
+        .map_err(|e| Error::mysql(format!("reading rows of `{table}` by key"), e))?;
+    if let Some(rate) = rate {
+        rate.pay(u64::try_from(rows.len()).unwrap_or(u64::MAX))
+            .await;
+    }
+    let found = rows
+        .iter()
+        .map(|r| {
+            row_key(r, &positions).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Schema,
+                    format!("`{table}`: a key read back is not a 64-bit integer"),
+                )
+            })
+        })
+        .collect::<Result<std::collections::HashSet<Key>>>()?;
+    let gone = keys
+        .iter()
+        .filter(|k| !found.contains(*k))
+        .cloned()
+        .collect();
+    Ok((rows, gone))
 }
 
 /// What a repair by key did to one copy of a table.
@@ -596,7 +644,7 @@ pub fn check_share(
 }
 
 /// `WHERE` condition matching `keys` on `columns` (quoted), numbers inline.
-pub fn key_condition(columns: &[String], keys: &[Key]) -> String {
+fn key_condition(columns: &[String], keys: &[Key]) -> String {
     let tuple = |k: &Key| {
         let parts: Vec<String> = k.iter().map(i64::to_string).collect();
         if parts.len() == 1 {

@@ -97,18 +97,7 @@ pub async fn verify(ctx: &VerifyContext, tables: &[String], deep: bool) -> Resul
         }
         let columns = pg_columns(&client, schema, table).await?;
         if !columns.is_empty() {
-            let n: i64 = client
-                .query_one(
-                    &format!(
-                        "select count(*) from {}",
-                        ident::pg_qualified(schema, table)
-                    ),
-                    &[],
-                )
-                .await
-                .map_err(|e| Error::postgres(format!("counting the rows of {schema}.{table}"), e))?
-                .get(0);
-            check.warehouse_rows = u64::try_from(n).ok();
+            check.warehouse_rows = Some(pg_count(&client, schema, table).await?);
         }
         if check.mysql_rows.is_none() {
             check.differences.push(format!(
@@ -216,6 +205,9 @@ pub async fn repair(
             loop {
                 let mut found = Findings::collecting();
                 compare_replica(source, &ctx.mysql, &plan, &mut found).await?;
+                if found.keys().is_empty() {
+                    break;
+                }
                 let mut mysql = my::connect(&ctx.mysql).await?;
                 let rows = mysql_count(&mut mysql, &ctx.mysql.database, &cfg.name).await?;
                 check_removal(cfg, &found, rows, allow_mass_delete)?;
@@ -237,13 +229,11 @@ pub async fn repair(
                 &mut found,
             )
             .await?;
-            let target = ident::pg_qualified(&ctx.warehouse.schema, &cfg.name);
-            let rows: i64 = client
-                .query_one(&format!("select count(*) from {target}"), &[])
-                .await
-                .map_err(|e| Error::postgres(format!("counting the rows of {target}"), e))?
-                .get(0);
-            check_removal(cfg, &found, u64::try_from(rows).ok(), allow_mass_delete)?;
+            if found.keys().is_empty() {
+                break;
+            }
+            let rows = pg_count(&client, &ctx.warehouse.schema, &cfg.name).await?;
+            check_removal(cfg, &found, Some(rows), allow_mass_delete)?;
             let done = crate::load::reload_keys(&load, cfg, &found.keys()).await?;
             repair.warehouse.written += done.written;
             repair.warehouse.removed += done.removed;
@@ -254,6 +244,17 @@ pub async fn repair(
         repairs.push(repair);
     }
     Ok(repairs)
+}
+
+/// Rows in warehouse table `schema.table`.
+async fn pg_count(client: &Client, schema: &str, table: &str) -> Result<u64> {
+    let target = ident::pg_qualified(schema, table);
+    let n: i64 = client
+        .query_one(&format!("select count(*) from {target}"), &[])
+        .await
+        .map_err(|e| Error::postgres(format!("counting the rows of {target}"), e))?
+        .get(0);
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// The mass-delete guard of a repair: removing more than the table's share

@@ -765,6 +765,14 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             let source = env.source()?;
             let started = Instant::now();
             let plans = analyze::analyze(&source).await?;
+            let views = my::views(&mut my::connect(&source).await?, &source.database).await?;
+            if !views.is_empty() {
+                println!(
+                    "left out {} view(s), which are not copied (build them in the warehouse over the tables they read): {}",
+                    views.len(),
+                    views.join(", ")
+                );
+            }
             let previous = std::fs::read_to_string(&cli.tables).ok();
             let changes = match &previous {
                 Some(text) => analyze::changes_since(text, &plans)?,

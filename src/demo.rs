@@ -476,7 +476,7 @@ fn brief(report: &RunReport) -> String {
     let mut out = format!("   {}\n", pipeline::totals_line(report));
     for o in &report.outcomes {
         if let Err(e) = &o.result
-            && e.kind() != ErrorKind::Busy
+            && e.kind() != ErrorKind::Skipped
         {
             let _ = writeln!(out, "   FAILED {} ({}): {}", o.table, o.phase, chain(e));
         }

@@ -33,8 +33,9 @@ pub enum ErrorKind {
     Database,
     /// The run was interrupted before it finished.
     Interrupted,
-    /// Another run holds the table; it was skipped.
-    Busy,
+    /// The table was left alone, which is not a failure: another run
+    /// holds it, or it is a view in the source.
+    Skipped,
     /// A safety check stopped the table before it changed anything.
     Refused,
 }

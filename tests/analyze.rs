@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestDb, binary_with, scratch};
+use common::{TestDb, binary_with, scratch, text};
 use etl_pipeline::config::{
     DeleteDetection, ExtractionStrategy, PerformanceCategory, TablesConfig,
 };
@@ -39,6 +39,7 @@ async fn analyze_profiles_the_opendental_fixture_and_its_config_drives_a_run() {
         "CREATE TABLE `oddtypes` (`OddNum` bigint NOT NULL PRIMARY KEY, `Flag` tinyint(1) NOT NULL, `Span` time NOT NULL, \
          `Note` text, `Seen` date NOT NULL)",
         "INSERT INTO `oddtypes` VALUES (1, 2, '30:00:00', CONCAT('a', CHAR(0), 'b'), '0000-00-00'), (2, 1, '01:00:00', 'ok', '2024-01-01')",
+        "CREATE VIEW `recent_procedures` AS SELECT `ProcNum`, `ProcDate` FROM `procedurelog` WHERE `ProcDate` > '2023-06-01'",
         "ANALYZE TABLE `procedurelog`, `badstamps`, `securitylog`",
     ])
     .await;
@@ -62,8 +63,14 @@ async fn analyze_profiles_the_opendental_fixture_and_its_config_drives_a_run() {
         started.elapsed()
     );
 
+    assert!(
+        text(&out).contains("left out 1 view(s), which are not copied")
+            && text(&out).contains("recent_procedures"),
+        "{}",
+        text(&out)
+    );
     let config = TablesConfig::load(&tables).unwrap();
-    assert_eq!(config.len(), 381);
+    assert_eq!(config.len(), 381, "the view is not among the tables");
     let procedurelog = config.get("procedurelog").unwrap();
     assert_eq!(
         procedurelog.primary_incremental_column.as_deref(),
@@ -112,9 +119,9 @@ async fn analyze_profiles_the_opendental_fixture_and_its_config_drives_a_run() {
         procedurelog.deletes.detection,
         DeleteDetection::KeyReconcile
     );
-    let text = std::fs::read_to_string(&tables).unwrap();
+    let yaml = std::fs::read_to_string(&tables).unwrap();
     assert!(
-        text.contains("candidate SecDateTEdit") && text.contains("rejected: 100%"),
+        yaml.contains("candidate SecDateTEdit") && yaml.contains("rejected: 100%"),
         "the profile is kept as comments"
     );
 

@@ -151,7 +151,7 @@ pub fn table_alerts(cfg: &TableConfig, run_id: &str, measure: &PhaseMeasure<'_>)
         alerts.push(alert);
     };
     match measure.result {
-        Err(e) if matches!(e.kind(), ErrorKind::Busy | ErrorKind::Interrupted) => return alerts,
+        Err(e) if matches!(e.kind(), ErrorKind::Skipped | ErrorKind::Interrupted) => return alerts,
         Err(e) if m.alert_on_failure => raise(
             AlertKind::Failure,
             format!("`{table}` {phase} failed: {}", chain(e)),
@@ -402,7 +402,7 @@ mod tests {
         let cfg = watched(Monitoring::default());
         let failed: Result<TableReport> = Err(Error::new(ErrorKind::Schema, "boom"));
         assert_eq!(kinds(&cfg, &failed, None), [AlertKind::Failure]);
-        let skipped: Result<TableReport> = Err(Error::new(ErrorKind::Busy, "other run"));
+        let skipped: Result<TableReport> = Err(Error::new(ErrorKind::Skipped, "other run"));
         assert!(kinds(&cfg, &skipped, None).is_empty());
         let stopped: Result<TableReport> = Err(Error::new(ErrorKind::Interrupted, "stop"));
         assert!(kinds(&cfg, &stopped, None).is_empty());

@@ -387,7 +387,10 @@ fn drift(source: &SourceTable, replica: &SourceTable) -> Drift {
     for column in &source.columns {
         match replica.column(&column.name) {
             None => d.added.push(column.name.clone()),
-            Some(r) if r.column_type != column.column_type || r.nullable != column.nullable => {
+            Some(r)
+                if comparable_type(&r.column_type) != comparable_type(&column.column_type)
+                    || r.nullable != column.nullable =>
+            {
                 d.changed.push(format!(
                     "{} ({} → {})",
                     column.name, r.column_type, column.column_type
@@ -409,6 +412,30 @@ fn drift(source: &SourceTable, replica: &SourceTable) -> Drift {
         ));
     }
     d
+}
+
+/// A `COLUMN_TYPE` as MariaDB and MySQL 8 both render it, so a MySQL 8
+/// source and a MariaDB replica agree on an unchanged column: integer
+/// display widths dropped (MySQL 8.0.19 stopped showing them, except
+/// `tinyint(1)`), `year(4)` as `year`, `json` as `longtext` (MariaDB's
+/// `json`), `geomcollection` as `geometrycollection`.
+fn comparable_type(column_type: &str) -> String {
+    let t = column_type.to_ascii_lowercase();
+    let integer = ["tinyint(", "smallint(", "mediumint(", "int(", "bigint("]
+        .iter()
+        .find(|p| t.starts_with(**p));
+    match integer {
+        Some(p) if !t.starts_with("tinyint(1)") && !t.contains("zerofill") => {
+            let width_end = t.find(')').map_or(t.len(), |i| i + 1);
+            format!("{}{}", &p[..p.len() - 1], &t[width_end..])
+        }
+        _ => match t.as_str() {
+            "year(4)" => "year".to_string(),
+            "json" => "longtext".to_string(),
+            "geomcollection" => "geometrycollection".to_string(),
+            _ => t,
+        },
+    }
 }
 
 /// A replica session, with the run's lock wait when one is set.
@@ -471,6 +498,7 @@ pub async fn copy_table(
     let mut source = session(&ctx.source).await?;
     let mut replica = replica_session(ctx).await?;
     let source_table = my::describe_table(&mut source, &ctx.source.database, &cfg.name).await?;
+    reconcile::check_key(cfg, &source_table)?;
     let key = source_table.primary_key.clone();
     let mut warnings = Vec::new();
     if key.is_empty() {
@@ -772,49 +800,6 @@ impl CopyJob<'_> {
     }
 }
 
-/// Splits the secondary keys out of a `SHOW CREATE TABLE` body (from the
-/// opening parenthesis on): InnoDB builds an index over a full table by
-/// sorting, far faster than maintaining it row by row while it fills.
-/// Returns the body without them and the key definitions to add afterwards.
-/// A secondary `UNIQUE` key comes back as a plain one ([`relax_unique_keys`]).
-/// Foreign keys are left out: the copy fills tables one at a time and in
-/// any order (a child before its parent, a parent's rows deleted by key
-/// reconciliation before its children's), and the source already enforces
-/// them. CHECK constraints stay: they hold row by row, and MariaDB marks
-/// its `json` columns with one.
-fn defer_secondary_keys(body: &str) -> (String, Vec<String>) {
-    let (Some(open), Some(close)) = (body.find("(\n"), body.rfind("\n)")) else {
-        return (body.to_string(), Vec::new());
-    };
-    let mut kept = Vec::new();
-    let mut deferred = Vec::new();
-    for line in body[open + 2..close].lines() {
-        let item = line.trim().trim_end_matches(',');
-        if item.starts_with("CONSTRAINT ") && item.contains(" FOREIGN KEY ") {
-            continue;
-        }
-        if let Some(plain) = item.strip_prefix("UNIQUE ") {
-            deferred.push(plain.to_string());
-        } else if ["KEY ", "FULLTEXT KEY ", "SPATIAL KEY "]
-            .iter()
-            .any(|p| item.starts_with(p))
-        {
-            deferred.push(item.to_string());
-        } else {
-            kept.push(format!("  {item}"));
-        }
-    }
-    (
-        format!(
-            "{}{}{}",
-            &body[..open + 2],
-            kept.join(",\n"),
-            &body[close..]
-        ),
-        deferred,
-    )
-}
-
 /// Turns a replica table's secondary `UNIQUE` keys into plain indexes and
 /// names them. The copy applies the source's changes row by row, so it can
 /// pass through states no source transaction showed (a code moved from one
@@ -822,11 +807,7 @@ fn defer_secondary_keys(body: &str) -> (String, Vec<String>) {
 /// the upsert of one row into an update of the other. The source keeps the
 /// values unique; the replica only mirrors them.
 async fn relax_unique_keys(replica: &mut Conn, table: &str) -> Result<Vec<String>> {
-    let ddl: Option<(String, String)> = replica
-        .query_first(format!("SHOW CREATE TABLE {}", ident::mysql(table)))
-        .await
-        .map_err(|e| Error::mysql(format!("reading replica table `{table}`"), e))?;
-    let ddl = ddl.map(|(_, d)| d).unwrap_or_default();
+    let ddl = my::show_create(replica, table, "replica").await?;
     let mut names = Vec::new();
     let mut changes = Vec::new();
     for line in ddl.lines() {
@@ -939,40 +920,25 @@ async fn full_copy(
                 &Limits::default(),
             )
             .await?;
-            let ddl: Option<(String, String)> = source
-                .query_first(format!("SHOW CREATE TABLE {}", ident::mysql(&cfg.name)))
+            let ddl = my::show_create(&mut source, &cfg.name, "source").await?;
+            let collations: Vec<String> = replica
+                .query("SELECT COLLATION_NAME FROM information_schema.COLLATIONS")
                 .await
-                .map_err(|e| {
-                    Error::mysql(
-                        format!("reading the definition of source table `{}`", cfg.name),
-                        e,
-                    )
-                })?;
-            let ddl = ddl.map(|(_, d)| d).unwrap_or_default();
-            let head = format!("CREATE TABLE {}", ident::mysql(&cfg.name));
-            let Some(body) = ddl.strip_prefix(&head) else {
-                return Err(Error::new(
-                    ErrorKind::Schema,
-                    format!(
-                        "the source definition of `{}` is not a plain table; copy it by other means",
-                        cfg.name
-                    ),
-                ));
-            };
+                .map_err(|e| Error::mysql("reading the replica's collations", e))?;
+            let has = |c: &str| collations.iter().any(|k| k == c);
+            let made = my::replica_ddl(&ddl, &cfg.name, &shadow, &has)?;
+            report.warnings.extend(made.notes);
             replica
                 .query_drop(format!("DROP TABLE IF EXISTS {}", ident::mysql(&shadow)))
                 .await
                 .map_err(|e| Error::mysql(format!("clearing shadow table `{shadow}`"), e))?;
-            let (body, deferred) = defer_secondary_keys(body);
-            replica
-                .query_drop(format!("CREATE TABLE {}{body}", ident::mysql(&shadow)))
-                .await
-                .map_err(|e| {
-                    Error::mysql(
-                        format!("creating shadow table `{shadow}` in the replica"),
-                        e,
-                    )
-                })?;
+            replica.query_drop(made.create).await.map_err(|e| {
+                Error::mysql(
+                    format!("creating shadow table `{shadow}` in the replica"),
+                    e,
+                )
+            })?;
+            let deferred = made.deferred_keys;
             (marks, None, 0, deferred)
         }
     };
@@ -1029,12 +995,20 @@ async fn full_copy(
         )?;
     }
     my::finish_reader(reader, &cfg.name).await?;
-    if !deferred_keys.is_empty() {
+    // InnoDB builds one FULLTEXT index per statement.
+    let (fulltext, plain): (Vec<&String>, Vec<&String>) = deferred_keys
+        .iter()
+        .partition(|k| k.starts_with("FULLTEXT "));
+    let statements = std::iter::once(plain)
+        .filter(|keys| !keys.is_empty())
+        .chain(fulltext.into_iter().map(|k| vec![k]));
+    for keys in statements {
+        let adds: Vec<String> = keys.iter().map(|k| format!("ADD {k}")).collect();
         replica
             .query_drop(format!(
-                "ALTER TABLE {} ADD {}",
+                "ALTER TABLE {} {}",
                 ident::mysql(&shadow),
-                deferred_keys.join(", ADD ")
+                adds.join(", ")
             ))
             .await
             .map_err(|e| Error::mysql(format!("building the secondary keys of `{shadow}`"), e))?;
@@ -1191,27 +1165,6 @@ mod tests {
     }
 
     #[test]
-    fn the_replica_keeps_checks_defers_keys_and_drops_foreign_keys() {
-        let body = "(\n  `Num` bigint(20) NOT NULL AUTO_INCREMENT,\n  `ProvNum` bigint(20) NOT NULL,\n  \
-                    `Meta` longtext CHECK (json_valid(`Meta`)),\n  PRIMARY KEY (`Num`),\n  \
-                    UNIQUE KEY `Code` (`ProvNum`,`Num`),\n  KEY `ProvNum` (`ProvNum`),\n  \
-                    CONSTRAINT `fk_prov` FOREIGN KEY (`ProvNum`) REFERENCES `provider` (`ProvNum`) ON DELETE CASCADE,\n  \
-                    CONSTRAINT `positive` CHECK (`ProvNum` > 0)\n) ENGINE=InnoDB";
-        let (kept, deferred) = defer_secondary_keys(body);
-        assert!(!kept.contains("FOREIGN KEY"), "{kept}");
-        assert!(kept.contains("CHECK (json_valid(`Meta`))"), "{kept}");
-        assert!(
-            kept.contains("CONSTRAINT `positive` CHECK (`ProvNum` > 0)\n)"),
-            "{kept}"
-        );
-        assert!(kept.contains("PRIMARY KEY (`Num`)"), "{kept}");
-        assert_eq!(
-            deferred,
-            ["KEY `Code` (`ProvNum`,`Num`)", "KEY `ProvNum` (`ProvNum`)"]
-        );
-    }
-
-    #[test]
     fn statements_come_in_few_power_of_two_shapes() {
         let chunks = statement_chunks(&[100; 1500], 25);
         assert_eq!(chunks, vec![512, 512, 256, 128, 64, 16, 8, 4]);
@@ -1252,5 +1205,42 @@ mod tests {
             vec!["B (varchar(10) → varchar(40))", "Gone (dropped)"]
         );
         assert!(drift(&source, &source).changed.is_empty());
+    }
+
+    #[test]
+    fn a_mysql8_source_and_a_mariadb_replica_agree_on_unchanged_columns() {
+        let mysql8 = table(
+            &[
+                ("A", "bigint unsigned"),
+                ("B", "int"),
+                ("C", "tinyint(1)"),
+                ("D", "year"),
+                ("E", "json"),
+                ("F", "int(5) unsigned zerofill"),
+                ("G", "geomcollection"),
+            ],
+            &["A"],
+        );
+        let mariadb = table(
+            &[
+                ("A", "bigint(20) unsigned"),
+                ("B", "int(11)"),
+                ("C", "tinyint(1)"),
+                ("D", "year(4)"),
+                ("E", "longtext"),
+                ("F", "int(5) unsigned zerofill"),
+                ("G", "geometrycollection"),
+            ],
+            &["A"],
+        );
+        let d = drift(&mysql8, &mariadb);
+        assert!(d.added.is_empty() && d.changed.is_empty(), "{d:?}");
+        // A real change still shows.
+        let bool_now = table(&[("A", "bigint unsigned"), ("B", "tinyint(1)")], &["A"]);
+        let was_int = table(&[("A", "bigint(20) unsigned"), ("B", "tinyint(4)")], &["A"]);
+        assert_eq!(
+            drift(&bool_now, &was_int).changed,
+            ["B (tinyint(4) → tinyint(1))"]
+        );
     }
 }

@@ -81,6 +81,7 @@ async fn prepare(
 ) -> Result<Prepared> {
     let schema = &ctx.warehouse.schema;
     let source = my::describe_table(mysql, &ctx.replica.database, &cfg.name).await?;
+    reconcile::check_key(cfg, &source)?;
     let too_long = ident::too_long_for_pg(
         std::iter::once(cfg.name.as_str()).chain(source.columns.iter().map(|c| c.name.as_str())),
     );

@@ -61,6 +61,32 @@ pub fn row_number(row: &mut Row, i: usize) -> Option<u64> {
     }
 }
 
+/// A table's `SHOW CREATE TABLE` text. Read as a row: a view answers with
+/// four columns, and its text then fails [`super::replica_ddl`] by name.
+pub async fn show_create(conn: &mut Conn, table: &str, whose: &str) -> Result<String> {
+    let row: Option<Row> = conn
+        .query_first(format!("SHOW CREATE TABLE {}", ident::mysql(table)))
+        .await
+        .map_err(|e| {
+            Error::mysql(
+                format!("reading the definition of {whose} table `{table}`"),
+                e,
+            )
+        })?;
+    Ok(row.map(|mut r| row_text(&mut r, 1)).unwrap_or_default())
+}
+
+/// The views of `database`, by name.
+pub async fn views(conn: &mut Conn, database: &str) -> Result<Vec<String>> {
+    conn.exec(
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'VIEW' \
+         ORDER BY TABLE_NAME",
+        (database,),
+    )
+    .await
+    .map_err(|e| Error::mysql(format!("listing the views of `{database}`"), e))
+}
+
 /// Reads a table's columns, primary key and indexes. A missing table is a
 /// [`ErrorKind::Schema`] error naming it.
 pub async fn describe_table(conn: &mut Conn, database: &str, table: &str) -> Result<SourceTable> {

@@ -1,12 +1,15 @@
 //! MySQL/MariaDB: connections, table introspection, and the keyset reader.
 
 mod catalog;
+mod ddl;
 mod reader;
 mod stream;
 
 pub use catalog::{
-    SourceColumn, SourceTable, describe_table, profile_columns, row_number, row_text,
+    SourceColumn, SourceTable, describe_table, profile_columns, row_number, row_text, show_create,
+    views,
 };
+pub use ddl::{ReplicaDdl, replica_ddl};
 pub use reader::{
     Bound, ClockTerms, ReadRange, page_query, server_clock, upper_bound, utc_to_session,
 };

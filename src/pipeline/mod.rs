@@ -127,7 +127,7 @@ impl RunReport {
     pub fn succeeded(&self) -> bool {
         self.outcomes.iter().all(|o| match &o.result {
             Ok(_) => true,
-            Err(e) => e.kind() == ErrorKind::Busy,
+            Err(e) => e.kind() == ErrorKind::Skipped,
         })
     }
 
@@ -292,6 +292,8 @@ struct Shared<'a> {
     if_locked: IfLocked,
     memory: MemoryWatch,
     alerts: Mutex<Vec<Alert>>,
+    /// Planned tables that are views in the database the run reads first.
+    views: Vec<String>,
 }
 
 impl Shared<'_> {
@@ -513,6 +515,14 @@ async fn process_table(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutco
     } else {
         "load"
     };
+    if shared.views.contains(&cfg.name) {
+        let why = format!(
+            "`{}` is a view in the source, not a table: views are not copied. Remove it from tables.yml, \
+             and build it in the warehouse (a dbt model) over the tables it reads",
+            cfg.name
+        );
+        return vec![not_run(cfg, first_phase, ErrorKind::Skipped, why)];
+    }
     if shared.ctx.stop.requested() {
         let why = format!("`{}` not started: the run was asked to stop", cfg.name);
         return vec![not_run(cfg, first_phase, ErrorKind::Interrupted, why)];
@@ -522,7 +532,7 @@ async fn process_table(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutco
             Ok(Some(lock)) => Some(lock),
             Ok(None) => {
                 let why = format!("`{}` skipped: another run is processing it", cfg.name);
-                return vec![not_run(cfg, first_phase, ErrorKind::Busy, why)];
+                return vec![not_run(cfg, first_phase, ErrorKind::Skipped, why)];
             }
             Err(e) => return vec![not_run(cfg, first_phase, e.kind(), chain(&e))],
         },
@@ -628,6 +638,7 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
                 t.monitoring.alert_on_performance && t.monitoring.max_memory_mb.is_some()
             })),
             alerts: Mutex::new(Vec::new()),
+            views: views_among(ctx, &plan).await,
         };
     let shared = &shared;
     let tables = u64::try_from(plan.tables.len()).unwrap_or(0);
@@ -659,6 +670,27 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
         alerts,
         elapsed: started.elapsed(),
     })
+}
+
+/// The planned tables that are views in the database the run reads first
+/// (the source, or the replica in a load-only run). A server that cannot
+/// be asked leaves the answer to each table's own connection.
+async fn views_among(ctx: &RunContext, plan: &RunPlan) -> Vec<String> {
+    let first = match (&ctx.extract, &ctx.load) {
+        (Some(e), _) if plan.phases.extract => &e.source,
+        (_, Some(l)) => &l.replica,
+        _ => return Vec::new(),
+    };
+    let views = match crate::mysql::connect(first).await {
+        Ok(mut conn) => crate::mysql::views(&mut conn, &first.database)
+            .await
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    views
+        .into_iter()
+        .filter(|v| plan.tables.iter().any(|t| &t.name == v))
+        .collect()
 }
 
 /// Loads the planned tables (replica → warehouse only).

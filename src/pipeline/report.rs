@@ -70,7 +70,7 @@ pub fn render_summary(report: &RunReport) -> String {
                     outcome.table,
                     outcome.phase,
                     match e.kind() {
-                        ErrorKind::Busy => "SKIPPED",
+                        ErrorKind::Skipped => "SKIPPED",
                         ErrorKind::Interrupted => "STOPPED",
                         _ => "FAILED",
                     },
@@ -82,7 +82,7 @@ pub fn render_summary(report: &RunReport) -> String {
                     outcome.elapsed.as_secs_f64(),
                     "-"
                 );
-                let label = if e.kind() == ErrorKind::Busy {
+                let label = if e.kind() == ErrorKind::Skipped {
                     "note"
                 } else {
                     "error"
@@ -107,7 +107,7 @@ pub fn totals_line(report: &RunReport) -> String {
         .filter(|o| {
             o.result
                 .as_ref()
-                .is_err_and(|e| e.kind() != ErrorKind::Busy)
+                .is_err_and(|e| e.kind() != ErrorKind::Skipped)
         })
         .count();
     let secs = report.elapsed.as_secs_f64();
@@ -179,7 +179,7 @@ pub fn summary_json(report: &RunReport) -> serde_json::Value {
                 "table": o.table,
                 "phase": o.phase,
                 "status": match e.kind() {
-                    ErrorKind::Busy => "skipped",
+                    ErrorKind::Skipped => "skipped",
                     ErrorKind::Interrupted => "interrupted",
                     _ => "failed",
                 },

@@ -599,6 +599,15 @@ pub fn reconcilable_key(table: &SourceTable) -> Result<Vec<String>> {
     Ok(table.primary_key.clone())
 }
 
+/// Refuses, before anything is copied, a table whose `reconcile:` setting
+/// its key cannot serve: on the first run, not at the first reconciliation.
+pub fn check_key(cfg: &TableConfig, table: &SourceTable) -> Result<()> {
+    if cfg.deletes.detection == DeleteDetection::None {
+        return Ok(());
+    }
+    reconcilable_key(table).map(drop)
+}
+
 /// Whether a reconciliation is due: never done, no schedule, or the
 /// schedule's runs or hours have passed.
 fn due(policy: &DeletePolicy, seconds_since: Option<i64>, runs_since: i64) -> bool {

@@ -194,12 +194,31 @@ impl TestDb {
         pipeline::run(&ctx, plan).await.unwrap()
     }
 
+    /// The number a `SELECT COUNT(*) …` gives on the replica.
+    pub async fn replica_count(&self, sql: &str) -> u64 {
+        let mut replica = my::connect(&self.ctx.replica).await.unwrap();
+        let n: Option<u64> = replica.query_first(sql).await.unwrap();
+        n.unwrap_or(0)
+    }
+
     /// Asserts the replica table equals the source table, value by value.
     pub async fn assert_replica_same(&self, table: &str, key: &[&str]) {
+        // Every column by name: `*` leaves out invisible ones.
+        let mut source = my::connect(&self.source).await.unwrap();
+        let columns: Vec<String> = source
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? \
+                 AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                (&self.source.database, table),
+            )
+            .await
+            .unwrap();
+        let columns = &columns;
         let fetch = |settings: MySqlSettings| async move {
             let mut conn = my::connect(&settings).await.unwrap();
             let sql = format!(
-                "SELECT * FROM {} ORDER BY {}",
+                "SELECT {} FROM {} ORDER BY {}",
+                ident::mysql_list(columns.iter().map(String::as_str)),
                 ident::mysql(table),
                 ident::mysql_list(key.iter().copied())
             );
@@ -333,6 +352,32 @@ impl TestDb {
             },
         )
         .await
+    }
+
+    /// Loads tables straight from the source (direct mode).
+    pub async fn run_direct(&self, config: &TablesConfig) -> RunReport {
+        let load = etl_pipeline::load::LoadContext {
+            replica: self.source.clone(),
+            capped_by_copy: false,
+            ..self.ctx.clone()
+        };
+        pipeline::run_load(
+            &load,
+            RunPlan {
+                tables: config.tables().cloned().collect(),
+                force_full: false,
+                allow_mass_delete: false,
+                ignore_time_gap: false,
+                max_workers: 2,
+                phases: pipeline::Phases {
+                    extract: false,
+                    load: true,
+                },
+                if_locked: Default::default(),
+            },
+        )
+        .await
+        .unwrap()
     }
 
     /// Number of rows in a warehouse table.

@@ -63,6 +63,23 @@ fn passwords_never_appear_in_output_even_when_connections_fail() {
             assert!(!out.status.success(), "{args:?}: {all}");
         }
     }
+    // A password file that cannot be read is named, with its variable.
+    let missing = dir.join("no_such_password");
+    let broken = dir.join("broken.env");
+    let with_file = std::fs::read_to_string(&env).unwrap().replace(
+        &format!("POSTGRES_ANALYTICS_PASSWORD={secret}"),
+        &format!("POSTGRES_ANALYTICS_PASSWORD_FILE={}", missing.display()),
+    );
+    std::fs::write(&broken, with_file).unwrap();
+    let out = run(&broken, &tables, &["run", "--all"]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("POSTGRES_ANALYTICS_PASSWORD_FILE names")
+            && all.contains(&missing.display().to_string())
+            && !all.contains(secret),
+        "{all}"
+    );
     let out = run(&env, &tables, &["test-connections"]);
     let all = text(&out);
     assert!(all.contains("replica") && all.contains("FAILED"), "{all}");
@@ -97,10 +114,30 @@ async fn passwords_never_appear_when_every_command_succeeds() {
         admin.query_drop(sql).await.unwrap();
     }
     let dir = scratch("secrets");
+    // The MySQL passwords come from files, as Docker and Kubernetes hand
+    // them over (with a trailing newline); the source's is readable by
+    // all, which is warned about.
+    use std::os::unix::fs::PermissionsExt;
+    let secret_file = |name: &str, mode: u32| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{secret}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.display().to_string()
+    };
+    let (replica_file, source_file) = (
+        secret_file("replica_password", 0o600),
+        secret_file("source_password", 0o644),
+    );
     let base = std::fs::read_to_string(db.env_file(&dir)).unwrap();
     let env_text: String = base
         .lines()
         .map(|line| match line.split_once('=') {
+            Some((key, _)) if key.ends_with("MYSQL_REPLICATION_PASSWORD") => {
+                format!("{key}_FILE={replica_file}\n")
+            }
+            Some((key, _)) if key.ends_with("OPENDENTAL_SOURCE_PASSWORD") => {
+                format!("{key}_FILE={source_file}\n")
+            }
             Some((key, _)) if key.ends_with("_PASSWORD") => format!("{key}={secret}\n"),
             Some((key, _))
                 if key.ends_with("MYSQL_REPLICATION_USER")
@@ -163,6 +200,12 @@ async fn passwords_never_appear_when_every_command_succeeds() {
         );
         if args[..] != ["run", "--table", "nope"] {
             assert!(out.status.success(), "{args:?}: {all}");
+        }
+        if args[..] == ["validate"] {
+            assert!(
+                all.contains(&format!("chmod 600 {source_file}")) && !all.contains(&replica_file),
+                "only the file others can read is warned about: {all}"
+            );
         }
     }
     for file in [

@@ -175,6 +175,7 @@ const KNOWN_SETTINGS: &[&str] = &[
     "OPENDENTAL_SOURCE_DB",
     "OPENDENTAL_SOURCE_USER",
     "OPENDENTAL_SOURCE_PASSWORD",
+    "OPENDENTAL_SOURCE_PASSWORD_FILE",
     "OPENDENTAL_SOURCE_SSL_MODE",
     "OPENDENTAL_SOURCE_SSL_CA",
     "OPENDENTAL_SOURCE_MAX_ROWS_PER_SECOND",
@@ -184,6 +185,7 @@ const KNOWN_SETTINGS: &[&str] = &[
     "MYSQL_REPLICATION_DB",
     "MYSQL_REPLICATION_USER",
     "MYSQL_REPLICATION_PASSWORD",
+    "MYSQL_REPLICATION_PASSWORD_FILE",
     "MYSQL_REPLICATION_SSL_MODE",
     "MYSQL_REPLICATION_SSL_CA",
     "MYSQL_REPLICATION_LOCK_WAIT_SECONDS",
@@ -193,6 +195,7 @@ const KNOWN_SETTINGS: &[&str] = &[
     "POSTGRES_ANALYTICS_SCHEMA",
     "POSTGRES_ANALYTICS_USER",
     "POSTGRES_ANALYTICS_PASSWORD",
+    "POSTGRES_ANALYTICS_PASSWORD_FILE",
 ];
 
 /// The variables both environments share.
@@ -325,6 +328,28 @@ impl Env {
             })
     }
 
+    /// `{prefix}_PASSWORD`, or the contents of the file
+    /// `{prefix}_PASSWORD_FILE` names (the Docker and Kubernetes secrets
+    /// convention); empty when neither is set.
+    fn password(&self, prefix: &str) -> Result<Secret> {
+        let var = format!("{prefix}_PASSWORD");
+        let file_var = format!("{var}_FILE");
+        let given = self.optional(&var).filter(|v| !v.is_empty());
+        let file = self.optional(&file_var).filter(|v| !v.trim().is_empty());
+        match (given, file) {
+            (Some(_), Some(_)) => Err(Error::config(format!(
+                "{} and {} are both set; keep one",
+                self.name(&var),
+                self.name(&file_var)
+            ))),
+            (Some(password), None) => Ok(Secret::new(password)),
+            (None, Some(path)) => {
+                read_secret_file(&self.name(&file_var), Path::new(path.trim())).map(Secret::new)
+            }
+            (None, None) => Ok(Secret::default()),
+        }
+    }
+
     fn port(&self, base: &str, default: u16) -> Result<u16> {
         match self.optional(base).filter(|v| !v.is_empty()) {
             None => Ok(default),
@@ -359,10 +384,7 @@ impl Env {
             port: self.port(&format!("{prefix}_PORT"), 3306)?,
             database: self.required(&format!("{prefix}_DB"))?,
             user: self.required(&format!("{prefix}_USER"))?,
-            password: Secret::new(
-                self.optional(&format!("{prefix}_PASSWORD"))
-                    .unwrap_or_default(),
-            ),
+            password: self.password(prefix)?,
             ssl_mode,
             ssl_ca,
         })
@@ -503,12 +525,40 @@ impl Env {
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| DEFAULT_SCHEMA.to_string()),
             user: self.required(&format!("{prefix}_USER"))?,
-            password: Secret::new(
-                self.optional(&format!("{prefix}_PASSWORD"))
-                    .unwrap_or_default(),
-            ),
+            password: self.password(prefix)?,
         })
     }
+}
+
+/// Secret files already warned about, so a file read by several commands
+/// of one process is named once.
+static WARNED_FILES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Reads a secret from the file a `*_FILE` variable names, without its
+/// trailing newline, and warns (once) when others than its owner may read
+/// it. Errors name the variable and the file, never the contents.
+pub fn read_secret_file(variable: &str, path: &Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::config(format!(
+            "{variable} names {}, which cannot be read ({e}); check the path and its permissions",
+            path.display()
+        ))
+    })?;
+    let mode = std::fs::metadata(path).map_or(0, |m| m.permissions().mode() & 0o777);
+    if mode & 0o077 != 0 {
+        let mut warned = WARNED_FILES.lock().unwrap_or_else(|e| e.into_inner());
+        if !warned.iter().any(|p| p == path) {
+            warned.push(path.to_path_buf());
+            tracing::warn!(
+                "{variable}: {} can be read by others than its owner (mode {mode:03o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
 }
 
 /// Parses `KEY=VALUE` lines: `#` comments, blank lines, an optional
@@ -592,6 +642,48 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Env::from_sources(vars, None)
+    }
+
+    #[test]
+    fn a_password_comes_from_its_file_without_the_newline() {
+        let dir = std::env::temp_dir().join(format!("etl_pw_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "s3cret-from-file\r\n").unwrap();
+        let path = file.display().to_string();
+        let base = [
+            ("ETL_ENVIRONMENT", "production"),
+            ("POSTGRES_ANALYTICS_HOST", "h"),
+            ("POSTGRES_ANALYTICS_DB", "d"),
+            ("POSTGRES_ANALYTICS_USER", "u"),
+        ];
+        let with = |extra: &[(&str, &str)]| {
+            env(&[&base[..], extra].concat())
+                .unwrap()
+                .warehouse()
+                .map(|w| w.password.expose().to_string())
+        };
+        assert_eq!(
+            with(&[("POSTGRES_ANALYTICS_PASSWORD_FILE", &path)]).unwrap(),
+            "s3cret-from-file"
+        );
+        assert_eq!(
+            with(&[("POSTGRES_ANALYTICS_PASSWORD", "given")]).unwrap(),
+            "given"
+        );
+        let both = with(&[
+            ("POSTGRES_ANALYTICS_PASSWORD", "given"),
+            ("POSTGRES_ANALYTICS_PASSWORD_FILE", &path),
+        ])
+        .unwrap_err();
+        assert!(both.to_string().contains("both set"), "{both}");
+        std::fs::remove_file(&file).unwrap();
+        let gone = with(&[("POSTGRES_ANALYTICS_PASSWORD_FILE", &path)]).unwrap_err();
+        assert!(
+            gone.to_string()
+                .contains(&format!("POSTGRES_ANALYTICS_PASSWORD_FILE names {path}")),
+            "{gone}"
+        );
     }
 
     #[test]

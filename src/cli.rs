@@ -910,10 +910,12 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             if mode == Mode::Replica {
                 println!("  replica    {}", my::describe(&env.replica()?));
             }
+            pg::check_tls(&warehouse)?;
             println!(
-                "  warehouse  {} (schema {})",
+                "  warehouse  {} (schema {}, TLS {})",
                 pg::describe(&warehouse),
-                warehouse.schema
+                warehouse.schema,
+                warehouse.ssl_mode.name()
             );
             match env.source() {
                 Ok(source) => println!(

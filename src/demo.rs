@@ -18,8 +18,8 @@ use tokio::sync::Semaphore;
 
 use crate::analyze;
 use crate::config::{
-    DEFAULT_SOURCE_CONNECTIONS, MySqlSettings, PgSettings, Secret, SslMode, TablesConfig,
-    write_atomically,
+    DEFAULT_SOURCE_CONNECTIONS, MySqlSettings, PgSettings, PgSslMode, Secret, SslMode,
+    TablesConfig, write_atomically,
 };
 use crate::error::{Error, ErrorKind, Result, chain};
 use crate::extract::ExtractContext;
@@ -76,6 +76,7 @@ impl DemoOptions {
             password: Secret::default(),
             ssl_mode: SslMode::Disabled,
             ssl_ca: None,
+            ssl_client: None,
         }
     }
 
@@ -87,6 +88,9 @@ impl DemoOptions {
             schema: crate::config::DEFAULT_SCHEMA.to_string(),
             user: self.pg_user.clone(),
             password: Secret::default(),
+            ssl_mode: PgSslMode::default(),
+            ssl_root_cert: None,
+            ssl_client: None,
         }
     }
 

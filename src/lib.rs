@@ -18,6 +18,7 @@ pub mod progress;
 pub mod reconcile;
 pub mod schema;
 pub mod shutdown;
+mod tls;
 pub mod tracking;
 pub mod verify;
 

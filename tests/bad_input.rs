@@ -268,6 +268,21 @@ async fn broken_configs_and_settings_get_clear_errors() {
             "TEST_MYSQL_REPLICATION_LOCK_WAIT_SECONDS=-5",
             &["TEST_MYSQL_REPLICATION_LOCK_WAIT_SECONDS", "-5"][..],
         ),
+        (
+            "pg_ssl_mode",
+            "TEST_POSTGRES_ANALYTICS_SSL_MODE=verify_full",
+            &["TEST_POSTGRES_ANALYTICS_SSL_MODE", "verify-full"][..],
+        ),
+        (
+            "pg_root_cert",
+            "TEST_POSTGRES_ANALYTICS_SSL_ROOT_CERT=/nonexistent/ca.pem",
+            &["POSTGRES_ANALYTICS_SSL_ROOT_CERT", "/nonexistent/ca.pem"][..],
+        ),
+        (
+            "pg_client_key",
+            "TEST_POSTGRES_ANALYTICS_SSL_CERT=/nonexistent/client.pem",
+            &["TEST_POSTGRES_ANALYTICS_SSL_KEY", "set both"][..],
+        ),
     ] {
         case(
             &env_variant(&env, name, &[line], &[]),

@@ -10,7 +10,7 @@ mod tables;
 
 pub use settings::{
     DEFAULT_SCHEMA, DEFAULT_SOURCE_CONNECTIONS, Env, Environment, Mode, MySqlSettings, PgSettings,
-    Secret, SslMode, redact,
+    PgSslMode, Secret, SslMode, read_secret_file, redact,
 };
 pub use strategy::{
     Decision, Strategy, TableFacts, UNCHANGED_REASON, UNCHANGED_SKIP_MAX_SECONDS, resolve,

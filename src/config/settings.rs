@@ -110,9 +110,10 @@ pub enum SslMode {
 }
 
 impl SslMode {
-    fn parse(variable: &str, text: &str) -> Result<SslMode> {
+    fn parse(variable: &str, text: &str, default: SslMode) -> Result<SslMode> {
         Ok(match text.trim().to_ascii_lowercase().as_str() {
-            "" | "disabled" => SslMode::Disabled,
+            "" => default,
+            "disabled" => SslMode::Disabled,
             "preferred" => SslMode::Preferred,
             "required" => SslMode::Required,
             "verify_ca" => SslMode::VerifyCa,
@@ -123,6 +124,17 @@ impl SslMode {
                 )));
             }
         })
+    }
+
+    /// MySQL's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SslMode::Disabled => "disabled",
+            SslMode::Preferred => "preferred",
+            SslMode::Required => "required",
+            SslMode::VerifyCa => "verify_ca",
+            SslMode::VerifyIdentity => "verify_identity",
+        }
     }
 }
 
@@ -137,6 +149,8 @@ pub struct MySqlSettings {
     pub ssl_mode: SslMode,
     /// CA certificate file (PEM) for `verify_ca` / `verify_identity`.
     pub ssl_ca: Option<PathBuf>,
+    /// A client certificate (PEM) and its key, for servers that ask for one.
+    pub ssl_client: Option<(PathBuf, PathBuf)>,
 }
 
 /// Where the load phase reads from.
@@ -153,6 +167,53 @@ pub enum Mode {
 /// connections at most.
 pub const DEFAULT_SOURCE_CONNECTIONS: usize = 2;
 
+/// TLS to the warehouse, with libpq's `sslmode` names and meanings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PgSslMode {
+    /// No TLS.
+    Disable,
+    /// TLS when the server offers it, else plain; the certificate is not
+    /// checked (unless a root certificate is given, as with `require`).
+    #[default]
+    Prefer,
+    /// TLS or fail; the certificate is checked only when a root
+    /// certificate is given (then as `verify-ca`), as libpq does.
+    Require,
+    /// TLS with the server's certificate checked against the root
+    /// certificate.
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate must name the host.
+    VerifyFull,
+}
+
+impl PgSslMode {
+    fn parse(variable: &str, text: &str) -> Result<PgSslMode> {
+        Ok(match text.trim().to_ascii_lowercase().as_str() {
+            "disable" => PgSslMode::Disable,
+            "" | "prefer" => PgSslMode::Prefer,
+            "require" => PgSslMode::Require,
+            "verify-ca" => PgSslMode::VerifyCa,
+            "verify-full" => PgSslMode::VerifyFull,
+            other => {
+                return Err(Error::config(format!(
+                    "{variable} is `{other}`; use disable, prefer, require, verify-ca or verify-full (libpq's sslmode)"
+                )));
+            }
+        })
+    }
+
+    /// The libpq name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PgSslMode::Disable => "disable",
+            PgSslMode::Prefer => "prefer",
+            PgSslMode::Require => "require",
+            PgSslMode::VerifyCa => "verify-ca",
+            PgSslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
 /// How to reach the PostgreSQL warehouse.
 #[derive(Debug, Clone)]
 pub struct PgSettings {
@@ -162,6 +223,12 @@ pub struct PgSettings {
     pub schema: String,
     pub user: String,
     pub password: Secret,
+    pub ssl_mode: PgSslMode,
+    /// CA certificates (PEM) the server's certificate must chain to; the
+    /// Mozilla roots when not given.
+    pub ssl_root_cert: Option<PathBuf>,
+    /// A client certificate (PEM) and its key, for servers that ask for one.
+    pub ssl_client: Option<(PathBuf, PathBuf)>,
 }
 
 /// The default warehouse schema, as the old system used.
@@ -178,6 +245,8 @@ const KNOWN_SETTINGS: &[&str] = &[
     "OPENDENTAL_SOURCE_PASSWORD_FILE",
     "OPENDENTAL_SOURCE_SSL_MODE",
     "OPENDENTAL_SOURCE_SSL_CA",
+    "OPENDENTAL_SOURCE_SSL_CERT",
+    "OPENDENTAL_SOURCE_SSL_KEY",
     "OPENDENTAL_SOURCE_MAX_ROWS_PER_SECOND",
     "OPENDENTAL_SOURCE_MAX_CONNECTIONS",
     "MYSQL_REPLICATION_HOST",
@@ -188,6 +257,8 @@ const KNOWN_SETTINGS: &[&str] = &[
     "MYSQL_REPLICATION_PASSWORD_FILE",
     "MYSQL_REPLICATION_SSL_MODE",
     "MYSQL_REPLICATION_SSL_CA",
+    "MYSQL_REPLICATION_SSL_CERT",
+    "MYSQL_REPLICATION_SSL_KEY",
     "MYSQL_REPLICATION_LOCK_WAIT_SECONDS",
     "POSTGRES_ANALYTICS_HOST",
     "POSTGRES_ANALYTICS_PORT",
@@ -196,6 +267,10 @@ const KNOWN_SETTINGS: &[&str] = &[
     "POSTGRES_ANALYTICS_USER",
     "POSTGRES_ANALYTICS_PASSWORD",
     "POSTGRES_ANALYTICS_PASSWORD_FILE",
+    "POSTGRES_ANALYTICS_SSL_MODE",
+    "POSTGRES_ANALYTICS_SSL_ROOT_CERT",
+    "POSTGRES_ANALYTICS_SSL_CERT",
+    "POSTGRES_ANALYTICS_SSL_KEY",
 ];
 
 /// The variables both environments share.
@@ -350,6 +425,29 @@ impl Env {
         }
     }
 
+    /// `{prefix}_SSL_CERT` and `{prefix}_SSL_KEY`: a client certificate and
+    /// its key, both or neither.
+    fn client_identity(&self, prefix: &str) -> Result<Option<(PathBuf, PathBuf)>> {
+        let (cert, key) = (format!("{prefix}_SSL_CERT"), format!("{prefix}_SSL_KEY"));
+        match (self.path(&cert), self.path(&key)) {
+            (Some(c), Some(k)) => Ok(Some((c, k))),
+            (None, None) => Ok(None),
+            _ => Err(Error::config(format!(
+                "{} and {} go together: set both (the client certificate and its key) or neither",
+                self.name(&cert),
+                self.name(&key)
+            ))),
+        }
+    }
+
+    /// A file path setting, when set and not blank.
+    fn path(&self, base: &str) -> Option<PathBuf> {
+        self.optional(base)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    }
+
     fn port(&self, base: &str, default: u16) -> Result<u16> {
         match self.optional(base).filter(|v| !v.is_empty()) {
             None => Ok(default),
@@ -362,16 +460,16 @@ impl Env {
         }
     }
 
-    fn mysql(&self, prefix: &str) -> Result<MySqlSettings> {
+    /// MySQL settings under `prefix`; without `{prefix}_SSL_MODE`, TLS is
+    /// `default`.
+    fn mysql(&self, prefix: &str, default: SslMode) -> Result<MySqlSettings> {
         let ssl_var = format!("{prefix}_SSL_MODE");
         let ssl_mode = SslMode::parse(
             &self.name(&ssl_var),
             &self.optional(&ssl_var).unwrap_or_default(),
+            default,
         )?;
-        let ssl_ca = self
-            .optional(&format!("{prefix}_SSL_CA"))
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from);
+        let ssl_ca = self.path(&format!("{prefix}_SSL_CA"));
         if matches!(ssl_mode, SslMode::VerifyCa | SslMode::VerifyIdentity) && ssl_ca.is_none() {
             return Err(Error::config(format!(
                 "{} needs {} (the CA certificate file, PEM)",
@@ -387,6 +485,7 @@ impl Env {
             password: self.password(prefix)?,
             ssl_mode,
             ssl_ca,
+            ssl_client: self.client_identity(prefix)?,
         })
     }
 
@@ -433,7 +532,8 @@ impl Env {
 
     /// The clinic's OpenDental server (`OPENDENTAL_SOURCE_*`).
     pub fn source(&self) -> Result<MySqlSettings> {
-        self.mysql("OPENDENTAL_SOURCE")
+        // Reached over a network: TLS whenever the server offers it.
+        self.mysql("OPENDENTAL_SOURCE", SslMode::Preferred)
     }
 
     /// `ETL_MODE`: `replica` (default) or `direct`.
@@ -510,7 +610,8 @@ impl Env {
 
     /// The local replication database (`MYSQL_REPLICATION_*`).
     pub fn replica(&self) -> Result<MySqlSettings> {
-        self.mysql("MYSQL_REPLICATION")
+        // On this machine, as a rule.
+        self.mysql("MYSQL_REPLICATION", SslMode::Disabled)
     }
 
     /// The PostgreSQL warehouse (`POSTGRES_ANALYTICS_*`).
@@ -526,6 +627,14 @@ impl Env {
                 .unwrap_or_else(|| DEFAULT_SCHEMA.to_string()),
             user: self.required(&format!("{prefix}_USER"))?,
             password: self.password(prefix)?,
+            ssl_mode: PgSslMode::parse(
+                &self.name(&format!("{prefix}_SSL_MODE")),
+                &self
+                    .optional(&format!("{prefix}_SSL_MODE"))
+                    .unwrap_or_default(),
+            )?,
+            ssl_root_cert: self.path(&format!("{prefix}_SSL_ROOT_CERT")),
+            ssl_client: self.client_identity(prefix)?,
         })
     }
 }

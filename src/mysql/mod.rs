@@ -71,6 +71,14 @@ fn ssl_opts(settings: &MySqlSettings) -> Option<SslOpts> {
             )
         }
     }
+    .map(|opts| {
+        opts.with_client_identity(
+            settings
+                .ssl_client
+                .clone()
+                .map(|(cert, key)| mysql_async::ClientIdentity::new(cert.into(), key.into())),
+        )
+    })
 }
 
 fn opts(settings: &MySqlSettings, ssl: Option<SslOpts>) -> Opts {
@@ -90,43 +98,128 @@ fn opts(settings: &MySqlSettings, ssl: Option<SslOpts>) -> Opts {
         .into()
 }
 
-async fn open(settings: &MySqlSettings, ssl: Option<SslOpts>) -> Result<Conn> {
-    let what = describe(settings);
-    match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts(settings, ssl))).await {
-        Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer))) => {
-            Err(Error::new(
-                ErrorKind::Access,
+/// One connection attempt; the outer error is the timeout.
+async fn attempt(
+    settings: &MySqlSettings,
+    ssl: Option<SslOpts>,
+) -> Result<std::result::Result<Conn, mysql_async::Error>> {
+    tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts(settings, ssl)))
+        .await
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::Connection,
                 format!(
-                    "{what} does not offer TLS, but its SSL mode is {:?}; enable TLS on the server \
-                 or lower the SSL_MODE setting",
-                    settings.ssl_mode
+                    "cannot connect to {}: no answer within {}s",
+                    describe(settings),
+                    CONNECT_TIMEOUT.as_secs()
                 ),
-            ))
-        }
-        Ok(Err(e)) => Err(Error::mysql(
-            format!("cannot connect to {what}; check the host, port, user and password settings"),
-            e,
-        )),
-        Err(_) => Err(Error::new(
-            ErrorKind::Connection,
-            format!(
-                "cannot connect to {what}: no answer within {}s",
-                CONNECT_TIMEOUT.as_secs()
-            ),
-        )),
-    }
+            )
+        })
 }
 
+/// MySQL's ER_SECURE_TRANSPORT_REQUIRED (its `require_secure_transport`).
+const SECURE_TRANSPORT_REQUIRED: u16 = 3159;
+/// ER_ACCESS_DENIED_ERROR.
+const ACCESS_DENIED: u16 = 1045;
+
 /// Opens a connection, within [`CONNECT_TIMEOUT`], with the settings' TLS
-/// mode (`preferred` falls back to plain TCP when the server has no TLS).
+/// mode (`preferred` falls back to plain TCP only when the server offers
+/// no TLS, as MySQL's own client does).
 pub async fn connect(settings: &MySqlSettings) -> Result<Conn> {
-    match open(settings, ssl_opts(settings)).await {
-        Err(e) if settings.ssl_mode == SslMode::Preferred && e.kind() == ErrorKind::Access => {
-            tracing::info!(server = %describe(settings), "no TLS offered; connecting without");
-            open(settings, None).await
+    let what = describe(settings);
+    let no_tls = |e: &mysql_async::Error| {
+        matches!(
+            e,
+            mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer)
+        )
+    };
+    let mut result = attempt(settings, ssl_opts(settings)).await?;
+    if settings.ssl_mode == SslMode::Preferred && result.as_ref().is_err_and(no_tls) {
+        tracing::info!(server = %what, "no TLS offered; connecting without");
+        result = attempt(settings, None).await?;
+    }
+    if settings.ssl_mode == SslMode::VerifyCa
+        && let Some(name) = result
+            .as_ref()
+            .err()
+            .and_then(|e| crate::tls::presented_name(e))
+    {
+        // The driver's own "skip the name check" has no effect with this
+        // rustls (mysql_async #404). The chain checked out, and `verify_ca`
+        // asks no more: connect again checking the chain and a name the
+        // certificate gives.
+        let opts = ssl_opts(settings).map(|o| o.with_danger_tls_hostname_override(Some(name)));
+        result = attempt(settings, opts).await?;
+    }
+    let advice = crate::tls::Advice {
+        host: &settings.host,
+        host_setting: "its HOST setting",
+        roots: settings.ssl_ca.as_deref(),
+        roots_setting: "its SSL_CA setting",
+        ca_only: "its SSL_MODE to verify_ca",
+    };
+    result.map_err(|e| match &e {
+        e if let Some(why) = crate::tls::certificate_problem(e, &advice) => Error::new(
+            ErrorKind::Access,
+            format!("cannot connect to {what}: {why}"),
+        ),
+        e if no_tls(e) => Error::new(
+            ErrorKind::Access,
+            format!(
+                "{what} does not offer TLS, but its SSL mode is {}; enable TLS on the server \
+                 or lower the SSL_MODE setting",
+                settings.ssl_mode.name()
+            ),
+        ),
+        mysql_async::Error::Server(server) if server.code == SECURE_TRANSPORT_REQUIRED => {
+            Error::new(
+                ErrorKind::Access,
+                format!(
+                    "{what} accepts only TLS connections; set its SSL_MODE to verify_identity \
+                     (with SSL_CA) or required"
+                ),
+            )
         }
-        other => other,
+        // MariaDB refuses a plain connection to a server that requires TLS
+        // as it refuses a wrong password.
+        mysql_async::Error::Server(server)
+            if server.code == ACCESS_DENIED && settings.ssl_mode == SslMode::Disabled =>
+        {
+            Error::mysql(
+                format!(
+                    "cannot connect to {what}; check the user and password settings, and whether                      the server accepts only TLS connections (require_secure_transport): its                      SSL_MODE is disabled, so set it to verify_identity (with SSL_CA) or required"
+                ),
+                e,
+            )
+        }
+        _ => Error::mysql(
+            format!("cannot connect to {what}; check the host, port, user and password settings"),
+            e,
+        ),
+    })
+}
+
+/// Whether the session is encrypted (its TLS cipher is not empty).
+pub async fn encrypted(conn: &mut Conn) -> Result<bool> {
+    let cipher: Option<(String, String)> = conn
+        .query_first("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        .await
+        .map_err(|e| Error::mysql("reading the session's TLS cipher", e))?;
+    Ok(cipher.is_some_and(|(_, c)| !c.is_empty()))
+}
+
+/// Whether `host` is this machine: `localhost`, a loopback address, or a
+/// name every address of which is one.
+pub async fn on_this_machine(host: &str, port: u16) -> bool {
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(addresses) => {
+            let addresses: Vec<_> = addresses.collect();
+            !addresses.is_empty() && addresses.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
     }
 }
 

@@ -118,6 +118,9 @@ pub struct RunReport {
     pub outcomes: Vec<TableOutcome>,
     /// Alerts raised by the tables' `monitoring:` settings, in order.
     pub alerts: Vec<Alert>,
+    /// What the run found worth a person's attention besides the tables
+    /// (a source reached over the network without TLS).
+    pub warnings: Vec<String>,
     pub elapsed: Duration,
 }
 
@@ -613,6 +616,7 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
     };
     let run_id = new_run_id();
     order_tables(&mut plan.tables);
+    let source = probe_source(ctx, &plan).await;
     let locks = match (&ctx.warehouse, &control, plan.if_locked) {
         (Some(w), Some(_), IfLocked::Skip) => Some(pg::connect(w).await?),
         _ => None,
@@ -638,7 +642,7 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
                 t.monitoring.alert_on_performance && t.monitoring.max_memory_mb.is_some()
             })),
             alerts: Mutex::new(Vec::new()),
-            views: views_among(ctx, &plan).await,
+            views: source.views,
         };
     let shared = &shared;
     let tables = u64::try_from(plan.tables.len()).unwrap_or(0);
@@ -668,29 +672,51 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
         run_id,
         outcomes,
         alerts,
+        warnings: source.warnings,
         elapsed: started.elapsed(),
     })
 }
 
-/// The planned tables that are views in the database the run reads first
-/// (the source, or the replica in a load-only run). A server that cannot
-/// be asked leaves the answer to each table's own connection.
-async fn views_among(ctx: &RunContext, plan: &RunPlan) -> Vec<String> {
-    let first = match (&ctx.extract, &ctx.load) {
-        (Some(e), _) if plan.phases.extract => &e.source,
-        (_, Some(l)) => &l.replica,
-        _ => return Vec::new(),
+/// What one look at the database a run reads first tells before any table.
+#[derive(Default)]
+struct SourceProbe {
+    /// Planned tables that are views there.
+    views: Vec<String>,
+    warnings: Vec<String>,
+}
+
+/// Looks at the database the run reads first (the source, or the replica
+/// in a load-only run): which planned tables are views, and whether a
+/// source off this machine is reached without TLS. A server that cannot be
+/// asked leaves the answers to each table's own connection.
+async fn probe_source(ctx: &RunContext, plan: &RunPlan) -> SourceProbe {
+    let (settings, is_source) = match (&ctx.extract, &ctx.load) {
+        (Some(e), _) if plan.phases.extract => (&e.source, true),
+        (extract, Some(l)) => (&l.replica, extract.is_none()),
+        _ => return SourceProbe::default(),
     };
-    let views = match crate::mysql::connect(first).await {
-        Ok(mut conn) => crate::mysql::views(&mut conn, &first.database)
-            .await
-            .unwrap_or_default(),
-        Err(_) => Vec::new(),
+    let Ok(mut conn) = crate::mysql::connect(settings).await else {
+        return SourceProbe::default();
     };
-    views
+    let views = crate::mysql::views(&mut conn, &settings.database)
+        .await
+        .unwrap_or_default()
         .into_iter()
         .filter(|v| plan.tables.iter().any(|t| &t.name == v))
-        .collect()
+        .collect();
+    let mut warnings = Vec::new();
+    if is_source
+        && !crate::mysql::encrypted(&mut conn).await.unwrap_or(true)
+        && !crate::mysql::on_this_machine(&settings.host, settings.port).await
+    {
+        warnings.push(format!(
+            "the source {} is reached over the network without TLS: patient data crosses it in clear. \
+             Turn TLS on at the server and set OPENDENTAL_SOURCE_SSL_MODE=verify_identity \
+             (with OPENDENTAL_SOURCE_SSL_CA) or required",
+            crate::mysql::describe(settings)
+        ));
+    }
+    SourceProbe { views, warnings }
 }
 
 /// Loads the planned tables (replica → warehouse only).

@@ -94,6 +94,9 @@ pub fn render_summary(report: &RunReport) -> String {
     for alert in &report.alerts {
         let _ = writeln!(out, "ALERT ({}): {}", alert.kind.name(), alert.message);
     }
+    for warning in &report.warnings {
+        let _ = writeln!(out, "WARNING: {warning}");
+    }
     out.push_str(&totals_line(report));
     out.push('\n');
     out
@@ -197,5 +200,6 @@ pub fn summary_json(report: &RunReport) -> serde_json::Value {
         "peak_memory_kib": peak_rss_kib(),
         "tables": tables,
         "alerts": report.alerts.iter().map(|a| a.to_json()).collect::<Vec<_>>(),
+        "warnings": report.warnings,
     })
 }

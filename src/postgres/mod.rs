@@ -3,6 +3,7 @@
 
 mod copy;
 mod table;
+mod tls;
 
 pub use copy::{COPY_HEADER, COPY_TRAILER, CopyIn};
 pub use table::{
@@ -12,7 +13,7 @@ pub use table::{
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::config::PgSettings;
 use crate::error::{Error, ErrorKind, Result};
@@ -28,6 +29,12 @@ pub fn describe(settings: &PgSettings) -> String {
     )
 }
 
+/// Reads the TLS files the settings name (root and client certificates,
+/// key), as a connection would, without connecting.
+pub fn check_tls(settings: &PgSettings) -> Result<()> {
+    tls::connector(settings).map(drop)
+}
+
 /// Opens a connection and drives it on the runtime.
 pub async fn connect(settings: &PgSettings) -> Result<Client> {
     let mut config = tokio_postgres::Config::new();
@@ -41,10 +48,12 @@ pub async fn connect(settings: &PgSettings) -> Result<Client> {
     if !settings.password.expose().is_empty() {
         config.password(settings.password.expose());
     }
+    let (tls, wire) = tls::connector(settings)?;
+    config.ssl_mode(wire);
     let what = describe(settings);
     // `connect_timeout` bounds only the TCP connect; a server that accepts
     // and then says nothing must not hold the run forever.
-    let connected = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls))
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(tls))
         .await
         .map_err(|_| {
             Error::new(
@@ -56,6 +65,9 @@ pub async fn connect(settings: &PgSettings) -> Result<Client> {
             )
         })?;
     let (client, connection) = connected.map_err(|e| {
+        if let Some(why) = tls::explain(&e, settings) {
+            return Error::new(ErrorKind::Access, format!("cannot connect to {what}: {why}"));
+        }
         let mut err = Error::postgres(
             format!("cannot connect to {what}; check the host, port, database, user and password settings"),
             e,

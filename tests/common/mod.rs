@@ -47,6 +47,7 @@ impl TestDb {
             password: Secret::new(var("ETL_TEST_MYSQL_PASSWORD", "")),
             ssl_mode: SslMode::Disabled,
             ssl_ca: None,
+            ssl_client: None,
         };
         let pg_admin = PgSettings {
             host: var("ETL_TEST_PG_HOST", "127.0.0.1"),
@@ -55,6 +56,9 @@ impl TestDb {
             schema: "raw".into(),
             user: var("ETL_TEST_PG_USER", "postgres"),
             password: Secret::new(var("ETL_TEST_PG_PASSWORD", "")),
+            ssl_mode: Default::default(),
+            ssl_root_cert: None,
+            ssl_client: None,
         };
         let source_db = format!("{db}_src");
         let mut conn = my::connect(&mysql_admin)
@@ -644,8 +648,9 @@ pub async fn kill_reader_of(
 }
 
 /// A MariaDB server of a test's own, on a free port in a temporary folder,
-/// for tests that change what is server-wide (the global time zone) and so
-/// must not share the machine's server with tests running beside them.
+/// for tests that change what is server-wide (the global time zone, TLS,
+/// the general query log) and so must not share the machine's server with
+/// tests running beside them. Root has no password from this machine.
 /// Stopped and removed when dropped. Needs `mariadb-install-db` and
 /// `mariadbd` on this machine; a server that does not start fails the test.
 pub struct PrivateMariaDb {
@@ -656,14 +661,25 @@ pub struct PrivateMariaDb {
 }
 
 impl PrivateMariaDb {
-    /// Initialises a data folder and starts the server on it.
+    /// Initialises a data folder and starts the server on it, listening on
+    /// 127.0.0.1.
     pub async fn start(name: &str) -> PrivateMariaDb {
+        Self::start_with(name, &["--bind-address=127.0.0.1".into()]).await
+    }
+
+    /// The same, with the server's own options (`--bind-address` among them).
+    pub async fn start_with(name: &str, options: &[String]) -> PrivateMariaDb {
         let dir = std::env::temp_dir().join(format!("etl_t_{name}_mariadb_{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let data = dir.join("data");
         let install = std::process::Command::new("mariadb-install-db")
-            .args(["--no-defaults", "--user=root", "--skip-test-db"])
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--skip-test-db",
+                "--auth-root-authentication-method=normal",
+            ])
             .arg(format!("--datadir={}", data.display()))
             .output()
             .expect("mariadb-install-db must be installed for this test");
@@ -682,12 +698,11 @@ impl PrivateMariaDb {
             .args([
                 "--no-defaults",
                 "--user=root",
-                "--bind-address=127.0.0.1",
-                "--skip-grant-tables",
                 "--skip-log-bin",
                 "--innodb-buffer-pool-size=16M",
                 "--local-infile=1",
             ])
+            .args(options)
             .arg(format!("--port={port}"))
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--socket={}", dir.join("sock").display()))
@@ -704,6 +719,7 @@ impl PrivateMariaDb {
             password: Secret::new(String::new()),
             ssl_mode: SslMode::Disabled,
             ssl_ca: None,
+            ssl_client: None,
         };
         let mut server = PrivateMariaDb { child, dir, admin };
         for _ in 0..300 {
@@ -775,4 +791,262 @@ pub fn setting(name: &str, default: u64) -> u64 {
         v.parse()
             .unwrap_or_else(|_| panic!("{name}={v} is not a whole number"))
     })
+}
+
+/// A certificate authority and certificates it signs, made with the
+/// `openssl` command in a folder of the test's, for TLS tests.
+pub struct TestCa {
+    dir: std::path::PathBuf,
+    name: String,
+}
+
+impl TestCa {
+    /// A new CA called `name`, its key and certificate in `dir`.
+    pub fn new(dir: &std::path::Path, name: &str) -> TestCa {
+        std::fs::create_dir_all(dir).unwrap();
+        let ca = TestCa {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+        };
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.crt"),
+            ],
+        );
+        ca
+    }
+
+    /// The CA's certificate file.
+    pub fn cert(&self) -> std::path::PathBuf {
+        self.dir.join(format!("{}.crt", self.name))
+    }
+
+    /// Signs a new key for `common_name` with these subject alternative
+    /// names (`DNS:localhost,IP:127.0.0.1`, or empty); returns the
+    /// certificate and key files.
+    pub fn issue(
+        &self,
+        file: &str,
+        common_name: &str,
+        alt_names: &str,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let ext = self.dir.join(format!("{file}.ext"));
+        std::fs::write(
+            &ext,
+            // An extension makes it a version 3 certificate, which rustls
+            // requires.
+            if alt_names.is_empty() {
+                "basicConstraints=CA:FALSE\n".to_string()
+            } else {
+                format!("basicConstraints=CA:FALSE\nsubjectAltName={alt_names}\n")
+            },
+        )
+        .unwrap();
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={common_name}"),
+                "-keyout",
+                &format!("{file}.key"),
+                "-out",
+                &format!("{file}.csr"),
+            ],
+        );
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{file}.csr"),
+                "-CA",
+                &format!("{}.crt", self.name),
+                "-CAkey",
+                &format!("{}.key", self.name),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                ext.to_str().unwrap(),
+                "-out",
+                &format!("{file}.crt"),
+            ],
+        );
+        (
+            self.dir.join(format!("{file}.crt")),
+            self.dir.join(format!("{file}.key")),
+        )
+    }
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("the openssl command must be installed for this test");
+    assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+}
+
+/// A PostgreSQL server of a test's own on a free port, run as the
+/// `postgres` system user (PostgreSQL refuses root), with the
+/// `pg_hba.conf` lines given. Stopped and removed when dropped.
+pub struct PrivatePostgres {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    pub port: u16,
+}
+
+impl PrivatePostgres {
+    /// Initialises a cluster, adds `conf` to its `postgresql.conf`, writes
+    /// `hba` as its `pg_hba.conf`, and starts it on 127.0.0.1 and
+    /// 127.0.0.2. Files the server reads (`files`) are copied into its
+    /// folder, owned by it and private, and named there by file name.
+    pub async fn start(
+        name: &str,
+        conf: &str,
+        hba: &str,
+        files: &[&std::path::Path],
+    ) -> PrivatePostgres {
+        let dir = std::env::temp_dir().join(format!("etl_t_{name}_pg_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let as_postgres = |args: &[&str]| {
+            let out = std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .args(args)
+                .output()
+                .expect("runuser must be installed for this test");
+            assert!(out.status.success(), "{args:?}: {}", text(&out));
+        };
+        std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        let data = dir.join("data");
+        as_postgres(&[
+            "initdb",
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ]);
+        for file in files {
+            let to = data.join(file.file_name().unwrap());
+            std::fs::copy(file, &to).unwrap();
+            std::process::Command::new("chown")
+                .args(["postgres:postgres", to.to_str().unwrap()])
+                .status()
+                .unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        use std::io::Write;
+        let mut settings = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        writeln!(
+            settings,
+            "port = {port}\nlisten_addresses = '127.0.0.1,127.0.0.2'\nunix_socket_directories = '{}'\n\
+             fsync = off\nshared_buffers = 16MB\n{conf}",
+            dir.display()
+        )
+        .unwrap();
+        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        let log = std::fs::File::create(dir.join("server.log")).unwrap();
+        let child = std::process::Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                "postgres",
+                "-D",
+                data.to_str().unwrap(),
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("postgres must be installed for this test");
+        let mut server = PrivatePostgres { child, dir, port };
+        for _ in 0..300 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!(
+                    "postgres exited ({status}): {}",
+                    std::fs::read_to_string(server.dir.join("server.log")).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("postgres did not accept connections on port {port} within 30 s");
+    }
+
+    /// Runs SQL as the superuser over the server's Unix socket.
+    pub fn psql(&self, sql: &str) {
+        let out = std::process::Command::new("psql")
+            .args([
+                "-h",
+                self.dir.to_str().unwrap(),
+                "-p",
+                &self.port.to_string(),
+            ])
+            .args([
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql {sql}: {}", text(&out));
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        // A fast shutdown of the postmaster (the first line of its pid file).
+        let pid = std::fs::read_to_string(self.dir.join("data").join("postmaster.pid"))
+            .ok()
+            .and_then(|p| p.lines().next().map(str::to_string));
+        if let Some(pid) = pid {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &pid])
+                .status();
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -3,7 +3,7 @@
 //! clap validates the input; [`execute`] turns it into settings, a table
 //! selection and a run, and returns the process exit code.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 
 use crate::alert::{Alert, Notifier};
 use crate::analyze;
-use crate::config::{self, Env, Mode, TablesConfig};
+use crate::config::{self, Env, Mask, Mode, TablesConfig};
 use crate::demo::{self, DemoOptions};
 use crate::error::{Error, ErrorKind, Result, chain};
 use crate::extract::ExtractContext;
@@ -228,6 +228,24 @@ pub struct AnalyzeArgs {
     /// Write nothing; exit 1 when the schema changed since the table config was written.
     #[arg(long)]
     pub check: bool,
+    /// What to write for the columns flagged as likely patient data (names,
+    /// SSN, birthdate, address, phone, email, notes): `keep` flags them in
+    /// comments; `exclude` and `mask` also write a policy for those the
+    /// previous config does not cover.
+    #[arg(long, value_enum, default_value = "keep")]
+    pub phi: PhiArg,
+    /// OpenDental's schema documentation (XML): its descriptions flag more
+    /// patient columns.
+    #[arg(long, value_name = "FILE")]
+    pub docs: Option<PathBuf>,
+}
+
+/// `analyze --phi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PhiArg {
+    Keep,
+    Exclude,
+    Mask,
 }
 
 /// Arguments of `dbt-sources`.
@@ -476,6 +494,7 @@ fn run_context(
                 ));
             }
             let source = env.source()?;
+            let mask_key = env.mask_key()?;
             Ok(RunContext {
                 extract: None,
                 load: warehouse.clone().map(|w| LoadContext {
@@ -483,6 +502,7 @@ fn run_context(
                     warehouse: w,
                     rate,
                     capped_by_copy: false,
+                    mask_key: mask_key.clone(),
                 }),
                 warehouse,
                 stop,
@@ -498,6 +518,7 @@ fn run_context(
                     rate: rate.clone(),
                     source_slots: Arc::new(Semaphore::new(env.source_max_connections()?)),
                     replica_lock_wait: env.replica_lock_wait()?,
+                    mask_key: env.mask_key()?,
                 })
             } else {
                 None
@@ -512,6 +533,7 @@ fn run_context(
                         warehouse: w,
                         rate: None,
                         capped_by_copy: true,
+                        mask_key: None,
                     }),
                 warehouse,
                 stop,
@@ -687,23 +709,31 @@ fn parse_duration(text: &str) -> std::result::Result<i64, String> {
         .ok_or_else(bad)
 }
 
+/// OpenDental's schema documentation from an XML file.
+fn read_docs(path: &Path) -> Result<analyze::Docs> {
+    let xml = std::fs::read_to_string(path)
+        .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
+    analyze::parse_docs(&xml).map_err(|e| Error::config(format!("{}: {e}", path.display())))
+}
+
 /// `verify`: counts, `--deep` comparisons and `--repair`.
 async fn verify_command(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
     let config = TablesConfig::load(&cli.tables)?;
     let all = args.table.is_empty();
     let selected = pipeline::select_tables(&config, &args.table, all)?;
-    let tables: Vec<String> = selected.iter().map(|t| t.name.clone()).collect();
     let env = Env::load(cli.env_file.as_deref())?;
     let ctx = match env.mode()? {
         Mode::Replica => VerifyContext {
             source: env.source().ok(),
             mysql: env.replica()?,
             warehouse: env.warehouse()?,
+            mask_key: env.mask_key()?,
         },
         Mode::Direct => VerifyContext {
             source: None,
             mysql: env.source()?,
             warehouse: env.warehouse()?,
+            mask_key: env.mask_key()?,
         },
     };
     if args.repair {
@@ -722,7 +752,7 @@ async fn verify_command(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
         }
         println!();
     }
-    let checks = verify::verify(&ctx, &tables, args.deep).await?;
+    let checks = verify::verify(&ctx, &selected, args.deep).await?;
     print!("{}", verify::render(&checks, args.deep));
     let clean = checks.iter().all(verify::TableCheck::is_clean);
     Ok(if clean {
@@ -764,7 +794,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             let env = Env::load(cli.env_file.as_deref())?;
             let source = env.source()?;
             let started = Instant::now();
-            let plans = analyze::analyze(&source).await?;
+            let mut plans = analyze::analyze(&source).await?;
             let views = my::views(&mut my::connect(&source).await?, &source.database).await?;
             if !views.is_empty() {
                 println!(
@@ -774,6 +804,17 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 );
             }
             let previous = std::fs::read_to_string(&cli.tables).ok();
+            let previous_policy = match &previous {
+                Some(text) => analyze::PreviousPolicy::read(text)?,
+                None => analyze::PreviousPolicy::default(),
+            };
+            let docs = args.docs.as_deref().map(read_docs).transpose()?;
+            let policy = match args.phi {
+                PhiArg::Keep => analyze::PhiPolicy::Keep,
+                PhiArg::Exclude => analyze::PhiPolicy::Exclude,
+                PhiArg::Mask => analyze::PhiPolicy::Mask,
+            };
+            analyze::apply_phi(&mut plans, docs.as_ref(), policy, &previous_policy);
             let changes = match &previous {
                 Some(text) => analyze::changes_since(text, &plans)?,
                 None => vec![format!("first analysis: {} tables", plans.len())],
@@ -799,7 +840,13 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                     ExitCode::from(EXIT_FAILED)
                 });
             }
-            analyze::write_config(&plans, &changes, &cli.tables, env.environment().name())?;
+            analyze::write_config(
+                &plans,
+                previous_policy.defaults.as_deref(),
+                &changes,
+                &cli.tables,
+                env.environment().name(),
+            )?;
             let incremental = plans.iter().filter(|p| p.chosen.is_some()).count();
             println!(
                 "analyzed {} tables of {} in {:.1}s ({incremental} with a watermark column); wrote {} ({} schema change(s))",
@@ -809,6 +856,21 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 cli.tables.display(),
                 changes.len()
             );
+            let flagged: usize = plans.iter().map(|p| p.phi.len()).sum();
+            let uncovered: usize = plans
+                .iter()
+                .flat_map(|p| {
+                    p.phi
+                        .iter()
+                        .filter(|(c, _)| !p.exclude.contains(c) && !p.mask.contains_key(c))
+                })
+                .count();
+            if flagged > 0 {
+                println!(
+                    "flagged {flagged} column(s) as likely patient data (`# likely PHI` comments); {uncovered} left \
+                     in clear (`analyze --phi exclude` or `--phi mask` writes a policy for them)"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::DbtSources(args) => {
@@ -819,18 +881,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             } else {
                 None
             };
-            let docs = match &args.docs {
-                Some(path) => {
-                    let xml = std::fs::read_to_string(path).map_err(|e| {
-                        Error::config(format!("cannot read {}: {e}", path.display()))
-                    })?;
-                    Some(
-                        analyze::parse_docs(&xml)
-                            .map_err(|e| Error::config(format!("{}: {e}", path.display())))?,
-                    )
-                }
-                None => None,
-            };
+            let docs = args.docs.as_deref().map(read_docs).transpose()?;
             let text = analyze::dbt_sources(
                 &warehouse,
                 config.as_ref(),
@@ -919,14 +970,32 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             );
             match env.source() {
                 Ok(source) => println!(
-                    "  source     {} (TLS {:?})",
+                    "  source     {} (TLS {})",
                     my::describe(&source),
-                    source.ssl_mode
+                    source.ssl_mode.name()
                 ),
                 Err(e) if mode == Mode::Direct || env.source_configured() => return Err(e),
                 Err(e) => {
                     println!("  source     not configured (needed by the extract phase): {e}")
                 }
+            }
+            let hashing: Vec<&str> = config
+                .tables()
+                .filter(|t| t.columns.mask.values().any(|m| *m == Mask::Hash))
+                .map(|t| t.name.as_str())
+                .collect();
+            match (env.mask_key()?, hashing.is_empty()) {
+                (None, false) => {
+                    return Err(Error::config(format!(
+                        "mask_columns hashes columns of {}, which needs a key: set ETL_MASK_KEY_FILE \
+                         (a file holding it) or ETL_MASK_KEY",
+                        hashing.join(", ")
+                    )));
+                }
+                (Some(_), _) => {
+                    println!("  mask key   set ({} table(s) hash columns)", hashing.len())
+                }
+                (None, true) => {}
             }
             env.source_max_rows_per_second()?;
             env.source_max_connections()?;

@@ -536,8 +536,14 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
     let tables_file = opts.dir.join("tables.yml");
     write_atomically(&env_file, &opts.env_text())?;
     let started = Instant::now();
-    let plans = analyze::analyze(&source).await?;
-    analyze::write_config(&plans, &[], &tables_file, "test")?;
+    let mut plans = analyze::analyze(&source).await?;
+    analyze::apply_phi(
+        &mut plans,
+        None,
+        analyze::PhiPolicy::Keep,
+        &analyze::PreviousPolicy::default(),
+    );
+    analyze::write_config(&plans, None, &[], &tables_file, "test")?;
     pipeline::init(Some(&warehouse), Some(&replica)).await?;
     let secs = step("analyze + init", started);
     println!(
@@ -564,12 +570,14 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
             rate: None,
             source_slots: Arc::new(Semaphore::new(DEFAULT_SOURCE_CONNECTIONS)),
             replica_lock_wait: None,
+            mask_key: None,
         }),
         load: Some(LoadContext {
             replica: replica.clone(),
             warehouse: warehouse.clone(),
             rate: None,
             capped_by_copy: true,
+            mask_key: None,
         }),
         warehouse: Some(warehouse.clone()),
         stop: Stop::never(),
@@ -624,8 +632,9 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
             source: Some(source),
             mysql: replica,
             warehouse,
+            mask_key: None,
         },
-        &built.tables,
+        &plan.tables,
         true,
     )
     .await?;

@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod incremental;
 pub mod load;
+pub mod mask;
 pub mod mysql;
 pub mod outcome;
 pub mod pipeline;

@@ -283,6 +283,16 @@ async fn broken_configs_and_settings_get_clear_errors() {
             "TEST_POSTGRES_ANALYTICS_SSL_CERT=/nonexistent/client.pem",
             &["TEST_POSTGRES_ANALYTICS_SSL_KEY", "set both"][..],
         ),
+        (
+            "short_mask_key",
+            "ETL_MASK_KEY=Short-mask-key",
+            &["mask key", "14 bytes", "at least 16"][..],
+        ),
+        (
+            "mask_key_file",
+            "ETL_MASK_KEY_FILE=/nonexistent/mask.key",
+            &["ETL_MASK_KEY_FILE", "/nonexistent/mask.key"][..],
+        ),
     ] {
         case(
             &env_variant(&env, name, &[line], &[]),
@@ -292,6 +302,28 @@ async fn broken_configs_and_settings_get_clear_errors() {
             expect,
         );
     }
+    // A policy that hashes needs the key before anything runs.
+    case(
+        &env,
+        &format!("defaults:\n  mask_columns: {{LName: hash}}\n{GOOD_TABLES}"),
+        validate,
+        2,
+        &["hashes columns of patient", "ETL_MASK_KEY_FILE"],
+    );
+    case(
+        &env,
+        &format!("{GOOD_TABLES}    exclude_columns: [SSN]\n    mask_columns: {{SSN: null}}\n"),
+        validate,
+        2,
+        &["tables.patient", "`SSN` is both excluded and masked"],
+    );
+    case(
+        &env,
+        &format!("{GOOD_TABLES}    mask_columns: {{LName: blur}}\n"),
+        validate,
+        2,
+        &["tables.patient.mask_columns", "blur"],
+    );
     case(
         &env_variant(
             &env,

@@ -335,8 +335,12 @@ async fn verify_deep_is_clean_after_a_run_and_names_planted_differences() {
         source: Some(db.source.clone()),
         mysql: db.ctx.replica.clone(),
         warehouse: db.ctx.warehouse.clone(),
+        mask_key: None,
     };
-    let tables = vec!["visit".to_string(), "securitylog".to_string()];
+    let tables = vec![
+        cfg.get("visit").unwrap().clone(),
+        cfg.get("securitylog").unwrap().clone(),
+    ];
     let checks = etl_pipeline::verify::verify(&ctx, &tables, true)
         .await
         .unwrap();
@@ -1007,7 +1011,8 @@ async fn mysql8_definitions_make_tables_on_a_mariadb_replica() {
         .unwrap();
     let has = |c: &str| collations.iter().any(|k| k == c);
     for (name, text, row) in tables {
-        let made = etl_pipeline::mysql::replica_ddl(text, name, name, &has).unwrap();
+        let made =
+            etl_pipeline::mysql::replica_ddl(text, name, name, &has, &Default::default()).unwrap();
         replica
             .query_drop(&made.create)
             .await

@@ -60,8 +60,10 @@ async fn the_opendental_fixture_runs_two_hop_with_the_old_config_and_verifies_cl
         source: Some(db.source.clone()),
         mysql: db.ctx.replica.clone(),
         warehouse: db.ctx.warehouse.clone(),
+        mask_key: None,
     };
-    let checks = etl_pipeline::verify::verify(&ctx, &names, true)
+    let all: Vec<TableConfig> = config.tables().cloned().collect();
+    let checks = etl_pipeline::verify::verify(&ctx, &all, true)
         .await
         .unwrap();
     let unclean: Vec<_> = checks.iter().filter(|c| !c.is_clean()).collect();

@@ -80,6 +80,21 @@ fn passwords_never_appear_in_output_even_when_connections_fail() {
             && !all.contains(secret),
         "{all}"
     );
+    // A mask key too short to use is refused without being shown.
+    let short_key = "Zq9-short-key";
+    let short = dir.join("short_key.env");
+    let mut with_key = std::fs::read_to_string(&env).unwrap();
+    with_key.push_str(&format!("ETL_MASK_KEY={short_key}\n"));
+    std::fs::write(&short, with_key).unwrap();
+    for args in [&["validate"][..], &["run", "--all"]] {
+        let out = run(&short, &tables, args);
+        let all = text(&out);
+        assert!(!out.status.success(), "{all}");
+        assert!(
+            all.contains("at least 16") && !all.contains(short_key),
+            "{args:?}: {all}"
+        );
+    }
     let out = run(&env, &tables, &["test-connections"]);
     let all = text(&out);
     assert!(all.contains("replica") && all.contains("FAILED"), "{all}");
@@ -148,10 +163,16 @@ async fn passwords_never_appear_when_every_command_succeeds() {
             _ => format!("{line}\n"),
         })
         .collect();
+    // The mask key is a secret too: the same text, so every check below
+    // covers it.
     let env = dir.join("secret.env");
-    std::fs::write(&env, env_text).unwrap();
+    std::fs::write(&env, format!("{env_text}ETL_MASK_KEY={secret}\n")).unwrap();
     let tables = dir.join("tables.yml");
-    std::fs::write(&tables, TABLES).unwrap();
+    std::fs::write(
+        &tables,
+        format!("{TABLES}    mask_columns: {{LName: hash}}\n"),
+    )
+    .unwrap();
     let (summary, sources, analyzed) = (
         dir.join("summary.json"),
         dir.join("sources.yml"),
@@ -223,6 +244,15 @@ async fn passwords_never_appear_when_every_command_succeeds() {
     }
     // Nor in the tracking tables, on either side.
     let client = db.pg().await;
+    let hashed: i64 = client
+        .query_one(
+            "select count(*) from raw.patient where \"LName\" ~ '^[0-9a-f]{64}$'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(hashed, 50, "the key was used");
     for table in ["etl_run_history", "etl_load_status", "etl_transform_status"] {
         let found: i64 = client
             .query_one(

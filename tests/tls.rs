@@ -168,8 +168,9 @@ async fn each_sslmode_does_what_libpq_does_and_a_refusal_says_why() {
 }
 
 /// The whole tool against that server, configured only through the
-/// environment: verify-full by the name `localhost`, the CA file, and the
-/// password from a file.
+/// environment: verify-full by the name `localhost`, the CA file, the
+/// password and the mask key from files; `tables.yml` excludes a column
+/// and hashes the last names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_reaches_a_tls_only_warehouse_by_its_environment() {
     let setup = hostssl_only("tls_cli").await;
@@ -177,14 +178,19 @@ async fn a_run_reaches_a_tls_only_warehouse_by_its_environment() {
     let db = TestDb::new("tls_cli").await;
     db.source_sql(&[
         "CREATE TABLE `patient` (`PatNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, `LName` varchar(100) NOT NULL, \
+         `SSN` varchar(100) NOT NULL, \
          `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP, KEY (`DateTStamp`))",
-        "INSERT INTO `patient` (`LName`) SELECT CONCAT('Lee', seq) FROM seq_1_to_40",
+        "INSERT INTO `patient` (`LName`, `SSN`) SELECT CONCAT('Lee', seq), LPAD(seq, 9, '5') FROM seq_1_to_40",
     ])
     .await;
+    let mask_key = setup.certs.dir.join("mask.key");
+    std::fs::write(&mask_key, "clinic-mask-key-7f3a9c2e5d\n").unwrap();
     let password = setup.certs.dir.join("warehouse_password");
     std::fs::write(&password, "Tls-warehouse-pw-7\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for file in [&password, &mask_key] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let base = std::fs::read_to_string(db.env_file(&setup.certs.dir)).unwrap();
     let mut env_text: String = base
         .lines()
@@ -195,10 +201,11 @@ async fn a_run_reaches_a_tls_only_warehouse_by_its_environment() {
         "TEST_POSTGRES_ANALYTICS_HOST=localhost\nTEST_POSTGRES_ANALYTICS_PORT={}\n\
          TEST_POSTGRES_ANALYTICS_DB=warehouse\nTEST_POSTGRES_ANALYTICS_USER=etl\n\
          TEST_POSTGRES_ANALYTICS_PASSWORD_FILE={}\nTEST_POSTGRES_ANALYTICS_SSL_MODE=verify-full\n\
-         TEST_POSTGRES_ANALYTICS_SSL_ROOT_CERT={}\n",
+         TEST_POSTGRES_ANALYTICS_SSL_ROOT_CERT={}\nETL_MASK_KEY_FILE={}\n",
         setup.server.port,
         password.display(),
-        setup.certs.ca.cert().display()
+        setup.certs.ca.cert().display(),
+        mask_key.display()
     ));
     let env = setup.certs.dir.join("tls.env");
     std::fs::write(&env, &env_text).unwrap();
@@ -206,13 +213,22 @@ async fn a_run_reaches_a_tls_only_warehouse_by_its_environment() {
     std::fs::write(
         &tables,
         "tables:\n  patient:\n    extraction_strategy: incremental\n    incremental_columns: [DateTStamp]\n    \
-         primary_incremental_column: DateTStamp\n",
+         primary_incremental_column: DateTStamp\n    exclude_columns: [SSN]\n    mask_columns: {LName: hash}\n",
     )
     .unwrap();
     for args in [&["init"][..], &["run", "--all"], &["status"]] {
         let out = binary_with(&env, &tables).args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", text(&out));
     }
+    // The rows arrived (over TLS: the server takes nothing else from the
+    // network) without the SSN, with hashed names.
+    let rows = setup.server.query(
+        "warehouse",
+        "select (select count(*) from raw.patient where \"LName\" ~ '^[0-9a-f]{64}$') || '|' || \
+         (select count(*) from information_schema.columns where table_name = 'patient' \
+          and column_name = 'SSN')",
+    );
+    assert_eq!(rows, "40|0");
     // The wrong CA stops the run with the reason.
     let wrong = env_text.replace(
         &setup.certs.ca.cert().display().to_string(),

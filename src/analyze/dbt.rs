@@ -22,6 +22,15 @@ impl Docs {
     fn table(&self, name: &str) -> Option<&(String, HashMap<String, String>)> {
         self.tables.get(&name.to_ascii_lowercase())
     }
+
+    /// A column's documented description.
+    pub(super) fn column_summary(&self, table: &str, column: &str) -> Option<&str> {
+        let (_, columns) = self.table(table)?;
+        columns
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(column))
+            .map(|(_, summary)| summary.as_str())
+    }
 }
 
 /// Reads OpenDental's schema documentation (`OpenDentalDocumentation*.xml`):

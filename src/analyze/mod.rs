@@ -7,8 +7,10 @@
 //! profile behind every choice is written beside it as YAML comments.
 
 mod dbt;
+mod phi;
 
 pub use dbt::{Docs, dbt_sources, parse_docs};
+pub use phi::PhiKind;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,7 +20,7 @@ use mysql_async::{Conn, Row, Value};
 
 use std::path::Path;
 
-use crate::config::{MySqlSettings, TablesConfig, write_atomically};
+use crate::config::{Mask, MySqlSettings, TablesConfig, write_atomically};
 use crate::error::{Error, Result};
 use crate::mysql as my;
 use crate::reconcile;
@@ -101,6 +103,12 @@ pub struct TablePlan {
     /// Every primary-key column can be compared by key reconciliation.
     pub reconcilable_key: bool,
     pub notes: Vec<String>,
+    /// Likely patient data among the columns (never the key or the
+    /// watermark), set by [`apply_phi`].
+    pub phi: Vec<(String, PhiKind)>,
+    /// The column policy written for the table.
+    pub exclude: Vec<String>,
+    pub mask: BTreeMap<String, Mask>,
 }
 
 #[derive(Debug, Default)]
@@ -329,6 +337,9 @@ async fn plan_table(
         append_only,
         reconcilable_key,
         notes,
+        phi: Vec::new(),
+        exclude: Vec::new(),
+        mask: BTreeMap::new(),
     })
 }
 
@@ -439,8 +450,11 @@ fn category(rows: u64) -> &'static str {
 
 /// Renders `tables.yml`: a metadata block, then one entry per table with
 /// the profile behind each choice as comments.
+/// The `tables.yml` text for `plans`; `defaults` is the `defaults:` block
+/// (its own YAML text) carried from the previous file.
 pub fn render(
     plans: &[TablePlan],
+    defaults: Option<&str>,
     environment: &str,
     generated_at: &str,
     schema_hash: &str,
@@ -460,6 +474,9 @@ pub fn render(
     let _ = writeln!(out, "  environment: {}", quote(environment));
     let _ = writeln!(out, "  total_tables: {}", plans.len());
     let _ = writeln!(out, "  schema_hash: {}", quote(schema_hash));
+    if let Some(defaults) = defaults {
+        out.push_str(defaults);
+    }
     let _ = writeln!(out, "tables:");
     for p in plans {
         let cat = category(p.estimated_rows);
@@ -595,11 +612,143 @@ pub fn render(
             _ => "low",
         };
         let _ = writeln!(out, "    processing_priority: {priority}");
+        render_phi(&mut out, p);
         let cols: Vec<String> = p.columns.iter().map(|c| quote(c)).collect();
         let _ = writeln!(out, "    column_names: [{}]", cols.join(", "));
         let _ = writeln!(out, "    schema_hash: {}", quote(&table_hash(p)));
     }
     out
+}
+
+/// A table's likely patient columns as a comment, and its column policy.
+fn render_phi(out: &mut String, p: &TablePlan) {
+    if !p.phi.is_empty() {
+        let listed: Vec<String> = p
+            .phi
+            .iter()
+            .map(|(c, k)| {
+                let fate = if p.exclude.contains(c) {
+                    "excluded".to_string()
+                } else {
+                    p.mask.get(c).map_or("kept in clear".to_string(), |m| {
+                        format!("masked: {}", m.name())
+                    })
+                };
+                format!("{c} ({}, {fate})", k.name())
+            })
+            .collect();
+        let _ = writeln!(out, "    # likely PHI: {}", listed.join(", "));
+    }
+    if !p.exclude.is_empty() {
+        let cols: Vec<String> = p.exclude.iter().map(|c| quote(c)).collect();
+        let _ = writeln!(out, "    exclude_columns: [{}]", cols.join(", "));
+    }
+    if !p.mask.is_empty() {
+        let masks: Vec<String> = p
+            .mask
+            .iter()
+            .map(|(c, m)| format!("{}: {}", quote(c), m.name()))
+            .collect();
+        let _ = writeln!(out, "    mask_columns: {{{}}}", masks.join(", "));
+    }
+}
+
+/// What `analyze --phi` writes for the columns it flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhiPolicy {
+    /// Flag them in comments only.
+    Keep,
+    Exclude,
+    Mask,
+}
+
+/// A previous `tables.yml` as far as the column policy goes: its
+/// `defaults:` block (as YAML text) and each table's own setting.
+#[derive(Debug, Default)]
+pub struct PreviousPolicy {
+    pub defaults: Option<String>,
+    tables: BTreeMap<String, (Vec<String>, BTreeMap<String, Mask>)>,
+}
+
+impl PreviousPolicy {
+    /// Reads the policy of a previous `tables.yml` text.
+    pub fn read(previous: &str) -> Result<PreviousPolicy> {
+        use serde_norway::Value;
+        let old: Value =
+            serde_norway::from_str(previous).map_err(|e| Error::config(e.to_string()))?;
+        let defaults = match old.get("defaults") {
+            Some(block) => {
+                let mut wrapper = serde_norway::Mapping::new();
+                wrapper.insert(Value::from("defaults"), block.clone());
+                Some(serde_norway::to_string(&wrapper).map_err(|e| Error::config(e.to_string()))?)
+            }
+            None => None,
+        };
+        let mut tables = BTreeMap::new();
+        for (name, entry) in old
+            .get("tables")
+            .and_then(Value::as_mapping)
+            .into_iter()
+            .flatten()
+        {
+            let Some(name) = name.as_str() else { continue };
+            let exclude: Vec<String> = entry
+                .get("exclude_columns")
+                .map(|v| serde_norway::from_value(v.clone()))
+                .transpose()
+                .map_err(|e| Error::config(format!("tables.{name}.exclude_columns: {e}")))?
+                .unwrap_or_default();
+            let mask: BTreeMap<String, Mask> = entry
+                .get("mask_columns")
+                .map(|v| serde_norway::from_value(v.clone()))
+                .transpose()
+                .map_err(|e| Error::config(format!("tables.{name}.mask_columns: {e}")))?
+                .unwrap_or_default();
+            if !exclude.is_empty() || !mask.is_empty() {
+                tables.insert(name.to_string(), (exclude, mask));
+            }
+        }
+        Ok(PreviousPolicy { defaults, tables })
+    }
+}
+
+/// Flags the likely patient columns of every plan (with OpenDental's
+/// documentation when given) and sets each table's column policy: the
+/// previous file's, which is never weakened, plus, under `policy`, the
+/// flagged columns it does not cover yet. A key or watermark column is
+/// never flagged.
+pub fn apply_phi(
+    plans: &mut [TablePlan],
+    docs: Option<&Docs>,
+    policy: PhiPolicy,
+    previous: &PreviousPolicy,
+) {
+    for p in plans {
+        let columns: Vec<(String, String)> = p
+            .columns
+            .iter()
+            .cloned()
+            .zip(p.column_types.iter().cloned())
+            .collect();
+        p.phi = phi::flag(&p.name, &columns, docs)
+            .into_iter()
+            .filter(|(c, _)| !p.primary_key.contains(c) && p.chosen.as_ref() != Some(c))
+            .collect();
+        let (exclude, mask) = previous.tables.get(&p.name).cloned().unwrap_or_default();
+        p.exclude = exclude;
+        p.mask = mask;
+        for (column, kind) in &p.phi {
+            let covered = p.exclude.contains(column) || p.mask.contains_key(column);
+            match policy {
+                _ if covered => {}
+                PhiPolicy::Keep => {}
+                PhiPolicy::Exclude => p.exclude.push(column.clone()),
+                PhiPolicy::Mask => {
+                    p.mask.insert(column.clone(), kind.mask());
+                }
+            }
+        }
+    }
 }
 
 fn fnv<'a>(parts: impl IntoIterator<Item = &'a String>) -> String {
@@ -633,6 +782,7 @@ pub fn schema_hash(plans: &[TablePlan]) -> String {
 /// column definitions changed (by their schema hashes).
 pub fn changes_since(previous: &str, plans: &[TablePlan]) -> Result<Vec<String>> {
     use serde_norway::Value;
+    let previous_policy = PreviousPolicy::read(previous)?;
     let old: Value = serde_norway::from_str(previous).map_err(|e| Error::config(e.to_string()))?;
     let empty = serde_norway::Mapping::new();
     let old_tables = old
@@ -681,6 +831,21 @@ pub fn changes_since(previous: &str, plans: &[TablePlan]) -> Result<Vec<String>>
                 p.name
             ));
         }
+        let (old_exclude, old_mask) = previous_policy
+            .tables
+            .get(&p.name)
+            .cloned()
+            .unwrap_or_default();
+        let (was, now) = (
+            policy_text(&old_exclude, &old_mask),
+            policy_text(&p.exclude, &p.mask),
+        );
+        if was != now {
+            changes.push(format!(
+                "table `{}`: column policy changed ({was} → {now})",
+                p.name
+            ));
+        }
     }
     for name in old_tables.keys().filter_map(Value::as_str) {
         if !plans.iter().any(|p| p.name == name) {
@@ -690,16 +855,29 @@ pub fn changes_since(previous: &str, plans: &[TablePlan]) -> Result<Vec<String>>
     Ok(changes)
 }
 
+/// A table's own column policy in words, for the changelog.
+fn policy_text(exclude: &[String], mask: &BTreeMap<String, Mask>) -> String {
+    let applied = crate::config::Applied {
+        exclude: exclude.to_vec(),
+        mask: mask.iter().map(|(c, m)| (c.clone(), *m)).collect(),
+    };
+    match applied.fingerprint() {
+        text if text.is_empty() => "none".to_string(),
+        text => text,
+    }
+}
+
 /// Writes `tables.yml` for `plans` at `path` (checked to parse, written
 /// atomically) and appends `changes` to `schema_changelog.md` beside it.
 pub fn write_config(
     plans: &[TablePlan],
+    defaults: Option<&str>,
     changes: &[String],
     path: &Path,
     environment: &str,
 ) -> Result<()> {
     let now = crate::outcome::utc_now().to_sql_string().replace(' ', "T") + "Z";
-    let text = render(plans, environment, &now, &schema_hash(plans));
+    let text = render(plans, defaults, environment, &now, &schema_hash(plans));
     TablesConfig::parse(&text)?;
     write_atomically(path, &text)?;
     if !changes.is_empty() {

@@ -4,10 +4,12 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+mod policy;
 mod settings;
 mod strategy;
 mod tables;
 
+pub use policy::{Applied, ColumnPolicy, Mask};
 pub use settings::{
     DEFAULT_SCHEMA, DEFAULT_SOURCE_CONNECTIONS, Env, Environment, Mode, MySqlSettings, PgSettings,
     PgSslMode, Secret, SslMode, read_secret_file, redact,

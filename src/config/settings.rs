@@ -279,6 +279,8 @@ const KNOWN_SHARED: &[&str] = &[
     "ETL_ALERT_WEBHOOK_URL",
     "ETL_ALERT_WEBHOOK_TIMEOUT_SECONDS",
     "ETL_ALERT_WEBHOOK_RETRIES",
+    "ETL_MASK_KEY",
+    "ETL_MASK_KEY_FILE",
 ];
 
 /// Prefixes under which an unknown variable is surely meant for this tool.
@@ -287,6 +289,7 @@ const CHECKED_PREFIXES: &[&str] = &[
     "MYSQL_REPLICATION_",
     "POSTGRES_ANALYTICS_",
     "ETL_ALERT_",
+    "ETL_MASK_",
 ];
 
 /// Levenshtein distance, for naming the variable a misspelled one meant.
@@ -591,6 +594,30 @@ impl Env {
                     .map_err(|_| Error::config(format!("{name} is `{text}`, not a whole number")))
             })
             .transpose()
+    }
+
+    /// `ETL_MASK_KEY`, or the contents of the file `ETL_MASK_KEY_FILE`
+    /// names: the key of `mask_columns: hash`; `None` when neither is set.
+    pub fn mask_key(&self) -> Result<Option<Secret>> {
+        let key = match (self.var("ETL_MASK_KEY"), self.var("ETL_MASK_KEY_FILE")) {
+            (Some(_), Some(_)) => {
+                return Err(Error::config(
+                    "ETL_MASK_KEY and ETL_MASK_KEY_FILE are both set; keep one",
+                ));
+            }
+            (Some(key), None) => key,
+            (None, Some(path)) => read_secret_file("ETL_MASK_KEY_FILE", Path::new(&path))?,
+            (None, None) => return Ok(None),
+        };
+        if key.len() < crate::mask::MIN_KEY_BYTES {
+            return Err(Error::config(format!(
+                "the mask key (ETL_MASK_KEY or ETL_MASK_KEY_FILE) has {} bytes; it needs at least {} \
+                 (make one with `openssl rand -hex 32`)",
+                key.len(),
+                crate::mask::MIN_KEY_BYTES
+            )));
+        }
+        Ok(Some(Secret::new(key)))
     }
 
     /// `OPENDENTAL_SOURCE_MAX_CONNECTIONS`: tables read from the source at once.

@@ -12,6 +12,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
+use super::policy::{ColumnPolicy, Mask, RawPolicy};
 use crate::error::{Error, Result};
 use crate::schema::{DateTimeParts, check_date};
 
@@ -217,6 +218,8 @@ struct RawTable {
     timeout_seconds: Option<u64>,
     retry_count: Option<u32>,
     monitoring: Option<RawMonitoring>,
+    exclude_columns: Option<Vec<String>>,
+    mask_columns: Option<BTreeMap<String, Mask>>,
     // Written by the old system's analyzer; accepted, not used here.
     #[serde(rename = "estimated_size_mb")]
     _estimated_size_mb: Option<IgnoredAny>,
@@ -249,6 +252,7 @@ struct RawTable {
 struct RawFile {
     #[serde(rename = "metadata")]
     _metadata: Option<IgnoredAny>,
+    defaults: Option<RawPolicy>,
     tables: Option<RawTables>,
 }
 
@@ -314,6 +318,8 @@ pub struct TableConfig {
     /// Tries after the first when a phase fails transiently or times out.
     pub retry_count: Option<u32>,
     pub monitoring: Monitoring,
+    /// Columns never read and columns masked on the way out.
+    pub columns: ColumnPolicy,
 }
 
 impl TableConfig {
@@ -341,6 +347,7 @@ impl TableConfig {
             timeout_seconds: None,
             retry_count: None,
             monitoring: Monitoring::default(),
+            columns: ColumnPolicy::default(),
         }
     }
 
@@ -528,9 +535,10 @@ impl TablesConfig {
         let raw_tables = raw
             .tables
             .ok_or_else(|| Error::config("the table config has no `tables:` map"))?;
+        let defaults = raw.defaults.unwrap_or_default();
         let mut tables = BTreeMap::new();
         for (name, raw) in raw_tables.0 {
-            let table = validate(&name, raw)?;
+            let table = validate(&name, raw, &defaults)?;
             tables.insert(name, table);
         }
         Ok(TablesConfig { tables })
@@ -568,7 +576,7 @@ impl TablesConfig {
     }
 }
 
-fn validate(name: &str, raw: RawTable) -> Result<TableConfig> {
+fn validate(name: &str, raw: RawTable, defaults: &RawPolicy) -> Result<TableConfig> {
     let err = |key: &str, why: String| Error::config(format!("tables.{name}.{key}: {why}"));
     if let Some(table_name) = &raw.table_name
         && table_name != name
@@ -664,6 +672,14 @@ fn validate(name: &str, raw: RawTable) -> Result<TableConfig> {
         ));
     }
     let monitoring = validate_monitoring(name, raw.monitoring.unwrap_or_default())?;
+    let columns = ColumnPolicy::merge(
+        name,
+        RawPolicy {
+            exclude_columns: raw.exclude_columns,
+            mask_columns: raw.mask_columns,
+        },
+        defaults,
+    )?;
     // `reconcile` is the newer name and wins: an override file can say
     // `reconcile: rows` for a table `analyze` wrote `delete_detection` for.
     let detection = match (raw.reconcile, raw.delete_detection) {
@@ -699,6 +715,7 @@ fn validate(name: &str, raw: RawTable) -> Result<TableConfig> {
         timeout_seconds: raw.timeout_seconds,
         retry_count: raw.retry_count,
         monitoring,
+        columns,
     })
 }
 

@@ -21,11 +21,12 @@ use mysql_async::{Conn, Row, TxOpts, Value};
 use tokio::sync::Semaphore;
 
 use crate::config::{
-    DeleteDetection, MySqlSettings, Strategy, TableConfig, TableFacts, resolve, unchanged,
+    DeleteDetection, MySqlSettings, Secret, Strategy, TableConfig, TableFacts, resolve, unchanged,
     wants_checksum,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::incremental::{self, Limits, Marks};
+use crate::mask::Masker;
 use crate::mysql::{
     self as my, Encoder, Pass, PassKind, RateLimit, ReadJob, ReadRange, ReadSpec, SourceTable,
     spawn_reader,
@@ -34,7 +35,7 @@ use crate::outcome::{LoadOptions, TableReport};
 use crate::reconcile::{self, Side};
 use crate::schema::ident;
 use crate::shutdown::Stop;
-use crate::tracking::{self, Progress, StoredWatermark};
+use crate::tracking::{self, Progress, Record, StoredWatermark};
 
 /// Bytes of values per `INSERT` statement: well under MariaDB's default
 /// 16 MiB `max_allowed_packet`, large enough that a statement carries
@@ -66,6 +67,8 @@ pub struct ExtractContext {
     /// (`innodb_lock_wait_timeout`) before its batch rolls back and the
     /// phase is retried; `None` keeps the server's setting.
     pub replica_lock_wait: Option<u32>,
+    /// The key of `mask_columns: hash` (`ETL_MASK_KEY_FILE`).
+    pub mask_key: Option<Secret>,
 }
 
 /// Where an interrupted full copy stands, kept across retries in one run.
@@ -497,8 +500,10 @@ pub async fn copy_table(
         .map_err(|_| Error::new(ErrorKind::Interrupted, "the run is shutting down"))?;
     let mut source = session(&ctx.source).await?;
     let mut replica = replica_session(ctx).await?;
-    let source_table = my::describe_table(&mut source, &ctx.source.database, &cfg.name).await?;
+    let described = my::describe_table(&mut source, &ctx.source.database, &cfg.name).await?;
+    let (source_table, policy) = crate::mask::shape(described, cfg)?;
     reconcile::check_key(cfg, &source_table)?;
+    let masker = masker(ctx, cfg, &source_table, &policy)?;
     let key = source_table.primary_key.clone();
     let mut warnings = Vec::new();
     if key.is_empty() {
@@ -565,6 +570,18 @@ pub async fn copy_table(
             reason: format!("resuming an interrupted full copy ({})", decision.reason),
         };
     }
+    let policy_text = policy.fingerprint();
+    let policy_change = crate::mask::policy_change(
+        &state.policy,
+        &policy_text,
+        replica_table.is_some() && !resuming,
+    );
+    if let Some(change) = &policy_change {
+        decision = crate::config::Decision {
+            strategy: Strategy::Full,
+            reason: change.clone(),
+        };
+    }
     if let Strategy::Incremental { columns } = &decision.strategy {
         for column in columns {
             if !source_table.indexed_first_columns.contains(column) {
@@ -590,7 +607,8 @@ pub async fn copy_table(
     } else {
         None
     };
-    if unchanged(cfg, &facts, checksum.as_deref(), state.last_refresh()) {
+    if policy_change.is_none() && unchanged(cfg, &facts, checksum.as_deref(), state.last_refresh())
+    {
         report.decision.reason = crate::config::UNCHANGED_REASON.to_string();
         report.elapsed = started.elapsed();
         return Ok(report);
@@ -603,13 +621,15 @@ pub async fn copy_table(
         table: &source_table,
         key: &key,
         clock: &clock,
+        policy: &policy,
+        masker: masker.clone(),
     };
     match &decision.strategy {
         Strategy::Full => {
             full_copy(&job, source, replica, &resume, &mut report).await?;
             if let Some(sum) = &checksum {
                 let mut replica = replica_session(ctx).await?;
-                tracking::save_copy_checksum(&mut replica, &cfg.name, sum).await?;
+                tracking::save_copy_record(&mut replica, &cfg.name, Record::Checksum, sum).await?;
             }
         }
         Strategy::Incremental { columns } => {
@@ -620,7 +640,7 @@ pub async fn copy_table(
         let done = reconcile_copy(
             ctx,
             cfg,
-            &source_table,
+            (&source_table, masker.as_deref()),
             state.reconciled(),
             opts.allow_mass_delete,
         )
@@ -631,8 +651,23 @@ pub async fn copy_table(
         let mut replica = replica_session(ctx).await?;
         tracking::mark_copy_reconciled(&mut replica, &cfg.name, true).await?;
     }
+    if policy_text != state.policy {
+        let mut replica = replica_session(ctx).await?;
+        tracking::save_copy_record(&mut replica, &cfg.name, Record::Policy, &policy_text).await?;
+    }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// The masker of a table's rows as the copy reads them from the source.
+fn masker(
+    ctx: &ExtractContext,
+    cfg: &TableConfig,
+    table: &SourceTable,
+    policy: &crate::config::Applied,
+) -> Result<Option<Arc<Masker>>> {
+    let columns: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
+    Ok(Masker::new(&cfg.name, &columns, policy, ctx.mask_key.as_ref())?.map(Arc::new))
 }
 
 /// Copies again from the source the replica rows of `keys`, in one replica
@@ -646,7 +681,9 @@ pub async fn recopy_keys(
 ) -> Result<reconcile::Repaired> {
     let mut source = session(&ctx.source).await?;
     let mut replica = replica_session(ctx).await?;
-    let table = my::describe_table(&mut source, &ctx.source.database, &cfg.name).await?;
+    let described = my::describe_table(&mut source, &ctx.source.database, &cfg.name).await?;
+    let (table, policy) = crate::mask::shape(described, cfg)?;
+    let masker = masker(ctx, cfg, &table, &policy)?;
     let held = my::describe_table(&mut replica, &ctx.replica.database, &cfg.name).await?;
     if !held.unique_keys.is_empty() {
         relax_unique_keys(&mut replica, &cfg.name).await?;
@@ -660,7 +697,7 @@ pub async fn recopy_keys(
         &mut source,
         &mut tx,
         ctx.rate.as_deref(),
-        &table,
+        (&table, masker.as_deref()),
         &key,
         keys,
     )
@@ -678,7 +715,7 @@ async fn recopy_into(
     source: &mut Conn,
     replica: &mut impl Queryable,
     rate: Option<&RateLimit>,
-    table: &SourceTable,
+    (table, masker): (&SourceTable, Option<&Masker>),
     key: &[String],
     keys: &[reconcile::Key],
 ) -> Result<reconcile::Repaired> {
@@ -687,7 +724,10 @@ async fn recopy_into(
     for chunk in keys.chunks(reconcile::REPAIR_CHUNK) {
         let (rows, gone) =
             reconcile::rows_by_key(source, (&table.name, &columns, key), chunk, rate).await?;
-        let values: Vec<Vec<Value>> = rows.into_iter().map(Row::unwrap).collect();
+        let mut values: Vec<Vec<Value>> = rows.into_iter().map(Row::unwrap).collect();
+        if let Some(masker) = masker {
+            values.iter_mut().for_each(|v| masker.apply_values(v));
+        }
         let (inserted, updated) =
             insert_rows(replica, &table.name, &columns, key, values, true).await?;
         done.written += inserted + updated;
@@ -704,15 +744,31 @@ async fn recopy_into(
 async fn reconcile_copy(
     ctx: &ExtractContext,
     cfg: &TableConfig,
-    table: &SourceTable,
+    (table, masker): (&SourceTable, Option<&Masker>),
     state: (Option<i64>, i64),
     allow_mass_delete: bool,
 ) -> Result<reconcile::Repaired> {
     let key = reconcile::reconcilable_key(table)?;
     let mut replica = replica_session(ctx).await?;
     let mut source = session(&ctx.source).await?;
+    // Masked values differ from the source's by design: rows are compared
+    // by their other columns.
+    let compared = SourceTable {
+        columns: table
+            .columns
+            .iter()
+            .filter(|c| {
+                cfg.columns
+                    .mask
+                    .keys()
+                    .all(|m| !m.eq_ignore_ascii_case(&c.name))
+            })
+            .cloned()
+            .collect(),
+        ..table.clone()
+    };
     let row_text = (cfg.deletes.detection == DeleteDetection::RowReconcile)
-        .then(|| reconcile::row_text(table));
+        .then(|| reconcile::row_text(&compared));
     let found = reconcile::reconcile(
         &mut source,
         ctx.rate.clone(),
@@ -737,7 +793,7 @@ async fn reconcile_copy(
         &mut source,
         &mut tx,
         ctx.rate.as_deref(),
-        table,
+        (table, masker),
         &key,
         &found.rewrite,
     )
@@ -761,6 +817,8 @@ struct CopyJob<'a> {
     table: &'a SourceTable,
     key: &'a [String],
     clock: &'a tracking::RunClock,
+    policy: &'a crate::config::Applied,
+    masker: Option<Arc<Masker>>,
 }
 
 impl CopyJob<'_> {
@@ -771,6 +829,7 @@ impl CopyJob<'_> {
             batch_rows: self.cfg.batch_size,
             batch_bytes: MAX_BATCH_BYTES,
             rate: self.ctx.rate.clone(),
+            masker: self.masker.clone(),
         }
     }
 
@@ -926,7 +985,7 @@ async fn full_copy(
                 .await
                 .map_err(|e| Error::mysql("reading the replica's collations", e))?;
             let has = |c: &str| collations.iter().any(|k| k == c);
-            let made = my::replica_ddl(&ddl, &cfg.name, &shadow, &has)?;
+            let made = my::replica_ddl(&ddl, &cfg.name, &shadow, &has, job.policy)?;
             report.warnings.extend(made.notes);
             replica
                 .query_drop(format!("DROP TABLE IF EXISTS {}", ident::mysql(&shadow)))

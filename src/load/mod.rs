@@ -16,18 +16,19 @@ use mysql_async::{Conn, Value};
 use tokio_postgres::{Client, GenericClient};
 
 use crate::config::{
-    Decision, DeleteDetection, MySqlSettings, PgSettings, Strategy, TableConfig, TableFacts,
-    resolve, unchanged, wants_checksum,
+    Decision, DeleteDetection, MySqlSettings, PgSettings, Secret, Strategy, TableConfig,
+    TableFacts, resolve, unchanged, wants_checksum,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::incremental::{self, Limits, Marks};
+use crate::mask::Masker;
 use crate::mysql::{self as my, RateLimit, ReadJob, ReadSpec, SourceTable, spawn_reader};
 use crate::postgres::{self as pg, CopyIn, DestTable};
 use crate::reconcile::{self, Side};
 use crate::schema::{
     DataProfile, PgType, SourceType, covering, ident, is_widening, map_type, value_from_text,
 };
-use crate::tracking::{self, PhaseState, Progress, StoredWatermark};
+use crate::tracking::{self, PhaseState, Progress, Record, StoredWatermark};
 
 pub use crate::outcome::{LoadOptions, TableReport};
 pub use batch::{CopyEncoder, FULL_BATCH_BYTES, MAX_BATCH_BYTES, Plan, PlannedColumn};
@@ -43,12 +44,19 @@ pub struct LoadContext {
     /// `replica` is filled by this tool's copy (not direct mode): the load
     /// never moves a watermark past what the copy has committed.
     pub capped_by_copy: bool,
+    /// The key of `mask_columns: hash`, for a load that reads the source
+    /// (direct mode) and so applies the column policy itself.
+    pub mask_key: Option<Secret>,
 }
 
 const STAGE_TABLE: &str = "etl_stage";
 
 struct Prepared {
     source: SourceTable,
+    /// The column policy of the rows the load writes ([`Applied::fingerprint`]).
+    policy: String,
+    /// Masks for rows read from the source (direct mode).
+    masker: Option<Arc<Masker>>,
     plan: Arc<Plan>,
     key: Vec<String>,
     dest_columns: Vec<(String, PgType)>,
@@ -80,7 +88,19 @@ async fn prepare(
     opts: &LoadOptions,
 ) -> Result<Prepared> {
     let schema = &ctx.warehouse.schema;
-    let source = my::describe_table(mysql, &ctx.replica.database, &cfg.name).await?;
+    let described = my::describe_table(mysql, &ctx.replica.database, &cfg.name).await?;
+    // Reading the source, the load is the first hop and applies the column
+    // policy itself; reading the replica, it carries the policy the copy
+    // wrote the rows under.
+    let (source, policy, masker) = if ctx.capped_by_copy {
+        let policy = tracking::copy_state(mysql, &cfg.name).await?.policy;
+        (described, policy, None)
+    } else {
+        let (shaped, applied) = crate::mask::shape(described, cfg)?;
+        let names: Vec<String> = shaped.columns.iter().map(|c| c.name.clone()).collect();
+        let masker = Masker::new(&cfg.name, &names, &applied, ctx.mask_key.as_ref())?;
+        (shaped, applied.fingerprint(), masker.map(Arc::new))
+    };
     reconcile::check_key(cfg, &source)?;
     let too_long = ident::too_long_for_pg(
         std::iter::once(cfg.name.as_str()).chain(source.columns.iter().map(|c| c.name.as_str())),
@@ -324,7 +344,15 @@ async fn prepare(
         seconds_since_last: state.seconds_since_last,
         ignore_time_gap: opts.ignore_time_gap,
     };
-    let decision = resolve(cfg, &facts);
+    let mut decision = resolve(cfg, &facts);
+    if let Some(change) =
+        crate::mask::policy_change(&state.policy, &policy, !facts.destination_created)
+    {
+        decision = Decision {
+            strategy: Strategy::Full,
+            reason: change,
+        };
+    }
     if let Strategy::Incremental { columns } = &decision.strategy {
         for column in columns {
             if !source.indexed_first_columns.contains(column) {
@@ -336,6 +364,8 @@ async fn prepare(
     }
     Ok(Prepared {
         source,
+        policy,
+        masker,
         plan,
         key,
         dest_columns,
@@ -481,12 +511,15 @@ async fn load_once(
         None
     };
     let schema = &ctx.warehouse.schema;
-    if unchanged(
-        cfg,
-        &prepared.facts,
-        checksum.as_deref(),
-        prepared.state.last_refresh(),
-    ) {
+    let policy_changed = prepared.policy != prepared.state.policy;
+    if !policy_changed
+        && unchanged(
+            cfg,
+            &prepared.facts,
+            checksum.as_deref(),
+            prepared.state.last_refresh(),
+        )
+    {
         tracking::mark_status(&client, schema, &cfg.name, "success", None, &opts.run_id).await?;
         report.decision.reason = crate::config::UNCHANGED_REASON.to_string();
         report.elapsed = started.elapsed();
@@ -525,7 +558,8 @@ async fn load_once(
         Strategy::Full => {
             full_load(&job, mysql, &mut client, &mut report).await?;
             if let Some(sum) = &checksum {
-                tracking::save_load_checksum(&client, schema, &cfg.name, sum).await?;
+                tracking::save_load_record(&client, schema, &cfg.name, Record::Checksum, sum)
+                    .await?;
             }
         }
         Strategy::Incremental { columns } => {
@@ -539,6 +573,10 @@ async fn load_once(
     } else if cfg.deletes.detection != DeleteDetection::None {
         let schema = &ctx.warehouse.schema;
         tracking::mark_load_reconciled(&client, schema, &cfg.name, true).await?;
+    }
+    if policy_changed {
+        tracking::save_load_record(&client, schema, &cfg.name, Record::Policy, &prepared.policy)
+            .await?;
     }
     report.elapsed = started.elapsed();
     Ok(report)
@@ -574,6 +612,12 @@ async fn reconcile_load(job: &Job<'_>, client: &mut Client) -> Result<reconcile:
             .map_err(|note| {
                 Error::config(format!("`{}`: {note}; set reconcile: keys", cfg.name))
             })?;
+        // The source holds the clear values of the masked columns.
+        let plan = if ctx.capped_by_copy {
+            plan
+        } else {
+            plan.without_masked(&cfg.columns)
+        };
         loop {
             let mut found = reconcile::Findings::collecting();
             let compared = reconcile::compare_warehouse(
@@ -732,6 +776,7 @@ fn read_spec(
         batch_rows: cfg.batch_size,
         batch_bytes,
         rate: ctx.rate.clone(),
+        masker: prepared.masker.clone(),
     }
 }
 
@@ -857,7 +902,10 @@ async fn reload_into(
         .await?;
         let mut encoder = CopyEncoder::new(prepared.plan.clone());
         let count = u64::try_from(rows.len()).unwrap_or(u64::MAX);
-        for row in rows {
+        for mut row in rows {
+            if let Some(masker) = &prepared.masker {
+                masker.apply(&mut row);
+            }
             my::Encoder::encode(&mut encoder, row)?;
         }
         let (payload, _) = my::Encoder::take(&mut encoder);

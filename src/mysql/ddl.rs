@@ -28,11 +28,18 @@
 //! Triggers are not part of `SHOW CREATE TABLE`: the replica has none, so
 //! the copy never runs a clinic's trigger a second time.
 //!
+//! A column policy reshapes it further: an excluded column, and every
+//! secondary key on it, is left out; a hashed column becomes
+//! `char(64) CHARACTER SET ascii`; a nulled one keeps its type and takes
+//! NULL. Both are nullable, with no default.
+//!
 //! A collation the replica lacks (MySQL 8's `utf8mb4_0900_ai_ci` on
 //! MariaDB) becomes its character set's binary `NO PAD` collation: two
 //! values the source tells apart never collide in the replica's keys.
 
+use crate::config::{Applied, Mask};
 use crate::error::{Error, ErrorKind, Result};
+use crate::mask::HASH_DIGITS;
 use crate::schema::ident;
 
 /// The replica's `CREATE TABLE` for a source table.
@@ -48,12 +55,14 @@ pub struct ReplicaDdl {
 
 /// Makes the replica's definition of source table `table`, created under
 /// the name `into`, from the source's `SHOW CREATE TABLE` text.
-/// `has_collation` says whether the replica knows a collation.
+/// `has_collation` says whether the replica knows a collation; `policy`
+/// is the table's column policy.
 pub fn replica_ddl(
     show_create: &str,
     table: &str,
     into: &str,
     has_collation: &dyn Fn(&str) -> bool,
+    policy: &Applied,
 ) -> Result<ReplicaDdl> {
     let not_plain = || {
         Error::new(
@@ -84,10 +93,25 @@ pub fn replica_ddl(
             .map(|t| t.text.to_ascii_uppercase())
             .unwrap_or_default();
         match first.as_str() {
-            _ if item.starts_with('`') => columns.push(column(item, &mut collations)),
+            _ if item.starts_with('`') => {
+                let name = first_identifier(item).unwrap_or_default();
+                match policy.mask_of(&name) {
+                    _ if policy.excludes(&name) => {}
+                    Some(Mask::Hash) => columns.push(format!(
+                        "{} char({HASH_DIGITS}) CHARACTER SET ascii COLLATE ascii_bin DEFAULT NULL",
+                        ident::mysql(&name)
+                    )),
+                    Some(Mask::Null) => columns.push(nullable(&column(item, &mut collations))),
+                    Some(Mask::Year) | None => columns.push(column(item, &mut collations)),
+                }
+            }
             "PRIMARY" => primary = Some(without_comments(item)),
             "KEY" | "INDEX" | "UNIQUE" | "FULLTEXT" | "SPATIAL" | "VECTOR" => {
-                keys.extend(secondary_key(item))
+                keys.extend(secondary_key(item).filter(|key| {
+                    !parts(key)
+                        .iter()
+                        .any(|p| first_identifier(p).is_some_and(|c| policy.excludes(&c)))
+                }))
             }
             // Foreign keys, CHECK constraints, periods.
             "CONSTRAINT" | "FOREIGN" | "CHECK" | "PERIOD" => {}
@@ -217,6 +241,44 @@ fn column(item: &str, collations: &mut Collations<'_>) -> String {
         }
     }
     apply(item, edits)
+}
+
+/// A column definition that takes NULL and defaults to it: its
+/// nullability, default, `ON UPDATE` and `AUTO_INCREMENT` left out.
+fn nullable(definition: &str) -> String {
+    let toks = tokens(definition);
+    let mut edits = Vec::new();
+    let mut i = 1;
+    while i < toks.len() {
+        let word_at = |n: usize| toks.get(n).and_then(Tok::word);
+        // The clause's value: a literal, a negative number, or a function
+        // call (`current_timestamp()`).
+        let value_end = |n: usize| {
+            let n = if toks.get(n).is_some_and(|t| t.text == "-") {
+                n + 1
+            } else {
+                n
+            };
+            match toks.get(n + 1) {
+                Some(t) if t.kind == Kind::Group && toks[n].kind == Kind::Word => n + 1,
+                _ => n,
+            }
+        };
+        let last = match (word_at(i).as_deref(), word_at(i + 1).as_deref()) {
+            (Some("NOT"), Some("NULL")) => i + 1,
+            (Some("NULL" | "AUTO_INCREMENT"), _) => i,
+            (Some("DEFAULT"), _) => value_end(i + 1),
+            (Some("ON"), Some("UPDATE")) => value_end(i + 2),
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        let last = last.min(toks.len() - 1);
+        edits.push((toks[i - 1].end, toks[last].end, String::new()));
+        i = last + 1;
+    }
+    format!("{} NULL DEFAULT NULL", apply(definition, edits))
 }
 
 /// A secondary key as the replica builds it: plain, without version
@@ -472,7 +534,14 @@ mod tests {
     }
 
     fn ddl(text: &str) -> ReplicaDdl {
-        replica_ddl(text, "t", "t__etl_shadow", &mariadb_has).unwrap()
+        replica_ddl(
+            text,
+            "t",
+            "t__etl_shadow",
+            &mariadb_has,
+            &Applied::default(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -610,8 +679,58 @@ mod tests {
     #[test]
     fn a_view_or_another_name_is_refused() {
         let view = "CREATE ALGORITHM=UNDEFINED DEFINER=`root`@`%` SQL SECURITY DEFINER VIEW `t` AS select 1 AS `1`";
-        let e = replica_ddl(view, "t", "s", &mariadb_has).unwrap_err();
+        let e = replica_ddl(view, "t", "s", &mariadb_has, &Applied::default()).unwrap_err();
         assert!(e.to_string().contains("not a plain table"), "{e}");
-        assert!(replica_ddl("CREATE TABLE `u` (\n  `a` int\n)", "t", "s", &mariadb_has).is_err());
+        assert!(
+            replica_ddl(
+                "CREATE TABLE `u` (\n  `a` int\n)",
+                "t",
+                "s",
+                &mariadb_has,
+                &Applied::default()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_column_policy_drops_hashes_and_nulls_columns_and_their_keys() {
+        let text = "CREATE TABLE `t` (\n  `PatNum` bigint(20) NOT NULL AUTO_INCREMENT,\n  \
+                    `LName` varchar(100) CHARACTER SET utf8mb3 COLLATE utf8mb3_general_ci NOT NULL DEFAULT '',\n  \
+                    `SSN` varchar(100) NOT NULL DEFAULT '',\n  \
+                    `Balance` int(11) NOT NULL DEFAULT -1,\n  \
+                    `Stamp` timestamp NOT NULL DEFAULT current_timestamp() ON UPDATE current_timestamp(),\n  \
+                    PRIMARY KEY (`PatNum`),\n  KEY `ssn` (`SSN`),\n  KEY `name` (`LName`(10),`PatNum`)\n\
+                    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb3";
+        let policy = Applied {
+            exclude: vec!["SSN".into()],
+            mask: vec![
+                ("Balance".into(), Mask::Null),
+                ("LName".into(), Mask::Hash),
+                ("Stamp".into(), Mask::Null),
+            ],
+        };
+        let made = replica_ddl(text, "t", "t", &mariadb_has, &policy).unwrap();
+        assert!(!made.create.contains("SSN"), "{}", made.create);
+        assert!(
+            made.create
+                .contains("`LName` char(64) CHARACTER SET ascii COLLATE ascii_bin DEFAULT NULL"),
+            "{}",
+            made.create
+        );
+        assert!(
+            made.create.contains("`Balance` int(11) NULL DEFAULT NULL,"),
+            "{}",
+            made.create
+        );
+        assert!(
+            made.create.contains("`Stamp` timestamp NULL DEFAULT NULL,"),
+            "{}",
+            made.create
+        );
+        assert_eq!(
+            made.deferred_keys,
+            vec!["KEY `name` (`LName`(10),`PatNum`)".to_string()]
+        );
     }
 }

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::reader::{ReadRange, page_query};
 use crate::error::{Error, ErrorKind, Result};
+use crate::mask::Masker;
 use crate::schema::ident;
 
 /// Batches in flight between reader and writer: one being written, one
@@ -92,6 +93,16 @@ pub struct ReadSpec {
     pub batch_bytes: usize,
     /// The run's rate limit, shared by every table it reads.
     pub rate: Option<Arc<RateLimit>>,
+    /// Masks applied to each row as it is read (the first hop only).
+    pub masker: Option<Arc<Masker>>,
+}
+
+impl ReadSpec {
+    fn mask(&self, row: &mut Row) {
+        if let Some(masker) = &self.masker {
+            masker.apply(row);
+        }
+    }
 }
 
 /// A rows-per-second budget shared by all readers of a run, so a run with
@@ -169,7 +180,8 @@ async fn read_full<E: Encoder>(
         .await
         .map_err(|e| Error::mysql(ctx(), e))?;
     let mut rows = 0u64;
-    while let Some(row) = result.next().await.map_err(|e| Error::mysql(ctx(), e))? {
+    while let Some(mut row) = result.next().await.map_err(|e| Error::mysql(ctx(), e))? {
+        spec.mask(&mut row);
         encoder.encode(row)?;
         rows += 1;
         if rows >= u64::from(spec.batch_rows) || encoder.held_bytes() >= spec.batch_bytes {
@@ -228,13 +240,14 @@ async fn read_passes<E: Encoder>(
             let mut rows = 0u64;
             let mut page_rows = 0u64;
             let mut last: Option<Vec<Value>> = None;
-            while let Some(row) = result.next().await.map_err(|e| Error::mysql(ctx(), e))? {
+            while let Some(mut row) = result.next().await.map_err(|e| Error::mysql(ctx(), e))? {
                 last = Some(
                     order_positions
                         .iter()
                         .map(|&i| row.as_ref(i).cloned().unwrap_or(Value::NULL))
                         .collect(),
                 );
+                spec.mask(&mut row);
                 encoder.encode(row)?;
                 rows += 1;
                 page_rows += 1;

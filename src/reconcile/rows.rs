@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 
 use super::Key;
 use super::canon::{Canon, canon_mysql, canon_pg, pg_expr};
-use crate::config::MySqlSettings;
+use crate::config::{ColumnPolicy, MySqlSettings};
 use crate::error::{Error, Result};
 use crate::mysql::{self as my, RateLimit, ReadRange, page_query};
 use crate::schema::{SourceType, ident};
@@ -324,6 +324,7 @@ impl AsyncNext<Vec<Canon>> for &mut PgSide<'_> {
 
 /// What a deep comparison of one table works from: its key (signed
 /// integers) and the columns both the MySQL copy and the warehouse have.
+#[derive(Clone)]
 pub struct DeepPlan {
     table: String,
     key: Vec<String>,
@@ -375,6 +376,17 @@ pub async fn deep_plan(
 }
 
 impl DeepPlan {
+    /// The plan without the columns `policy` masks: the source holds their
+    /// clear values and every copy the masked ones, so against the source
+    /// they differ by design.
+    pub fn without_masked(mut self, policy: &ColumnPolicy) -> DeepPlan {
+        let masked = |name: &str| policy.mask.keys().any(|m| m.eq_ignore_ascii_case(name));
+        self.shared
+            .retain(|(n, _)| !masked(n) || self.key.contains(n));
+        self.names.retain(|n| !masked(n) || self.key.contains(n));
+        self
+    }
+
     fn mysql_side(&self, conn: Conn, rate: Option<Arc<RateLimit>>) -> MySqlSide {
         MySqlSide {
             conn,

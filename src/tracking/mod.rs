@@ -50,7 +50,8 @@ fn warehouse_ddl(schema: &str) -> Vec<String> {
                 add column if not exists last_run_id varchar(64),
                 add column if not exists last_reconciled timestamp,
                 add column if not exists runs_since_reconcile integer not null default 0,
-                add column if not exists source_checksum varchar(20)",
+                add column if not exists source_checksum varchar(20),
+                add column if not exists column_policy text",
             t("etl_load_status")
         ),
         format!(
@@ -147,12 +148,14 @@ const REPLICA_WATERMARK_DDL: &str = "CREATE TABLE IF NOT EXISTS `etl_copy_waterm
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4";
 
 /// Columns `etl_copy_status` gained after the old system: when the table's
-/// keys were last reconciled with the source, copies since, and the
-/// source's checksum taken before the last full copy.
+/// keys were last reconciled with the source, copies since, the source's
+/// checksum taken before the last full copy, and the column policy the
+/// copy holds.
 const REPLICA_STATUS_COLUMNS: &str = "ALTER TABLE `etl_copy_status`
     ADD COLUMN IF NOT EXISTS `last_reconciled` datetime(6) NULL,
     ADD COLUMN IF NOT EXISTS `runs_since_reconcile` int NOT NULL DEFAULT 0,
-    ADD COLUMN IF NOT EXISTS `source_checksum` varchar(20) NULL";
+    ADD COLUMN IF NOT EXISTS `source_checksum` varchar(20) NULL,
+    ADD COLUMN IF NOT EXISTS `column_policy` text NULL";
 
 /// `last_reconciled` to the microsecond, as in the warehouse (a replica
 /// made before it was kept to the second).
@@ -655,6 +658,9 @@ pub struct PhaseState {
     pub seconds_since_reconciled: Option<i64>,
     /// Runs of the phase since then.
     pub runs_since_reconcile: i64,
+    /// The column policy ([`crate::config::Applied::fingerprint`]) the
+    /// table's rows were written under; empty for none.
+    pub policy: String,
 }
 
 impl PhaseState {
@@ -674,7 +680,8 @@ pub async fn copy_state(conn: &mut Conn, table: &str) -> Result<PhaseState> {
     let row: Option<mysql_async::Row> = conn
         .exec_first(
             "SELECT IF(`rows_copied` IS NULL, NULL, TIMESTAMPDIFF(SECOND, `last_copied`, NOW())), \
-                    `source_checksum`, TIMESTAMPDIFF(SECOND, `last_reconciled`, NOW()), `runs_since_reconcile` \
+                    `source_checksum`, TIMESTAMPDIFF(SECOND, `last_reconciled`, NOW()), `runs_since_reconcile`, \
+                    COALESCE(`column_policy`, '') \
              FROM `etl_copy_status` WHERE `table_name` = ?",
             (table,),
         )
@@ -685,6 +692,7 @@ pub async fn copy_state(conn: &mut Conn, table: &str) -> Result<PhaseState> {
         checksum: r.get::<Option<String>, _>(1).flatten(),
         seconds_since_reconciled: r.get::<Option<i64>, _>(2).flatten(),
         runs_since_reconcile: r.get::<i64, _>(3).unwrap_or(0),
+        policy: r.get::<String, _>(4).unwrap_or_default(),
     }))
 }
 
@@ -695,7 +703,7 @@ pub async fn load_state(client: &Client, schema: &str, table: &str) -> Result<Ph
             &format!(
                 "select case when last_strategy is not null then extract(epoch from now() - last_loaded)::bigint end, \
                         source_checksum::text, extract(epoch from now() - last_reconciled)::bigint, \
-                        runs_since_reconcile::bigint \
+                        runs_since_reconcile::bigint, coalesce(column_policy, '') \
                  from {} where table_name = $1",
                 ident::pg_qualified(schema, "etl_load_status")
             ),
@@ -708,36 +716,72 @@ pub async fn load_state(client: &Client, schema: &str, table: &str) -> Result<Ph
         checksum: r.get(1),
         seconds_since_reconciled: r.get(2),
         runs_since_reconcile: r.get(3),
+        policy: r.get(4),
     }))
 }
 
-/// Records the source checksum taken before a full copy that succeeded.
-pub async fn save_copy_checksum(conn: &mut Conn, table: &str, checksum: &str) -> Result<()> {
-    conn.exec_drop(
-        "UPDATE `etl_copy_status` SET `source_checksum` = ? WHERE `table_name` = ?",
-        (checksum, table),
-    )
-    .await
-    .map_err(|e| Error::mysql(format!("recording the checksum of `{table}`"), e))
+/// What a copy or a load records of a table besides its progress.
+#[derive(Debug, Clone, Copy)]
+pub enum Record {
+    /// The source checksum taken before a full refresh that succeeded.
+    Checksum,
+    /// The column policy the rows were written under.
+    Policy,
 }
 
-/// Records the MySQL table's checksum taken before a full load that succeeded.
-pub async fn save_load_checksum(
+impl Record {
+    fn column(self) -> &'static str {
+        match self {
+            Record::Checksum => "source_checksum",
+            Record::Policy => "column_policy",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Record::Checksum => "checksum",
+            Record::Policy => "column policy",
+        }
+    }
+}
+
+/// Records `value` as the copy's `record` of `table`.
+pub async fn save_copy_record(
+    conn: &mut Conn,
+    table: &str,
+    record: Record,
+    value: &str,
+) -> Result<()> {
+    conn.exec_drop(
+        format!(
+            "UPDATE `etl_copy_status` SET `{}` = ? WHERE `table_name` = ?",
+            record.column()
+        ),
+        (value, table),
+    )
+    .await
+    .map_err(|e| Error::mysql(format!("recording the {} of `{table}`", record.what()), e))
+}
+
+/// Records `value` as the load's `record` of `table`.
+pub async fn save_load_record(
     client: &impl GenericClient,
     schema: &str,
     table: &str,
-    checksum: &str,
+    record: Record,
+    value: &str,
 ) -> Result<()> {
     client
         .execute(
             &format!(
-                "update {} set source_checksum = $2 where table_name = $1",
-                ident::pg_qualified(schema, "etl_load_status")
+                "update {} set {} = $2 where table_name = $1",
+                ident::pg_qualified(schema, "etl_load_status"),
+                record.column()
             ),
-            &[&table, &checksum],
+            &[&table, &value],
         )
         .await
-        .map_err(|e| Error::postgres(format!("recording the checksum of {table}"), e))?;
+        .map_err(|e| Error::postgres(format!("recording the {} of {table}", record.what()), e))?;
     Ok(())
 }
 

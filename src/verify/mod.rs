@@ -12,13 +12,13 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use tokio_postgres::Client;
 
-use crate::config::{MySqlSettings, PgSettings, TableConfig};
+use crate::config::{MySqlSettings, PgSettings, Secret, TableConfig};
 use crate::error::{Error, Result};
 use crate::extract::ExtractContext;
 use crate::load::LoadContext;
 use crate::mysql as my;
 use crate::reconcile::{
-    Findings, Repaired, compare_replica, compare_warehouse, deep_plan, pg_columns,
+    DeepPlan, Findings, Repaired, compare_replica, compare_warehouse, deep_plan, pg_columns,
 };
 use crate::schema::ident;
 use crate::{postgres as pg, tracking};
@@ -30,6 +30,8 @@ pub struct VerifyContext {
     pub source: Option<MySqlSettings>,
     pub mysql: MySqlSettings,
     pub warehouse: PgSettings,
+    /// The key of `mask_columns: hash`, for repairs that read the source.
+    pub mask_key: Option<Secret>,
 }
 
 /// What `verify` found for one table.
@@ -75,8 +77,13 @@ async fn mysql_count(conn: &mut Conn, database: &str, table: &str) -> Result<Opt
     Ok(n)
 }
 
-/// Checks tables: counts always, values with `deep`.
-pub async fn verify(ctx: &VerifyContext, tables: &[String], deep: bool) -> Result<Vec<TableCheck>> {
+/// Checks tables: counts always, values with `deep` (masked columns are
+/// compared between the copies only, never with the source's clear values).
+pub async fn verify(
+    ctx: &VerifyContext,
+    tables: &[TableConfig],
+    deep: bool,
+) -> Result<Vec<TableCheck>> {
     let client = pg::connect(&ctx.warehouse).await?;
     tracking::check_warehouse(&client, &ctx.warehouse.schema).await?;
     let mut mysql = my::connect(&ctx.mysql).await?;
@@ -86,7 +93,8 @@ pub async fn verify(ctx: &VerifyContext, tables: &[String], deep: bool) -> Resul
     };
     let schema = &ctx.warehouse.schema;
     let mut checks = Vec::with_capacity(tables.len());
-    for table in tables {
+    for cfg in tables {
+        let table = &cfg.name;
         let mut check = TableCheck {
             table: table.clone(),
             ..TableCheck::default()
@@ -111,7 +119,7 @@ pub async fn verify(ctx: &VerifyContext, tables: &[String], deep: bool) -> Resul
                 .push(format!("{schema}.{table} is missing in the warehouse"));
         }
         if deep && check.mysql_rows.is_some() && check.warehouse_rows.is_some() {
-            deep_check(ctx, &client, table, &columns, &mut check).await?;
+            deep_check(ctx, &client, cfg, &columns, &mut check).await?;
         }
         checks.push(check);
     }
@@ -121,12 +129,12 @@ pub async fn verify(ctx: &VerifyContext, tables: &[String], deep: bool) -> Resul
 async fn deep_check(
     ctx: &VerifyContext,
     client: &Client,
-    table: &str,
+    cfg: &TableConfig,
     pg_cols: &[(String, String)],
     check: &mut TableCheck,
 ) -> Result<()> {
-    let plan = match deep_plan(&ctx.mysql, table, pg_cols).await? {
-        Ok(plan) => plan,
+    let (warehouse_plan, replica_plan) = match plans(ctx, cfg, pg_cols).await? {
+        Ok(plans) => plans,
         Err(note) => {
             check.notes.push(note);
             return Ok(());
@@ -136,16 +144,35 @@ async fn deep_check(
     check.compared = compare_warehouse(
         (&ctx.mysql, None),
         (client, &ctx.warehouse.schema),
-        &plan,
+        &warehouse_plan,
         false,
         &mut found,
     )
     .await?;
-    if let Some(source) = &ctx.source {
-        compare_replica(source, &ctx.mysql, &plan, &mut found).await?;
+    if let (Some(source), Some(plan)) = (&ctx.source, &replica_plan) {
+        compare_replica(source, &ctx.mysql, plan, &mut found).await?;
     }
     check.differences.extend(found.described);
     Ok(())
+}
+
+/// The deep plans of a table: the warehouse against the MySQL database it
+/// is loaded from, and (with a source) the replica against the source;
+/// whichever side is the source leaves the masked columns out.
+async fn plans(
+    ctx: &VerifyContext,
+    cfg: &TableConfig,
+    pg_cols: &[(String, String)],
+) -> Result<std::result::Result<(DeepPlan, Option<DeepPlan>), String>> {
+    Ok(deep_plan(&ctx.mysql, &cfg.name, pg_cols)
+        .await?
+        .map(|plan| match &ctx.source {
+            Some(_) => {
+                let replica_plan = plan.clone().without_masked(&cfg.columns);
+                (plan, Some(replica_plan))
+            }
+            None => (plan.without_masked(&cfg.columns), None),
+        }))
 }
 
 /// What `verify --repair` did to one table.
@@ -178,6 +205,7 @@ pub async fn repair(
         warehouse: ctx.warehouse.clone(),
         rate: None,
         capped_by_copy: ctx.source.is_some(),
+        mask_key: ctx.mask_key.clone(),
     };
     let mut repairs = Vec::with_capacity(configs.len());
     for cfg in configs {
@@ -186,25 +214,26 @@ pub async fn repair(
             ..TableRepair::default()
         };
         let pg_cols = pg_columns(&client, &ctx.warehouse.schema, &cfg.name).await?;
-        let plan = match deep_plan(&ctx.mysql, &cfg.name, &pg_cols).await? {
-            Ok(plan) => plan,
+        let (plan, replica_plan) = match plans(ctx, cfg, &pg_cols).await? {
+            Ok(plans) => plans,
             Err(note) => {
                 repair.note = Some(note);
                 repairs.push(repair);
                 continue;
             }
         };
-        if let Some(source) = &ctx.source {
+        if let (Some(source), Some(replica_plan)) = (&ctx.source, &replica_plan) {
             let extract = ExtractContext {
                 source: source.clone(),
                 replica: ctx.mysql.clone(),
                 rate: None,
                 source_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
                 replica_lock_wait: None,
+                mask_key: ctx.mask_key.clone(),
             };
             loop {
                 let mut found = Findings::collecting();
-                compare_replica(source, &ctx.mysql, &plan, &mut found).await?;
+                compare_replica(source, &ctx.mysql, replica_plan, &mut found).await?;
                 if found.keys().is_empty() {
                     break;
                 }

@@ -26,6 +26,9 @@ fn var(name: &str, default: &str) -> String {
 }
 
 /// A test's own source, replica and warehouse databases.
+/// The key of `mask_columns: hash` in the tests' contexts.
+pub const TEST_MASK_KEY: &str = "tests-mask-key-0123456789abcdef";
+
 pub struct TestDb {
     pub ctx: LoadContext,
     /// The "clinic" database (`etl_t_<name>_src`) the extract phase reads.
@@ -101,6 +104,7 @@ impl TestDb {
             },
             rate: None,
             capped_by_copy: true,
+            mask_key: Some(Secret::new(TEST_MASK_KEY)),
         };
         pipeline::init(Some(&ctx.warehouse), Some(&ctx.replica))
             .await
@@ -148,6 +152,7 @@ impl TestDb {
             rate: rate.map(|n| std::sync::Arc::new(RateLimit::new(n))),
             source_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(2)),
             replica_lock_wait: None,
+            mask_key: self.ctx.mask_key.clone(),
         }
     }
 
@@ -1012,6 +1017,12 @@ impl PrivatePostgres {
 
     /// Runs SQL as the superuser over the server's Unix socket.
     pub fn psql(&self, sql: &str) {
+        self.query("postgres", sql);
+    }
+
+    /// Runs `sql` in `database` as the superuser, through the server's
+    /// socket; returns what it printed, unaligned, without headers.
+    pub fn query(&self, database: &str, sql: &str) -> String {
         let out = std::process::Command::new("psql")
             .args([
                 "-h",
@@ -1023,7 +1034,8 @@ impl PrivatePostgres {
                 "-U",
                 "postgres",
                 "-d",
-                "postgres",
+                database,
+                "-At",
                 "-v",
                 "ON_ERROR_STOP=1",
                 "-c",
@@ -1032,6 +1044,7 @@ impl PrivatePostgres {
             .output()
             .unwrap();
         assert!(out.status.success(), "psql {sql}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
 

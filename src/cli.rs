@@ -450,6 +450,7 @@ async fn run_tables(
     if let Some(path) = &args.summary_json {
         write_json(path, &pipeline::summary_json(&report))?;
     }
+    log_policy_changes(tables_file, &report);
     if let Some(warehouse) = &ctx.warehouse {
         let days = env
             .history_retention_days()?
@@ -463,6 +464,31 @@ async fn run_tables(
     } else {
         ExitCode::from(EXIT_FAILED)
     })
+}
+
+/// Records in the schema changelog beside the table config the column
+/// policy changes the run rewrote tables for (once per table, though both
+/// phases report it). A changelog that cannot be written is warned about:
+/// the rows are already right.
+fn log_policy_changes(tables_file: &Path, report: &pipeline::RunReport) {
+    let changes: std::collections::BTreeSet<String> = report
+        .outcomes
+        .iter()
+        .filter_map(|o| o.result.as_ref().ok())
+        .filter_map(|r| {
+            r.policy_change.as_ref().map(|change| {
+                format!(
+                    "table `{}`: column policy changed ({change}), rewritten by run {}",
+                    r.table, report.run_id
+                )
+            })
+        })
+        .collect();
+    let changes: Vec<String> = changes.into_iter().collect();
+    let when = crate::outcome::utc_now().to_sql_string().replace(' ', "T") + "Z";
+    if let Err(e) = analyze::append_changelog(tables_file, &when, &changes) {
+        eprintln!("warning: the column policy change is not in the schema changelog: {e}");
+    }
 }
 
 /// The databases a run with these phases needs, read from the environment

@@ -71,9 +71,9 @@ pub fn shape(table: SourceTable, cfg: &TableConfig) -> Result<(SourceTable, Appl
     Ok((shaped, applied))
 }
 
-/// Why a table whose rows were written under column policy `was` is
-/// rewritten in full under `now`; `None` when the policy is the same or
-/// nothing was `written` yet.
+/// The change from column policy `was` to `now` in words (`exclude: SSN
+/// → exclude: SSN; mask: LName=hash`), when a table whose rows were
+/// `written` under `was` must be rewritten.
 pub fn policy_change(was: &str, now: &str, written: bool) -> Option<String> {
     let show = |p: &str| {
         if p.is_empty() {
@@ -82,13 +82,12 @@ pub fn policy_change(was: &str, now: &str, written: bool) -> Option<String> {
             p.to_string()
         }
     };
-    (written && was != now).then(|| {
-        format!(
-            "the column policy changed ({} → {}): rewritten in full",
-            show(was),
-            show(now)
-        )
-    })
+    (written && was != now).then(|| format!("{} → {}", show(was), show(now)))
+}
+
+/// Why a phase rewrites a table whose column policy changed.
+pub fn policy_reason(change: &str) -> String {
+    format!("the column policy changed ({change}): rewritten in full")
 }
 
 /// Masks the values of one table's rows, in the order its columns are read.

@@ -47,6 +47,9 @@ pub struct TableReport {
     pub warnings: Vec<String>,
     pub watermark_start: Option<String>,
     pub watermark_end: Option<String>,
+    /// The change of column policy (`was → now`) this phase rewrote the
+    /// table for.
+    pub policy_change: Option<String>,
     pub elapsed: Duration,
 }
 
@@ -68,6 +71,7 @@ impl TableReport {
             warnings: Vec::new(),
             watermark_start: None,
             watermark_end: None,
+            policy_change: None,
             elapsed: Duration::ZERO,
         }
     }

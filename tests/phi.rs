@@ -257,11 +257,21 @@ async fn excluded_columns_are_never_read_and_masked_values_still_join() {
     // now is emptied in the warehouse by that rewrite.
     std::fs::write(&tables, tables_yml("[SSN, Email, FName]", "{LName: hash}")).unwrap();
     let (out, _) = run();
+    let change = "exclude: Email, SSN; mask: Birthdate=year, LName=hash → exclude: Email, FName, SSN; mask: LName=hash";
     assert_eq!(
-        out.matches("the column policy changed (exclude: Email, SSN; mask: Birthdate=year, LName=hash → exclude: Email, FName, SSN; mask: LName=hash)")
+        out.matches(&format!("the column policy changed ({change})"))
             .count(),
         2,
         "the copy and the load say so: {out}"
+    );
+    let log = std::fs::read_to_string(dir.join("schema_changelog.md")).unwrap();
+    assert_eq!(
+        log.matches(&format!(
+            "table `patient`: column policy changed ({change}), rewritten by run"
+        ))
+        .count(),
+        1,
+        "and so does the schema changelog, once: {log}"
     );
     let row = pg
         .query_one(

@@ -165,6 +165,31 @@ async fn each_sslmode_does_what_libpq_does_and_a_refusal_says_why() {
     s.ssl_root_cert = Some(setup.certs.dir.join("missing.pem"));
     let err = encrypted(&s).await.unwrap_err();
     assert!(err.to_string().contains("missing.pem"), "{err}");
+    // The server's certificate runs out: the error says so, in every mode
+    // that checks it.
+    let (expired, key) =
+        setup
+            .certs
+            .ca
+            .issue_expired("expired", "localhost", "DNS:localhost,IP:127.0.0.1");
+    setup.server.replace_and_reload(&key, "server.key");
+    setup.server.replace_and_reload(&expired, "server.crt");
+    for mode in [VerifyFull, VerifyCa] {
+        let err = encrypted(&settings(&setup, "localhost", mode, Some(&root)))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the server's certificate has expired"),
+            "{mode:?}: {err}"
+        );
+    }
+    assert!(
+        encrypted(&settings(&setup, "localhost", Require, None))
+            .await
+            .unwrap(),
+        "require checks no certificate"
+    );
 }
 
 /// The whole tool against that server, configured only through the
@@ -372,6 +397,32 @@ async fn each_mysql_ssl_mode_against_a_server_that_requires_tls() {
     );
     s.ssl_client = Some(setup.certs.client.clone());
     assert!(mysql_encrypted(&s).await.unwrap());
+    // The server's certificate runs out (the same files, read again).
+    let (expired, key) =
+        setup
+            .certs
+            .ca
+            .issue_expired("expired", "localhost", "DNS:localhost,IP:127.0.0.1");
+    std::fs::copy(&expired, &setup.certs.server.0).unwrap();
+    std::fs::copy(&key, &setup.certs.server.1).unwrap();
+    let admin = MySqlSettings {
+        ssl_mode: Required,
+        ..setup.server.admin.clone()
+    };
+    exec_on(&admin, &["FLUSH SSL"]).await;
+    let err = mysql_encrypted(&mysql_settings(
+        &setup,
+        "localhost",
+        VerifyIdentity,
+        Some(&root),
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the server's certificate has expired"),
+        "{err}"
+    );
 }
 
 /// The whole tool, reading a clinic's server by its network address: in

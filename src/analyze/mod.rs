@@ -880,15 +880,21 @@ pub fn write_config(
     let text = render(plans, defaults, environment, &now, &schema_hash(plans));
     TablesConfig::parse(&text)?;
     write_atomically(path, &text)?;
-    if !changes.is_empty() {
-        let log = path.with_file_name("schema_changelog.md");
-        let mut entry =
-            std::fs::read_to_string(&log).unwrap_or_else(|_| "# Schema changelog\n".to_string());
-        entry.push_str(&format!("\n## {now}\n\n"));
-        for change in changes {
-            entry.push_str(&format!("- {change}\n"));
-        }
-        write_atomically(&log, &entry)?;
+    append_changelog(path, &now, changes)
+}
+
+/// Appends `changes` (if any), under the heading `when`, to
+/// `schema_changelog.md` beside the table config at `tables`.
+pub fn append_changelog(tables: &Path, when: &str, changes: &[String]) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let log = tables.with_file_name("schema_changelog.md");
+    let mut entry =
+        std::fs::read_to_string(&log).unwrap_or_else(|_| "# Schema changelog\n".to_string());
+    entry.push_str(&format!("\n## {when}\n\n"));
+    for change in changes {
+        entry.push_str(&format!("- {change}\n"));
+    }
+    write_atomically(&log, &entry)
 }

@@ -579,7 +579,7 @@ pub async fn copy_table(
     if let Some(change) = &policy_change {
         decision = crate::config::Decision {
             strategy: Strategy::Full,
-            reason: change.clone(),
+            reason: crate::mask::policy_reason(change),
         };
     }
     if let Strategy::Incremental { columns } = &decision.strategy {
@@ -600,6 +600,7 @@ pub async fn copy_table(
                 .map(|(c, m)| (c.clone(), m.clone()))
                 .collect::<Vec<_>>(),
         ),
+        policy_change: policy_change.clone(),
         ..TableReport::new(&cfg.name, decision.clone())
     };
     let checksum = if wants_checksum(cfg, &decision) && !resuming {

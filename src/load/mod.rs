@@ -57,6 +57,8 @@ struct Prepared {
     policy: String,
     /// Masks for rows read from the source (direct mode).
     masker: Option<Arc<Masker>>,
+    /// The change of policy the load rewrites the table for.
+    policy_change: Option<String>,
     plan: Arc<Plan>,
     key: Vec<String>,
     dest_columns: Vec<(String, PgType)>,
@@ -345,12 +347,12 @@ async fn prepare(
         ignore_time_gap: opts.ignore_time_gap,
     };
     let mut decision = resolve(cfg, &facts);
-    if let Some(change) =
-        crate::mask::policy_change(&state.policy, &policy, !facts.destination_created)
-    {
+    let policy_change =
+        crate::mask::policy_change(&state.policy, &policy, !facts.destination_created);
+    if let Some(change) = &policy_change {
         decision = Decision {
             strategy: Strategy::Full,
-            reason: change,
+            reason: crate::mask::policy_reason(change),
         };
     }
     if let Strategy::Incremental { columns } = &decision.strategy {
@@ -366,6 +368,7 @@ async fn prepare(
         source,
         policy,
         masker,
+        policy_change,
         plan,
         key,
         dest_columns,
@@ -497,6 +500,7 @@ async fn load_once(
                 .map(|(c, m)| (c.clone(), m.clone()))
                 .collect::<Vec<_>>(),
         ),
+        policy_change: prepared.policy_change.clone(),
         ..TableReport::new(&cfg.name, prepared.decision.clone())
     };
     tracing::info!(

@@ -187,7 +187,9 @@ pub async fn connect(settings: &MySqlSettings) -> Result<Conn> {
         {
             Error::mysql(
                 format!(
-                    "cannot connect to {what}; check the user and password settings, and whether                      the server accepts only TLS connections (require_secure_transport): its                      SSL_MODE is disabled, so set it to verify_identity (with SSL_CA) or required"
+                    "cannot connect to {what}; check the user and password settings, and whether the \
+                     server accepts only TLS connections (require_secure_transport): its SSL_MODE \
+                     is disabled, so set it to verify_identity (with SSL_CA) or required"
                 ),
                 e,
             )

@@ -840,13 +840,38 @@ impl TestCa {
     }
 
     /// Signs a new key for `common_name` with these subject alternative
-    /// names (`DNS:localhost,IP:127.0.0.1`, or empty); returns the
-    /// certificate and key files.
+    /// names (`DNS:localhost,IP:127.0.0.1`, or empty), valid for two days
+    /// from now; returns the certificate and key files.
     pub fn issue(
         &self,
         file: &str,
         common_name: &str,
         alt_names: &str,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        self.sign(file, common_name, alt_names, None)
+    }
+
+    /// The same, valid only on 1 January 2020: long expired.
+    pub fn issue_expired(
+        &self,
+        file: &str,
+        common_name: &str,
+        alt_names: &str,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        self.sign(
+            file,
+            common_name,
+            alt_names,
+            Some(("20200101000000Z", "20200102000000Z")),
+        )
+    }
+
+    fn sign(
+        &self,
+        file: &str,
+        common_name: &str,
+        alt_names: &str,
+        window: Option<(&str, &str)>,
     ) -> (std::path::PathBuf, std::path::PathBuf) {
         let ext = self.dir.join(format!("{file}.ext"));
         std::fs::write(
@@ -875,26 +900,77 @@ impl TestCa {
                 &format!("{file}.csr"),
             ],
         );
-        openssl(
-            &self.dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{file}.csr"),
-                "-CA",
-                &format!("{}.crt", self.name),
-                "-CAkey",
-                &format!("{}.key", self.name),
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                ext.to_str().unwrap(),
-                "-out",
-                &format!("{file}.crt"),
-            ],
-        );
+        let (csr, cert) = (format!("{file}.csr"), format!("{file}.crt"));
+        let (ca_cert, ca_key) = (format!("{}.crt", self.name), format!("{}.key", self.name));
+        match window {
+            None => openssl(
+                &self.dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    &ca_cert,
+                    "-CAkey",
+                    &ca_key,
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    ext.to_str().unwrap(),
+                    "-out",
+                    &cert,
+                ],
+            ),
+            // Only `openssl ca` sets a validity that is not from now on.
+            Some((start, end)) => {
+                let config = self.dir.join(format!("{}.cnf", self.name));
+                let (index, serial) = (
+                    self.dir.join(format!("{}.index", self.name)),
+                    self.dir.join(format!("{}.serial", self.name)),
+                );
+                if !index.exists() {
+                    std::fs::write(&index, "").unwrap();
+                    std::fs::write(&serial, "1000\n").unwrap();
+                }
+                std::fs::write(
+                    &config,
+                    format!(
+                        "[ca]\ndefault_ca = here\n[here]\ndatabase = {}\nserial = {}\nnew_certs_dir = {}\n\
+                         default_md = sha256\npolicy = any\nunique_subject = no\n[any]\ncommonName = supplied\n",
+                        index.display(),
+                        serial.display(),
+                        self.dir.display()
+                    ),
+                )
+                .unwrap();
+                openssl(
+                    &self.dir,
+                    &[
+                        "ca",
+                        "-batch",
+                        "-notext",
+                        "-config",
+                        config.to_str().unwrap(),
+                        "-cert",
+                        &ca_cert,
+                        "-keyfile",
+                        &ca_key,
+                        "-in",
+                        &csr,
+                        "-startdate",
+                        start,
+                        "-enddate",
+                        end,
+                        "-extfile",
+                        ext.to_str().unwrap(),
+                        "-out",
+                        &cert,
+                    ],
+                );
+            }
+        }
         (
             self.dir.join(format!("{file}.crt")),
             self.dir.join(format!("{file}.key")),
@@ -909,6 +985,18 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
         .output()
         .expect("the openssl command must be installed for this test");
     assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+}
+
+/// Copies `file` to `to`, owned by `postgres` and readable by it alone,
+/// as the server wants its key.
+fn install_for_postgres(file: &std::path::Path, to: &std::path::Path) {
+    std::fs::copy(file, to).unwrap();
+    std::process::Command::new("chown")
+        .args(["postgres:postgres", to.to_str().unwrap()])
+        .status()
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// A PostgreSQL server of a test's own on a free port, run as the
@@ -958,14 +1046,7 @@ impl PrivatePostgres {
             "--no-sync",
         ]);
         for file in files {
-            let to = data.join(file.file_name().unwrap());
-            std::fs::copy(file, &to).unwrap();
-            std::process::Command::new("chown")
-                .args(["postgres:postgres", to.to_str().unwrap()])
-                .status()
-                .unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+            install_for_postgres(file, &data.join(file.file_name().unwrap()));
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -1013,6 +1094,16 @@ impl PrivatePostgres {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         panic!("postgres did not accept connections on port {port} within 30 s");
+    }
+
+    /// Puts `file` in the data folder as `name` (a certificate or key the
+    /// configuration names) and has the server read its configuration
+    /// again; new connections see the change.
+    pub fn replace_and_reload(&self, file: &std::path::Path, name: &str) {
+        install_for_postgres(file, &self.dir.join("data").join(name));
+        self.psql("select pg_reload_conf()");
+        // The postmaster rereads on its next loop, within milliseconds.
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 
     /// Runs SQL as the superuser over the server's Unix socket.

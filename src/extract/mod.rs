@@ -868,20 +868,12 @@ impl CopyJob<'_> {
 /// values unique; the replica only mirrors them.
 async fn relax_unique_keys(replica: &mut Conn, table: &str) -> Result<Vec<String>> {
     let ddl = my::show_create(replica, table, "replica").await?;
-    let mut names = Vec::new();
-    let mut changes = Vec::new();
-    for line in ddl.lines() {
-        let item = line.trim().trim_end_matches(',');
-        if let Some(plain) = item.strip_prefix("UNIQUE ")
-            && let Some(name) = plain.split('`').nth(1)
-        {
-            changes.push(format!(
-                "DROP INDEX {}, ADD {plain}",
-                ident::mysql(&name.replace("``", "`"))
-            ));
-            names.push(name.to_string());
-        }
-    }
+    let unique = my::unique_keys(&ddl);
+    let changes: Vec<String> = unique
+        .iter()
+        .map(|(name, plain)| format!("DROP INDEX {}, ADD {plain}", ident::mysql(name)))
+        .collect();
+    let names = unique.into_iter().map(|(name, _)| name).collect();
     if !changes.is_empty() {
         replica
             .query_drop(format!(
@@ -1055,21 +1047,9 @@ async fn full_copy(
         )?;
     }
     my::finish_reader(reader, &cfg.name).await?;
-    // InnoDB builds one FULLTEXT index per statement.
-    let (fulltext, plain): (Vec<&String>, Vec<&String>) = deferred_keys
-        .iter()
-        .partition(|k| k.starts_with("FULLTEXT "));
-    let statements = std::iter::once(plain)
-        .filter(|keys| !keys.is_empty())
-        .chain(fulltext.into_iter().map(|k| vec![k]));
-    for keys in statements {
-        let adds: Vec<String> = keys.iter().map(|k| format!("ADD {k}")).collect();
+    for statement in my::add_keys(&shadow, &deferred_keys) {
         replica
-            .query_drop(format!(
-                "ALTER TABLE {} {}",
-                ident::mysql(&shadow),
-                adds.join(", ")
-            ))
+            .query_drop(statement)
             .await
             .map_err(|e| Error::mysql(format!("building the secondary keys of `{shadow}`"), e))?;
     }

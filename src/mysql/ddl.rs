@@ -243,6 +243,37 @@ fn column(item: &str, collations: &mut Collations<'_>) -> String {
     apply(item, edits)
 }
 
+/// The statements that add `keys` (from [`ReplicaDdl::deferred_keys`]) to
+/// replica table `table`: the plain ones in one `ALTER TABLE`, each
+/// `FULLTEXT` one alone (InnoDB builds one per statement).
+pub fn add_keys(table: &str, keys: &[String]) -> Vec<String> {
+    let (fulltext, plain): (Vec<&String>, Vec<&String>) =
+        keys.iter().partition(|k| k.starts_with("FULLTEXT "));
+    std::iter::once(plain)
+        .filter(|keys| !keys.is_empty())
+        .chain(fulltext.into_iter().map(|k| vec![k]))
+        .map(|keys| {
+            let adds: Vec<String> = keys.iter().map(|k| format!("ADD {k}")).collect();
+            format!("ALTER TABLE {} {}", ident::mysql(table), adds.join(", "))
+        })
+        .collect()
+}
+
+/// The `UNIQUE` secondary keys of a `SHOW CREATE TABLE` text, each by name
+/// with the plain key the replica keeps instead (see [`secondary_key`]).
+pub fn unique_keys(show_create: &str) -> Vec<(String, String)> {
+    let Some(open) = show_create.find('(') else {
+        return Vec::new();
+    };
+    let close = closing(show_create, open).unwrap_or(show_create.len());
+    split_top(&show_create[open + 1..close])
+        .into_iter()
+        .map(str::trim)
+        .filter(|item| tokens(item).first().and_then(Tok::word).as_deref() == Some("UNIQUE"))
+        .filter_map(|item| Some((first_identifier(item)?, secondary_key(item)?)))
+        .collect()
+}
+
 /// A column definition that takes NULL and defaults to it: its
 /// nullability, default, `ON UPDATE` and `AUTO_INCREMENT` left out.
 fn nullable(definition: &str) -> String {
@@ -732,5 +763,34 @@ mod tests {
             made.deferred_keys,
             vec!["KEY `name` (`LName`(10),`PatNum`)".to_string()]
         );
+    }
+
+    #[test]
+    fn unique_keys_become_plain_and_fulltext_keys_are_added_one_by_one() {
+        let text = "CREATE TABLE `t` (\n  `a` int(11) NOT NULL,\n  `b` varchar(10) DEFAULT 'UNIQUE KEY',\n  \
+                    PRIMARY KEY (`a`),\n  UNIQUE KEY `odd``name` (`b`),\n  UNIQUE INDEX `u2` (`a`,`b`),\n  \
+                    KEY `k` (`b`)\n) ENGINE=InnoDB";
+        assert_eq!(
+            unique_keys(text),
+            vec![
+                ("odd`name".to_string(), "KEY `odd``name` (`b`)".to_string()),
+                ("u2".to_string(), "KEY `u2` (`a`,`b`)".to_string()),
+            ]
+        );
+        let keys = vec![
+            "KEY `k` (`b`)".to_string(),
+            "FULLTEXT KEY `f1` (`b`)".to_string(),
+            "KEY `k2` (`a`)".to_string(),
+            "FULLTEXT KEY `f2` (`b`)".to_string(),
+        ];
+        assert_eq!(
+            add_keys("s", &keys),
+            vec![
+                "ALTER TABLE `s` ADD KEY `k` (`b`), ADD KEY `k2` (`a`)".to_string(),
+                "ALTER TABLE `s` ADD FULLTEXT KEY `f1` (`b`)".to_string(),
+                "ALTER TABLE `s` ADD FULLTEXT KEY `f2` (`b`)".to_string(),
+            ]
+        );
+        assert!(add_keys("s", &[]).is_empty());
     }
 }

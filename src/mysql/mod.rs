@@ -9,7 +9,7 @@ pub use catalog::{
     SourceColumn, SourceTable, describe_table, profile_columns, row_number, row_text, show_create,
     views,
 };
-pub use ddl::{ReplicaDdl, replica_ddl};
+pub use ddl::{ReplicaDdl, add_keys, replica_ddl, unique_keys};
 pub use reader::{
     Bound, ClockTerms, ReadRange, page_query, server_clock, upper_bound, utc_to_session,
 };

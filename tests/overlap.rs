@@ -99,6 +99,52 @@ async fn two_concurrent_runs_never_process_one_table_at_once() {
     }
 }
 
+/// The run lock is the warehouse table's, schema and all: a run into
+/// another schema of the same database (another clinic of a group) does
+/// not wait for it, a run into the same schema does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_locked_in_one_schema_is_free_in_another() {
+    let (db, env, tables) = setup("lock_schemas", 300).await;
+    // Held as the README says runs hold it.
+    let holder = db.pg().await;
+    holder
+        .execute(
+            "select pg_advisory_lock(4543564, hashtext('\"raw\".\"alpha\"'))",
+            &[],
+        )
+        .await
+        .unwrap();
+    let other =
+        std::fs::read_to_string(&env).unwrap() + "TEST_POSTGRES_ANALYTICS_SCHEMA=raw_north\n";
+    let other_env = env.with_file_name("north.env");
+    std::fs::write(&other_env, other).unwrap();
+    for (env, schema, skipped) in [(&env, "raw", true), (&other_env, "raw_north", false)] {
+        for args in [&["init"][..], &["run", "--phase", "load", "--all"]] {
+            let out = binary_with(env, &tables).args(args).output().unwrap();
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "{schema} {args:?}: {all}");
+            if args[0] == "run" {
+                assert_eq!(
+                    all.contains("`alpha` skipped: another run is processing it"),
+                    skipped,
+                    "{schema}: {all}"
+                );
+            }
+        }
+    }
+    let client = db.pg().await;
+    let loaded: i64 = client
+        .query_one("select count(*) from raw_north.alpha", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(loaded, 300);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_after_the_batch_in_hand_and_the_rerun_converges() {
     let (db, env, tables) = setup("sigterm_run", 60_000).await;

@@ -18,6 +18,7 @@ use crate::extract::{self, ExtractContext};
 use crate::load::{LoadContext, LoadOptions, TableReport, load_table};
 use crate::postgres as pg;
 use crate::progress;
+use crate::schema::ident;
 use crate::shutdown::Stop;
 use crate::tracking::{self, HistoryOutcome};
 
@@ -451,6 +452,13 @@ enum TableLock {
     Own(Client),
 }
 
+/// What a table's run lock is keyed by within [`LOCK_CLASS`]: the
+/// warehouse table it writes, schema and all, so runs into different
+/// schemas (a dental group's clinics) never wait on each other.
+fn lock_key(warehouse: &PgSettings, table: &str) -> String {
+    ident::pg_qualified(&warehouse.schema, table)
+}
+
 /// Takes the table's advisory lock: on the run's shared lock session when
 /// the plan says skip (one try, no session per table), else on a session of
 /// its own so that waiting blocks no other table. `None` when another run
@@ -461,11 +469,12 @@ async fn lock_table(
     table: &str,
 ) -> Result<Option<TableLock>> {
     let locked = |e| Error::postgres(format!("taking the run lock of {table}"), e);
+    let key = lock_key(warehouse, table);
     if let (IfLocked::Skip, Some(locks)) = (shared.if_locked, shared.locks) {
         let row = locks
             .query_one(
                 "select pg_try_advisory_lock($1, hashtext($2))",
-                &[&LOCK_CLASS, &table],
+                &[&LOCK_CLASS, &key],
             )
             .await
             .map_err(locked)?;
@@ -477,21 +486,21 @@ async fn lock_table(
         IfLocked::Wait => "select true from (select pg_advisory_lock($1, hashtext($2))) as waited",
     };
     let row = client
-        .query_one(sql, &[&LOCK_CLASS, &table])
+        .query_one(sql, &[&LOCK_CLASS, &key])
         .await
         .map_err(locked)?;
     Ok(row.get::<_, bool>(0).then_some(TableLock::Own(client)))
 }
 
 /// Releases a table's run lock.
-async fn unlock_table(shared: &Shared<'_>, lock: TableLock, table: &str) {
+async fn unlock_table(shared: &Shared<'_>, lock: TableLock, warehouse: &PgSettings, table: &str) {
     match (lock, shared.locks) {
         (TableLock::Own(session), _) => drop(session),
         (TableLock::Shared, Some(locks)) => {
             if let Err(e) = locks
                 .execute(
                     "select pg_advisory_unlock($1, hashtext($2))",
-                    &[&LOCK_CLASS, &table],
+                    &[&LOCK_CLASS, &lock_key(warehouse, table)],
                 )
                 .await
             {
@@ -542,8 +551,8 @@ async fn process_table(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutco
         _ => None,
     };
     let outcomes = process_table_phases(shared, cfg).await;
-    if let Some(lock) = lock {
-        unlock_table(shared, lock, &cfg.name).await;
+    if let (Some(lock), Some(w)) = (lock, &shared.ctx.warehouse) {
+        unlock_table(shared, lock, w, &cfg.name).await;
     }
     tracing::debug!(target: progress::TARGET, table = %cfg.name, "table done");
     outcomes

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -19,9 +19,11 @@ use crate::config::{self, Env, Mask, Mode, TablesConfig};
 use crate::demo::{self, DemoOptions};
 use crate::error::{Error, ErrorKind, Result, chain};
 use crate::extract::ExtractContext;
+use crate::group::{self, Clinic, Group};
 use crate::load::LoadContext;
 use crate::mysql::RateLimit;
 use crate::pipeline::{self, IfLocked, Phases, RunContext, RunPlan, render_summary};
+use crate::schema::ident;
 use crate::shutdown::{self, Stop};
 use crate::verify::{self, VerifyContext};
 use crate::{mysql as my, postgres as pg, tracking};
@@ -41,6 +43,13 @@ pub struct Cli {
         default_value = "config/tables.yml"
     )]
     pub tables: PathBuf,
+    /// A dental group's file: `init`, `run` and `status` work on each of
+    /// its clinics (see the README).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub clinics: Option<PathBuf>,
+    /// With --clinics: only this clinic (repeatable).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub clinic: Vec<String>,
     /// Log progress (info level) to standard error.
     #[arg(short, long, global = true)]
     pub verbose: bool,
@@ -406,6 +415,44 @@ async fn run_tables(
     env: &Env,
     notifier: &Notifier,
 ) -> Result<ExitCode> {
+    let report = run_in(
+        tables_file,
+        args,
+        env,
+        notifier,
+        stop_on_signals(),
+        args.max_workers,
+    )
+    .await?;
+    print!("{}", render_summary(&report));
+    if let Some(path) = &args.summary_json {
+        write_json(path, &pipeline::summary_json(&report))?;
+    }
+    Ok(run_exit_code(&report))
+}
+
+/// How a run ends for the process: interrupted, succeeded or failed.
+fn run_exit_code(report: &pipeline::RunReport) -> ExitCode {
+    if report.interrupted() {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else if report.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+/// Runs the tables `args` selects in environment `env` (a clinic's, in a
+/// group), with `workers` tables at once; records the column policy
+/// changes and prunes the history once it is done.
+async fn run_in(
+    tables_file: &std::path::Path,
+    args: &RunArgs,
+    env: &Env,
+    notifier: &Notifier,
+    stop: Stop,
+    workers: usize,
+) -> Result<pipeline::RunReport> {
     let config = TablesConfig::load(tables_file)?;
     for name in &args.exclude {
         config.get(name)?;
@@ -426,7 +473,7 @@ async fn run_tables(
         env,
         phases,
         args.max_rows_per_second,
-        stop_on_signals(),
+        stop,
         notifier.clone(),
     )?;
     let if_locked = match args.if_locked {
@@ -440,16 +487,12 @@ async fn run_tables(
             force_full: args.force_full,
             allow_mass_delete: args.allow_mass_delete,
             ignore_time_gap: args.no_time_gap,
-            max_workers: args.max_workers,
+            max_workers: workers,
             phases,
             if_locked,
         },
     )
     .await?;
-    print!("{}", render_summary(&report));
-    if let Some(path) = &args.summary_json {
-        write_json(path, &pipeline::summary_json(&report))?;
-    }
     log_policy_changes(tables_file, &report);
     if let Some(warehouse) = &ctx.warehouse {
         let days = env
@@ -457,13 +500,7 @@ async fn run_tables(
             .unwrap_or(tracking::DEFAULT_HISTORY_RETENTION_DAYS);
         pipeline::prune_history(warehouse, days).await?;
     }
-    Ok(if report.interrupted() {
-        ExitCode::from(EXIT_INTERRUPTED)
-    } else if report.succeeded() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_FAILED)
-    })
+    Ok(report)
 }
 
 /// Records in the schema changelog beside the table config the column
@@ -573,6 +610,25 @@ fn run_context(
 /// (unknown, with the reason, when the source cannot be reached).
 async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<ExitCode> {
     let env = Env::load(cli.env_file.as_deref())?;
+    let (code, json) = status_in(cli, &env, args).await?;
+    if let Some(json) = json {
+        println!("{}", pretty(&json)?);
+    }
+    Ok(code)
+}
+
+fn pretty(json: &serde_json::Value) -> Result<String> {
+    serde_json::to_string_pretty(json)
+        .map_err(|e| Error::config(format!("cannot encode the status: {e}")))
+}
+
+/// `status` of the tables of one environment (a clinic's, in a group):
+/// printed as a table, or, with `--format json`, returned.
+async fn status_in(
+    cli: &Cli,
+    env: &Env,
+    args: &StatusArgs,
+) -> Result<(ExitCode, Option<serde_json::Value>)> {
     let warehouse = env.warehouse()?;
     let client = pg::connect(&warehouse).await?;
     tracking::check_warehouse(&client, &warehouse.schema).await?;
@@ -623,10 +679,9 @@ async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<ExitCode> {
         }
     }
     if args.format == StatusFormat::Json {
-        let text = serde_json::to_string_pretty(&lines)
+        let json = serde_json::to_value(&lines)
             .map_err(|e| Error::config(format!("cannot encode the status: {e}")))?;
-        println!("{text}");
-        return Ok(lag_verdict(&lines, args.max_lag));
+        return Ok((lag_verdict(&lines, args.max_lag), Some(json)));
     }
     println!(
         "{:<28} {:<11} {:<19} {:<11} {:<19} {:<11} {:>10} {:>5} {:>9} {:>9} {:<9} {:>9}  watermark",
@@ -682,7 +737,7 @@ async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<ExitCode> {
     if lines.is_empty() {
         println!("no table has been run yet; run `etl-pipeline run --all`");
     }
-    Ok(lag_verdict(&lines, args.max_lag))
+    Ok((lag_verdict(&lines, args.max_lag), None))
 }
 
 /// The exit of `status --max-lag`: failure when some table is further
@@ -742,6 +797,205 @@ fn read_docs(path: &Path) -> Result<analyze::Docs> {
     analyze::parse_docs(&xml).map_err(|e| Error::config(format!("{}: {e}", path.display())))
 }
 
+/// `init`, `run` or `status` on each clinic of a group (those `--clinic`
+/// names, or all). Clinics are isolated: one that fails (unreachable, a
+/// broken env file, stuck past its timeouts) is named, and the others
+/// finish.
+async fn group_command(cli: &Cli, group: &Group) -> Result<ExitCode> {
+    let clinics = group.select(&cli.clinic)?;
+    let base = Env::load(cli.env_file.as_deref())?;
+    match &cli.command {
+        Command::Init => {
+            let mut failed = Vec::new();
+            for clinic in &clinics {
+                match init_clinic(clinic, &base).await {
+                    Ok(line) => println!("clinic {}: {line}", clinic.name),
+                    Err(e) => {
+                        println!("clinic {}: FAILED: {}", clinic.name, chain(&e));
+                        failed.push(clinic.name.clone());
+                    }
+                }
+            }
+            let warehouse = base.warehouse()?;
+            let client = pg::connect(&warehouse).await?;
+            let schema = ident::pg(&group.group_schema);
+            client
+                .batch_execute(&format!("create schema if not exists {schema}"))
+                .await
+                .map_err(|e| Error::postgres(format!("creating schema {schema}"), e))?;
+            println!("group views go to schema {}", group.group_schema);
+            group_verdict(&failed)
+        }
+        Command::Run(args) => run_group(cli, group, &clinics, &base, args).await,
+        Command::Status(args) => {
+            let json = args.format == StatusFormat::Json;
+            let mut failed = Vec::new();
+            let mut by_clinic = serde_json::Map::new();
+            for clinic in &clinics {
+                if !json {
+                    println!("== clinic {} (schema {})", clinic.name, clinic.schema);
+                }
+                let outcome = async {
+                    let env = clinic.env(&base)?;
+                    status_in(cli, &env, args).await
+                }
+                .await;
+                let entry = match outcome {
+                    Ok((code, lines)) => {
+                        if code != ExitCode::SUCCESS {
+                            failed.push(clinic.name.clone());
+                        }
+                        lines.unwrap_or(serde_json::Value::Null)
+                    }
+                    Err(e) => {
+                        if !json {
+                            println!("FAILED: {}", chain(&e));
+                        }
+                        failed.push(clinic.name.clone());
+                        serde_json::json!({"error": chain(&e)})
+                    }
+                };
+                by_clinic.insert(clinic.name.clone(), entry);
+            }
+            if json {
+                println!("{}", pretty(&serde_json::Value::Object(by_clinic))?);
+            }
+            group_verdict(&failed)
+        }
+        _ => Err(Error::config(
+            "with --clinics, `init`, `run` and `status` work on every clinic; run other commands \
+             for one clinic with its env file (--env-file)",
+        )),
+    }
+}
+
+/// Creates one clinic's tracking tables; says where.
+async fn init_clinic(clinic: &Clinic, base: &Env) -> Result<String> {
+    let env = clinic.env(base)?;
+    let warehouse = env.warehouse()?;
+    let replica = match env.mode()? {
+        Mode::Replica => Some(env.replica()?),
+        Mode::Direct => None,
+    };
+    pipeline::init(Some(&warehouse), replica.as_ref()).await?;
+    Ok(match &replica {
+        Some(r) => format!(
+            "tracking tables ready in schema {} and in {}",
+            warehouse.schema,
+            my::describe(r)
+        ),
+        None => format!("tracking tables ready in schema {}", warehouse.schema),
+    })
+}
+
+/// Exit code of a group command: failure naming the clinics that failed.
+fn group_verdict(failed: &[String]) -> Result<ExitCode> {
+    if failed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("clinic(s) failed: {}", failed.join(", "));
+    Ok(ExitCode::from(EXIT_FAILED))
+}
+
+/// Runs the clinics side by side: as many at once as `--max-workers`
+/// allows, the workers shared out among them; then re-creates the group's
+/// views. The summary and `--summary-json` go clinic by clinic.
+async fn run_group(
+    cli: &Cli,
+    group: &Group,
+    clinics: &[&Clinic],
+    base: &Env,
+    args: &RunArgs,
+) -> Result<ExitCode> {
+    let notifier = Notifier::from_env(base, args.on_alert.as_deref())?;
+    let stop = stop_on_signals();
+    let at_once = args.max_workers.clamp(1, clinics.len().max(1));
+    let workers = (args.max_workers / at_once).max(1);
+    let slots = Arc::new(Semaphore::new(at_once));
+    let runs = clinics.iter().map(|clinic| {
+        let (slots, stop, notifier) = (slots.clone(), stop.clone(), notifier.clone());
+        async move {
+            let _slot = slots.acquire().await;
+            let outcome = async {
+                let env = clinic.env(base)?;
+                run_in(&cli.tables, args, &env, &notifier, stop, workers).await
+            }
+            .await;
+            (*clinic, outcome)
+        }
+    });
+    let results = futures_util::future::join_all(runs).await;
+    let mut failed = Vec::new();
+    let mut interrupted = false;
+    let mut summaries = serde_json::Map::new();
+    for (clinic, outcome) in &results {
+        println!("== clinic {} (schema {})", clinic.name, clinic.schema);
+        let summary = match outcome {
+            Ok(report) => {
+                print!("{}", render_summary(report));
+                interrupted |= report.interrupted();
+                if !report.succeeded() {
+                    failed.push(clinic.name.clone());
+                }
+                pipeline::summary_json(report)
+            }
+            Err(e) => {
+                println!("FAILED: {}", chain(e));
+                failed.push(clinic.name.clone());
+                pipeline::failed_summary_json(Duration::ZERO, e)
+            }
+        };
+        summaries.insert(clinic.name.clone(), summary);
+    }
+    let views = match base.warehouse() {
+        Ok(warehouse) => group::refresh_views(&warehouse, group).await,
+        Err(e) => Err(e),
+    };
+    let views_json = match &views {
+        Ok(report) => {
+            println!(
+                "group views in {}: {} re-created, {} unchanged",
+                group.group_schema,
+                report.changed.len(),
+                report.unchanged
+            );
+            for warning in &report.warnings {
+                println!("WARNING: {warning}");
+            }
+            serde_json::json!({
+                "schema": group.group_schema,
+                "changed": report.changed,
+                "unchanged": report.unchanged,
+                "warnings": report.warnings,
+            })
+        }
+        Err(e) => {
+            println!(
+                "group views in {} not made: {}",
+                group.group_schema,
+                chain(e)
+            );
+            serde_json::json!({"schema": group.group_schema, "error": chain(e)})
+        }
+    };
+    if let Some(path) = &args.summary_json {
+        write_json(
+            path,
+            &serde_json::json!({
+                "succeeded": failed.is_empty() && views.is_ok(),
+                "failed_clinics": failed,
+                "clinics": summaries,
+                "group_views": views_json,
+            }),
+        )?;
+    }
+    if interrupted {
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
+    views?;
+    group_verdict(&failed)
+}
+
 /// `verify`: counts, `--deep` comparisons and `--repair`.
 async fn verify_command(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
     let config = TablesConfig::load(&cli.tables)?;
@@ -790,6 +1044,15 @@ async fn verify_command(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
 
 /// Runs a parsed command line.
 pub async fn execute(cli: Cli) -> Result<ExitCode> {
+    if let Some(file) = &cli.clinics {
+        let group = Group::load(file)?;
+        return group_command(&cli, &group).await;
+    }
+    if !cli.clinic.is_empty() {
+        return Err(Error::config(
+            "--clinic picks clinics of a group: give the group file with --clinics FILE",
+        ));
+    }
     match cli.command {
         Command::Demo(args) => {
             let opts = DemoOptions {

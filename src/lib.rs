@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod extract;
+pub mod group;
 pub mod incremental;
 pub mod load;
 pub mod mask;

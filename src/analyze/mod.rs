@@ -751,30 +751,21 @@ pub fn apply_phi(
     }
 }
 
-fn fnv<'a>(parts: impl IntoIterator<Item = &'a String>) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in part.bytes().chain(std::iter::once(0)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    format!("{h:016x}")
-}
-
 /// A hash of a table's columns, types and key (FNV-1a, stable across builds).
 fn table_hash(p: &TablePlan) -> String {
-    fnv(std::iter::once(&p.name)
-        .chain(&p.columns)
-        .chain(&p.column_types)
-        .chain(&p.primary_key))
+    crate::schema::fnv(
+        std::iter::once(&p.name)
+            .chain(&p.columns)
+            .chain(&p.column_types)
+            .chain(&p.primary_key),
+    )
 }
 
 /// A hash over every table's hash, so two analyses tell at a glance
 /// whether the schema changed.
 pub fn schema_hash(plans: &[TablePlan]) -> String {
     let hashes: Vec<String> = plans.iter().map(table_hash).collect();
-    fnv(&hashes)
+    crate::schema::fnv(&hashes)
 }
 
 /// The schema changes since the `tables.yml` text `previous` was written:

@@ -380,6 +380,35 @@ impl Env {
         })
     }
 
+    /// The environment of one clinic of a group: its own env file's
+    /// settings (the source's and the replica's) over this one's, and the
+    /// shared warehouse with the clinic's schema. An env file that sets
+    /// warehouse settings is refused: the warehouse is the group's.
+    pub fn for_clinic(&self, clinic: &str, env_file: &Path, schema: &str) -> Result<Env> {
+        let own = read_env_file(env_file).map_err(|e| {
+            Error::config(format!(
+                "clinic {clinic}: cannot read env file {}: {e}",
+                env_file.display()
+            ))
+        })?;
+        let shared = self.name("POSTGRES_ANALYTICS_");
+        if let Some(key) = own.keys().filter(|k| k.starts_with(&shared)).min() {
+            return Err(Error::config(format!(
+                "clinic {clinic}: {} sets {key}, but the warehouse is the group's: set it in the usual \
+                 environment, and the clinic's schema in the group file",
+                env_file.display()
+            )));
+        }
+        let mut vars = self.vars.clone();
+        vars.extend(own);
+        vars.insert(self.name("POSTGRES_ANALYTICS_SCHEMA"), schema.to_string());
+        Ok(Env {
+            environment: self.environment,
+            vars,
+            env_file: env_file.to_path_buf(),
+        })
+    }
+
     /// Which environment was chosen.
     pub fn environment(&self) -> Environment {
         self.environment

@@ -13,3 +13,17 @@ pub use value::{
     encode_field, put_numeric,
 };
 pub use watermark::{compare_values, step_back, value_from_text, value_to_text};
+
+/// FNV-1a over text parts (each ended by a NUL), in 16 hex digits: a
+/// fingerprint stable across builds and machines, for telling definitions
+/// apart (not for security).
+pub fn fnv<'a>(parts: impl IntoIterator<Item = &'a String>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}

@@ -1,0 +1,286 @@
+//! A dental group: clinics on different schema versions into one
+//! warehouse, each in its own schema, with views over all of them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{TestDb, binary_with, scratch, text};
+
+const PROCEDURELOG: &str = "CREATE TABLE `procedurelog` (`ProcNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+     `PatNum` bigint NOT NULL, `ProcFee` double NOT NULL, \
+     `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP, KEY (`DateTStamp`))";
+
+const TABLES: &str = "tables:\n  procedurelog:\n    extraction_strategy: incremental\n    \
+     incremental_columns: [DateTStamp]\n    primary_incremental_column: DateTStamp\n    retry_count: 0\n";
+
+/// A clinic's env file: its source and replica, nothing of the warehouse.
+fn clinic_env(db: &TestDb, dir: &Path, name: &str) -> PathBuf {
+    let all = std::fs::read_to_string(db.env_file(&dir.join(name))).unwrap();
+    let own: String = all
+        .lines()
+        .filter(|l| {
+            l.starts_with("TEST_OPENDENTAL_SOURCE_") || l.starts_with("TEST_MYSQL_REPLICATION_")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let path = dir.join(format!("{name}.env"));
+    std::fs::write(&path, own).unwrap();
+    path
+}
+
+fn run(env: &Path, tables: &Path, group: &Path, args: &[&str]) -> (bool, String) {
+    let out = binary_with(env, tables)
+        .arg("--clinics")
+        .arg(group)
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.success(), text(&out))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clinics_load_into_their_own_schemas_and_one_view_joins_them() {
+    let dir = scratch("group_clinics");
+    // North is on an older schema: no Discount column, and a fee of
+    // another type; south is on the newest.
+    let north = TestDb::new("group_north").await;
+    north
+        .source_sql(&[
+            &PROCEDURELOG.replace("`ProcFee` double", "`ProcFee` float"),
+            "INSERT INTO `procedurelog` (`PatNum`, `ProcFee`) SELECT seq, 10.5 FROM seq_1_to_30",
+        ])
+        .await;
+    let south = TestDb::new("group_south").await;
+    south
+        .source_sql(&[
+            &PROCEDURELOG.replace(
+                "`ProcFee` double NOT NULL,",
+                "`ProcFee` double NOT NULL, `Discount` double NOT NULL DEFAULT 0,",
+            ),
+            "INSERT INTO `procedurelog` (`PatNum`, `ProcFee`, `Discount`) SELECT seq, 20, 1.5 FROM seq_1_to_20",
+        ])
+        .await;
+    let east = TestDb::new("group_east").await;
+    east.source_sql(&[
+        PROCEDURELOG,
+        "INSERT INTO `procedurelog` (`PatNum`, `ProcFee`) SELECT seq, 30 FROM seq_1_to_10",
+    ])
+    .await;
+    // The usual environment holds the shared warehouse.
+    let env = north.env_file(&dir);
+    let tables = dir.join("tables.yml");
+    std::fs::write(&tables, TABLES).unwrap();
+    for (db, name) in [(&north, "north"), (&south, "south"), (&east, "east")] {
+        clinic_env(db, &dir, name);
+    }
+    let group = dir.join("clinics.yml");
+    std::fs::write(
+        &group,
+        "group_schema: raw_group\nclinics:\n  north: {env_file: north.env, schema: raw_north}\n  \
+         south: {env_file: south.env}\n  east: {env_file: east.env}\n",
+    )
+    .unwrap();
+    let summary = dir.join("summary.json");
+    for args in [
+        &["init"][..],
+        &["run", "--all", "--summary-json", summary.to_str().unwrap()],
+        &["status"],
+    ] {
+        let (ok, out) = run(&env, &tables, &group, args);
+        assert!(ok, "{args:?}: {out}");
+        for clinic in ["north", "south", "east"] {
+            assert!(out.contains(&format!("clinic {clinic}")), "{args:?}: {out}");
+        }
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(json["succeeded"], true);
+    assert_eq!(
+        json["clinics"]["south"]["tables"][0]["table"],
+        "procedurelog"
+    );
+    // Each clinic in its own schema, with its own tracking.
+    let pg = north.pg().await;
+    for (schema, rows) in [("raw_north", 30), ("raw_south", 20), ("raw_east", 10)] {
+        let n: i64 = pg
+            .query_one(&format!("select count(*) from {schema}.procedurelog"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, rows, "{schema}");
+        let tracked: i64 = pg
+            .query_one(
+                &format!(
+                    "select count(*) from {schema}.etl_load_status where table_name = 'procedurelog'"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(tracked, 1, "{schema}");
+    }
+    // One view over all: `clinic` first, columns aligned by name, the
+    // missing one NULL of the newest type.
+    let columns: Vec<(String, String)> = pg
+        .query(
+            "select column_name::text, data_type::text from information_schema.columns \
+             where table_schema = 'raw_group' and table_name = 'procedurelog' order by ordinal_position",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(columns[0], ("clinic".to_string(), "text".to_string()));
+    assert!(
+        columns.contains(&("Discount".to_string(), "double precision".to_string())),
+        "{columns:?}"
+    );
+    assert!(
+        columns.contains(&("ProcFee".to_string(), "double precision".to_string())),
+        "north's float is read as the newest type: {columns:?}"
+    );
+    let rows: Vec<(String, i64, i64, f64)> = pg
+        .query(
+            "select clinic, count(*), count(\"Discount\"), sum(\"ProcFee\") from raw_group.procedurelog \
+             group by clinic order by clinic",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("east".to_string(), 10, 0, 300.0),
+            ("north".to_string(), 30, 0, 315.0),
+            ("south".to_string(), 20, 20, 400.0),
+        ]
+    );
+
+    // Nothing changed: the view stays as it is. A clinic's schema grows: the
+    // view follows.
+    let (ok, out) = run(&env, &tables, &group, &["run", "--all"]);
+    assert!(ok && out.contains("0 re-created, 1 unchanged"), "{out}");
+    east.source_sql(&[
+        "ALTER TABLE `procedurelog` ADD COLUMN `Note` varchar(20) NOT NULL DEFAULT 'x'",
+    ])
+    .await;
+    let (ok, out) = run(&env, &tables, &group, &["run", "--all"]);
+    assert!(ok && out.contains("1 re-created"), "{out}");
+    let notes: i64 = pg
+        .query_one(
+            "select count(\"Note\") from raw_group.procedurelog where clinic = 'east'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(notes, 10);
+
+    // --clinic picks clinics.
+    let (ok, out) = run(
+        &env,
+        &tables,
+        &group,
+        &["--clinic", "south", "run", "--all"],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("clinic south") && !out.contains("clinic north"),
+        "{out}"
+    );
+    let (ok, out) = run(&env, &tables, &group, &["--clinic", "west", "status"]);
+    assert!(
+        !ok && out.contains("its clinics are east, north, south"),
+        "{out}"
+    );
+}
+
+/// A clinic whose env file is broken, or whose server takes the
+/// connection and never answers, fails alone and is named; the others
+/// finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_or_stuck_clinic_holds_up_no_other() {
+    let dir = scratch("group_isolation");
+    let north = TestDb::new("group_iso_north").await;
+    north
+        .source_sql(&[
+            PROCEDURELOG,
+            "INSERT INTO `procedurelog` (`PatNum`, `ProcFee`) SELECT seq, 1 FROM seq_1_to_25",
+        ])
+        .await;
+    let env = north.env_file(&dir);
+    clinic_env(&north, &dir, "north");
+    // A server that accepts connections and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming() {
+            held.push(stream);
+        }
+    });
+    let stuck = std::fs::read_to_string(dir.join("north.env"))
+        .unwrap()
+        .replace(
+            &format!("TEST_OPENDENTAL_SOURCE_PORT={}", north.source.port),
+            &format!("TEST_OPENDENTAL_SOURCE_PORT={port}"),
+        );
+    std::fs::write(dir.join("stuck.env"), stuck).unwrap();
+    std::fs::write(
+        dir.join("broken.env"),
+        "TEST_POSTGRES_ANALYTICS_HOST=elsewhere\n",
+    )
+    .unwrap();
+    let tables = dir.join("tables.yml");
+    std::fs::write(&tables, TABLES).unwrap();
+    let group = dir.join("clinics.yml");
+    std::fs::write(
+        &group,
+        "clinics:\n  north: {env_file: north.env}\n  broken: {env_file: broken.env}\n  \
+         stuck: {env_file: stuck.env}\n  missing: {env_file: nowhere.env}\n",
+    )
+    .unwrap();
+    let (ok, out) = run(
+        &env,
+        &tables,
+        &group,
+        &["--clinic", "north", "--clinic", "stuck", "init"],
+    );
+    assert!(ok, "{out}");
+    let started = Instant::now();
+    let (ok, out) = run(
+        &env,
+        &tables,
+        &group,
+        &["run", "--all", "--max-workers", "4"],
+    );
+    let took = started.elapsed();
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("clinic(s) failed: broken, missing, stuck"),
+        "{out}"
+    );
+    assert!(
+        out.contains("sets TEST_POSTGRES_ANALYTICS_HOST, but the warehouse is the group's"),
+        "{out}"
+    );
+    assert!(out.contains("nowhere.env"), "{out}");
+    assert!(out.contains("no answer within 10s"), "{out}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    let loaded: i64 = north
+        .pg()
+        .await
+        .query_one("select count(*) from raw_north.procedurelog", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(loaded, 25, "north finished: {out}");
+}

@@ -15,9 +15,26 @@ pub const HASH_DIGITS: u32 = 64;
 /// hash every name in a phone book and read the hashes back.
 pub const MIN_KEY_BYTES: usize = 16;
 
+/// The MySQL type a hashed column of type `column_type` takes: a text or
+/// a `varchar` that holds [`HASH_DIGITS`] characters stays as it is (the
+/// warehouse column with it), anything else becomes `varchar(64)` (a
+/// shorter `varchar` in the warehouse widens to it in place).
+pub fn hashed_type(column_type: &str) -> String {
+    let t = column_type.to_ascii_lowercase();
+    let length = match t.split_once('(') {
+        Some(("varchar" | "char", length)) => length.trim_end_matches(')').parse::<u32>().ok(),
+        _ => None,
+    };
+    match length {
+        Some(n) if n >= HASH_DIGITS => format!("varchar({n})"),
+        None if matches!(t.as_str(), "text" | "mediumtext" | "longtext") => t,
+        _ => format!("varchar({HASH_DIGITS})"),
+    }
+}
+
 /// The table as the policy lets it out of the source: excluded columns
-/// gone, hashed columns text of [`HASH_DIGITS`] hex digits, and nulled and
-/// hashed columns nullable; with the policy as it applies to it.
+/// gone, hashed columns text ([`hashed_type`]), and nulled and hashed
+/// columns nullable; with the policy as it applies to it.
 pub fn shape(table: SourceTable, cfg: &TableConfig) -> Result<(SourceTable, Applied)> {
     let mut protected: Vec<(&str, &str)> = table
         .primary_key
@@ -47,10 +64,13 @@ pub fn shape(table: SourceTable, cfg: &TableConfig) -> Result<(SourceTable, Appl
     for column in &mut shaped.columns {
         match applied.mask_of(&column.name) {
             Some(Mask::Hash) => {
-                column.ty = SourceType::Char {
-                    length: HASH_DIGITS,
+                column.column_type = hashed_type(&column.column_type);
+                column.ty = match column.column_type.split_once('(') {
+                    Some((_, length)) => SourceType::VarChar {
+                        length: length.trim_end_matches(')').parse().unwrap_or(HASH_DIGITS),
+                    },
+                    None => SourceType::Text,
                 };
-                column.column_type = format!("char({HASH_DIGITS})");
                 column.nullable = true;
             }
             Some(Mask::Year)
@@ -313,5 +333,21 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_hashed_column_keeps_a_type_that_holds_a_hash() {
+        for (from, to) in [
+            ("varchar(100)", "varchar(100)"),
+            ("char(64)", "varchar(64)"),
+            ("varchar(30)", "varchar(64)"),
+            ("int(11)", "varchar(64)"),
+            ("date", "varchar(64)"),
+            ("tinytext", "varchar(64)"),
+            ("text", "text"),
+            ("MEDIUMTEXT", "mediumtext"),
+        ] {
+            assert_eq!(hashed_type(from), to, "{from}");
+        }
     }
 }

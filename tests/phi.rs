@@ -18,6 +18,7 @@ const PATIENT: &str = "CREATE TABLE `patient` (
     `FName` varchar(100) NOT NULL DEFAULT '',
     `SSN` varchar(100) NOT NULL DEFAULT '',
     `Email` varchar(100) NOT NULL DEFAULT '',
+    `HmPhone` varchar(30) NOT NULL DEFAULT '555-0100',
     `Birthdate` date NOT NULL DEFAULT '0001-01-01',
     `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,
     KEY `ssn` (`SSN`),
@@ -255,9 +256,13 @@ async fn excluded_columns_are_never_read_and_masked_values_still_join() {
     // Unmasking the birthdate changes no column's type, yet every row is
     // written again: the policy is part of the schema. A column excluded
     // now is emptied in the warehouse by that rewrite.
-    std::fs::write(&tables, tables_yml("[SSN, Email, FName]", "{LName: hash}")).unwrap();
+    std::fs::write(
+        &tables,
+        tables_yml("[SSN, Email, FName]", "{LName: hash, HmPhone: hash}"),
+    )
+    .unwrap();
     let (out, _) = run();
-    let change = "exclude: Email, SSN; mask: Birthdate=year, LName=hash → exclude: Email, FName, SSN; mask: LName=hash";
+    let change = "exclude: Email, SSN; mask: Birthdate=year, LName=hash → exclude: Email, FName, SSN; mask: HmPhone=hash, LName=hash";
     assert_eq!(
         out.matches(&format!("the column policy changed ({change})"))
             .count(),
@@ -283,6 +288,16 @@ async fn excluded_columns_are_never_read_and_masked_values_still_join() {
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "1950-12-01");
     assert_eq!(row.get::<_, i64>(1), 0, "no first name is left");
+    // The phone's varchar(30) widened in place to hold its hash.
+    let phone: String = pg
+        .query_one(
+            "select \"HmPhone\" from raw.patient where \"PatNum\" = 7",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(phone, openssl_hmac("555-0100"));
     let (out, _) = run();
     assert!(!out.contains("column policy changed"), "{out}");
 }
@@ -414,6 +429,7 @@ async fn analyze_flags_patient_columns_and_writes_and_keeps_a_policy() {
             ("Birthdate", "year"),
             ("Email", "hash"),
             ("FName", "hash"),
+            ("HmPhone", "hash"),
             ("LName", "hash"),
             ("SSN", "hash"),
         ]
@@ -429,7 +445,7 @@ async fn analyze_flags_patient_columns_and_writes_and_keeps_a_policy() {
     assert!(
         log.contains(
             "table `patient`: column policy changed (none → mask: Birthdate=year, Email=hash, \
-             FName=hash, LName=hash, SSN=hash)"
+             FName=hash, HmPhone=hash, LName=hash, SSN=hash)"
         ),
         "{log}"
     );

@@ -29,9 +29,9 @@
 //! the copy never runs a clinic's trigger a second time.
 //!
 //! A column policy reshapes it further: an excluded column, and every
-//! secondary key on it, is left out; a hashed column becomes
-//! `char(64) CHARACTER SET ascii`; a nulled one keeps its type and takes
-//! NULL. Both are nullable, with no default.
+//! secondary key on it, is left out; a hashed column becomes ASCII text
+//! that holds the hash ([`hashed_type`]); a nulled one keeps its type and
+//! takes NULL. Both are nullable, with no default.
 //!
 //! A collation the replica lacks (MySQL 8's `utf8mb4_0900_ai_ci` on
 //! MariaDB) becomes its character set's binary `NO PAD` collation: two
@@ -39,7 +39,7 @@
 
 use crate::config::{Applied, Mask};
 use crate::error::{Error, ErrorKind, Result};
-use crate::mask::HASH_DIGITS;
+use crate::mask::hashed_type;
 use crate::schema::ident;
 
 /// The replica's `CREATE TABLE` for a source table.
@@ -98,8 +98,9 @@ pub fn replica_ddl(
                 match policy.mask_of(&name) {
                     _ if policy.excludes(&name) => {}
                     Some(Mask::Hash) => columns.push(format!(
-                        "{} char({HASH_DIGITS}) CHARACTER SET ascii COLLATE ascii_bin DEFAULT NULL",
-                        ident::mysql(&name)
+                        "{} {} CHARACTER SET ascii COLLATE ascii_bin DEFAULT NULL",
+                        ident::mysql(&name),
+                        hashed_type(&column_type(item))
                     )),
                     Some(Mask::Null) => columns.push(nullable(&column(item, &mut collations))),
                     Some(Mask::Year) | None => columns.push(column(item, &mut collations)),
@@ -272,6 +273,18 @@ pub fn unique_keys(show_create: &str) -> Vec<(String, String)> {
         .filter(|item| tokens(item).first().and_then(Tok::word).as_deref() == Some("UNIQUE"))
         .filter_map(|item| Some((first_identifier(item)?, secondary_key(item)?)))
         .collect()
+}
+
+/// A column definition's type as `COLUMN_TYPE` writes it (`varchar(100)`).
+fn column_type(item: &str) -> String {
+    let toks = tokens(item);
+    match (toks.get(1), toks.get(2)) {
+        (Some(word), Some(group)) if group.kind == Kind::Group => {
+            format!("{}{}", word.text, group.text)
+        }
+        (Some(word), _) => word.text.to_string(),
+        _ => String::new(),
+    }
 }
 
 /// A column definition that takes NULL and defaults to it: its
@@ -744,8 +757,9 @@ mod tests {
         let made = replica_ddl(text, "t", "t", &mariadb_has, &policy).unwrap();
         assert!(!made.create.contains("SSN"), "{}", made.create);
         assert!(
-            made.create
-                .contains("`LName` char(64) CHARACTER SET ascii COLLATE ascii_bin DEFAULT NULL"),
+            made.create.contains(
+                "`LName` varchar(100) CHARACTER SET ascii COLLATE ascii_bin DEFAULT NULL"
+            ),
             "{}",
             made.create
         );

@@ -88,6 +88,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Build a demo clinic from OpenDental's schema on this machine, then analyze, run and verify it.
     Demo(DemoArgs),
+    /// Print what Airflow, Kubernetes or systemd needs to run the group of --clinics FILE.
+    Schedule(ScheduleArgs),
     /// Record dbt's progress in the warehouse's etl_transform_status.
     #[command(subcommand)]
     Transform(TransformCommand),
@@ -229,6 +231,31 @@ fn parse_workers(text: &str) -> std::result::Result<usize, String> {
         Ok(n) if (1..=64).contains(&n) => Ok(n),
         _ => Err(format!("`{text}` is not a worker count from 1 to 64")),
     }
+}
+
+/// Arguments of `schedule`.
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    /// The engine: `airflow` (a DAG), `kubernetes` (CronJobs) or `systemd` (a service and timer).
+    #[arg(value_enum)]
+    pub engine: Engine,
+    /// Airflow: one task per clinic and performance category instead of per clinic.
+    #[arg(long)]
+    pub by_category: bool,
+    /// The etl-pipeline binary the tasks run (Airflow, systemd).
+    #[arg(long, value_name = "PATH", default_value = "etl-pipeline")]
+    pub binary: String,
+    /// The container image the CronJobs run (Kubernetes).
+    #[arg(long, value_name = "IMAGE", default_value = "etl-pipeline:latest")]
+    pub image: String,
+}
+
+/// `schedule`'s engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Engine {
+    Airflow,
+    Kubernetes,
+    Systemd,
 }
 
 /// Arguments of `analyze`.
@@ -803,6 +830,10 @@ fn read_docs(path: &Path) -> Result<analyze::Docs> {
 /// finish.
 async fn group_command(cli: &Cli, group: &Group) -> Result<ExitCode> {
     let clinics = group.select(&cli.clinic)?;
+    if let Command::Schedule(args) = &cli.command {
+        print!("{}", schedule_text(cli, group, args)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let base = Env::load(cli.env_file.as_deref())?;
     match &cli.command {
         Command::Init => {
@@ -863,10 +894,71 @@ async fn group_command(cli: &Cli, group: &Group) -> Result<ExitCode> {
             group_verdict(&failed)
         }
         _ => Err(Error::config(
-            "with --clinics, `init`, `run` and `status` work on every clinic; run other commands \
-             for one clinic with its env file (--env-file)",
+            "with --clinics, `init`, `run`, `status` and `schedule` work on the group; run other \
+             commands for one clinic with its env file (--env-file)",
         )),
     }
+}
+
+/// What `schedule` prints for the group: paths made absolute, so a task
+/// started anywhere on this machine reads the same files.
+fn schedule_text(cli: &Cli, group: &Group, args: &ScheduleArgs) -> Result<String> {
+    let how = crate::schedule::Invocation {
+        binary: args.binary.clone(),
+        group_file: crate::schedule::absolute(cli.clinics.as_deref().unwrap_or(Path::new("")))?,
+        tables: crate::schedule::absolute(&cli.tables)?,
+        env_file: cli
+            .env_file
+            .as_deref()
+            .map(crate::schedule::absolute)
+            .transpose()?,
+    };
+    Ok(match args.engine {
+        Engine::Airflow => {
+            let categories = if args.by_category {
+                categories_of(&TablesConfig::load(&cli.tables)?, &cli.tables)?
+            } else {
+                Vec::new()
+            };
+            crate::schedule::airflow(group, &how, &categories)
+        }
+        Engine::Kubernetes => crate::schedule::kubernetes(group, &args.image),
+        Engine::Systemd => crate::schedule::systemd(group, &how),
+    })
+}
+
+/// The performance categories the tables use, largest first; every table
+/// must have one, or it would be in no task.
+fn categories_of(config: &TablesConfig, path: &Path) -> Result<Vec<&'static str>> {
+    let missing: Vec<&str> = config
+        .tables()
+        .filter(|t| t.performance_category.is_none())
+        .map(|t| t.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::config(format!(
+            "--by-category runs each category in its own task, and {} table(s) of {} have no \
+             performance_category ({}); set one or run `etl-pipeline analyze`",
+            missing.len(),
+            path.display(),
+            missing
+                .iter()
+                .take(5)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok([
+        (Category::Large, "large"),
+        (Category::Medium, "medium"),
+        (Category::Small, "small"),
+        (Category::Tiny, "tiny"),
+    ]
+    .into_iter()
+    .filter(|(c, _)| config.tables().any(|t| c.matches(t)))
+    .map(|(_, name)| name)
+    .collect())
 }
 
 /// Creates one clinic's tracking tables; says where.
@@ -1240,6 +1332,9 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             outcome
         }
         Command::Status(ref args) => status_command(&cli, args).await,
+        Command::Schedule(_) => Err(Error::config(
+            "schedule runs a dental group: give its file with --clinics FILE",
+        )),
         Command::Validate => {
             let config = TablesConfig::load(&cli.tables)?;
             let env = Env::load(cli.env_file.as_deref())?;

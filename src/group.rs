@@ -34,6 +34,52 @@ impl Clinic {
     }
 }
 
+/// How `schedule` runs the group (the group file's `schedule:` block).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Schedule {
+    /// Minutes between runs: a divisor of an hour, or whole hours that
+    /// divide a day.
+    pub every_minutes: u32,
+    /// Tries a clinic's task gets after the first when it fails.
+    pub retries: u32,
+    /// Minutes after which a clinic's task is stopped.
+    pub timeout_minutes: u32,
+    /// Clinics loading at once.
+    pub parallel: u32,
+}
+
+impl Default for Schedule {
+    fn default() -> Schedule {
+        Schedule {
+            every_minutes: 60,
+            retries: 1,
+            timeout_minutes: 55,
+            parallel: 2,
+        }
+    }
+}
+
+impl Schedule {
+    fn check(&self) -> Result<()> {
+        let m = self.every_minutes;
+        let fits = (1..=60).contains(&m) && 60_u32.is_multiple_of(m)
+            || m.is_multiple_of(60) && (60..=1440).contains(&m) && 1440_u32.is_multiple_of(m);
+        if !fits {
+            return Err(Error::config(format!(
+                "schedule.every_minutes is {m}; use a divisor of an hour (1, 5, 15, 30, 60 …) or \
+                 whole hours that divide a day (120, 360, 1440 …)"
+            )));
+        }
+        if self.timeout_minutes == 0 || self.parallel == 0 {
+            return Err(Error::config(
+                "schedule.timeout_minutes and schedule.parallel must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A group file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
@@ -41,6 +87,7 @@ pub struct Group {
     pub group_schema: String,
     /// The clinics, by name.
     pub clinics: Vec<Clinic>,
+    pub schedule: Schedule,
 }
 
 #[derive(Deserialize)]
@@ -48,6 +95,8 @@ pub struct Group {
 struct RawGroup {
     group_schema: Option<String>,
     clinics: BTreeMap<String, RawClinic>,
+    #[serde(default)]
+    schedule: Schedule,
 }
 
 #[derive(Deserialize)]
@@ -104,9 +153,11 @@ impl Group {
                 schema,
             });
         }
+        raw.schedule.check()?;
         Ok(Group {
             group_schema,
             clinics,
+            schedule: raw.schedule,
         })
     }
 
@@ -232,6 +283,15 @@ pub async fn refresh_views(warehouse: &PgSettings, group: &Group) -> Result<View
             .push((column, ty));
     }
     let target = ident::pg(&group.group_schema);
+    // Clinics run by a scheduler finish side by side, each refreshing the
+    // views: one at a time (the lock ends with this session).
+    client
+        .execute(
+            "select pg_advisory_lock($1, hashtext($2))",
+            &[&crate::pipeline::LOCK_CLASS, &format!("views {target}")],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("waiting for the views of {target}"), e))?;
     client
         .batch_execute(&format!("create schema if not exists {target}"))
         .await
@@ -388,6 +448,14 @@ mod tests {
             (
                 "clinic:\n  a: {env_file: a.env}\n",
                 "unknown field `clinic`",
+            ),
+            (
+                "clinics:\n  a: {env_file: a.env}\nschedule: {every_minutes: 7}\n",
+                "schedule.every_minutes is 7",
+            ),
+            (
+                "clinics:\n  a: {env_file: a.env}\nschedule: {every: 5}\n",
+                "unknown field `every`",
             ),
         ] {
             let err = Group::parse(text, Path::new(".")).unwrap_err();

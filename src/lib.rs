@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod postgres;
 pub mod progress;
 pub mod reconcile;
+pub mod schedule;
 pub mod schema;
 pub mod shutdown;
 mod tls;

@@ -201,6 +201,22 @@ async fn clinics_load_into_their_own_schemas_and_one_view_joins_them() {
         !ok && out.contains("its clinics are east, north, south"),
         "{out}"
     );
+
+    // What a scheduler's task runs works as it is.
+    let binary = env!("CARGO_BIN_EXE_etl-pipeline");
+    let (ok, dag) = run(
+        &env,
+        &tables,
+        &group,
+        &["schedule", "airflow", "--binary", binary],
+    );
+    assert!(ok, "{dag}");
+    let task = std::process::Command::new("sh")
+        .args(["-c", &task_command(&dag, "north")])
+        .output()
+        .unwrap();
+    assert!(task.status.success(), "{}", text(&task));
+    assert!(text(&task).contains("clinic north"), "{}", text(&task));
 }
 
 /// A clinic whose env file is broken, or whose server takes the
@@ -283,4 +299,172 @@ async fn a_broken_or_stuck_clinic_holds_up_no_other() {
         .unwrap()
         .get(0);
     assert_eq!(loaded, 25, "north finished: {out}");
+}
+
+/// The command a task of a generated DAG runs, from its line.
+fn task_command(dag: &str, task: &str) -> String {
+    let line = dag
+        .lines()
+        .find(|l| l.contains(&format!("task_id=\"{task}\",")))
+        .unwrap_or_else(|| panic!("no task {task} in {dag}"));
+    let literal = line
+        .split_once("bash_command=")
+        .unwrap()
+        .1
+        .trim_end_matches(')');
+    serde_json::from_str(literal).unwrap()
+}
+
+fn schedule(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = common::binary()
+        .current_dir(dir)
+        .args([
+            "--tables",
+            "tables.yml",
+            "--clinics",
+            "clinics.yml",
+            "schedule",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `schedule` writes what each engine needs, checked by the engine's own
+/// parser where this machine has one: Python's for the DAG (Airflow's
+/// DagBag in reliability/schedule), systemd's for the units, and the
+/// manifests' structure for Kubernetes (kubernetes-validate in
+/// reliability/schedule).
+#[test]
+fn schedule_writes_what_airflow_kubernetes_and_systemd_need() {
+    let dir = scratch("group_schedule");
+    std::fs::write(
+        dir.join("clinics.yml"),
+        "clinics:\n  north: {env_file: north.env}\n  south: {env_file: south.env}\n  \
+         east_side: {env_file: east.env, schema: raw_east}\n\
+         schedule: {every_minutes: 15, retries: 3, timeout_minutes: 14, parallel: 2}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("tables.yml"),
+        "tables:\n  patient:\n    extraction_strategy: full_table\n    performance_category: small\n  \
+         procedurelog:\n    extraction_strategy: full_table\n    performance_category: large\n",
+    )
+    .unwrap();
+    let (ok, dag, err) = schedule(&dir, &["airflow"]);
+    assert!(ok, "{err}");
+    let parsed = std::process::Command::new("python3")
+        .args(["-c", "import ast, sys; ast.parse(sys.stdin.read())"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(dag.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("python3 must be installed for this test");
+    assert!(parsed.status.success(), "{}\n{dag}", text(&parsed));
+    for clinic in ["north", "south", "east_side"] {
+        let command = task_command(&dag, clinic);
+        assert!(
+            command.ends_with(&format!("--clinic {clinic} run --all")),
+            "{command}"
+        );
+        assert!(command.contains(&dir.join("clinics.yml").display().to_string()));
+    }
+    for part in [
+        "schedule=\"*/15 * * * *\"",
+        "\"retries\": 3",
+        "datetime.timedelta(minutes=14)",
+        "\"pool\": \"etl_pipeline_raw_group\"",
+        "airflow pools set etl_pipeline_raw_group 2",
+        "max_active_runs=1",
+    ] {
+        assert!(dag.contains(part), "{part}: {dag}");
+    }
+    let (ok, dag, err) = schedule(&dir, &["airflow", "--by-category"]);
+    assert!(ok, "{err}");
+    assert!(task_command(&dag, "south_large").ends_with("--category large"));
+    assert!(task_command(&dag, "south_small").ends_with("--category small"));
+    assert!(!dag.contains("_medium"), "no table is medium: {dag}");
+
+    let (ok, manifests, err) =
+        schedule(&dir, &["kubernetes", "--image", "registry.example/etl:1.2"]);
+    assert!(ok, "{err}");
+    let jobs: Vec<serde_json::Value> = manifests
+        .split("\n---\n")
+        .skip(1)
+        .map(|doc| serde_norway::from_str(doc).unwrap())
+        .collect();
+    assert_eq!(jobs.len(), 3, "{manifests}");
+    for (job, clinic) in jobs.iter().zip(["east_side", "north", "south"]) {
+        assert_eq!(job["kind"], "CronJob");
+        assert_eq!(job["apiVersion"], "batch/v1");
+        assert_eq!(job["spec"]["concurrencyPolicy"], "Forbid");
+        assert_eq!(job["spec"]["schedule"], "*/15 * * * *");
+        assert_eq!(job["spec"]["jobTemplate"]["spec"]["backoffLimit"], 3);
+        assert_eq!(
+            job["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"],
+            840
+        );
+        let pod = &job["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        assert_eq!(container["image"], "registry.example/etl:1.2");
+        assert_eq!(
+            container["envFrom"][0]["secretRef"]["name"],
+            "etl-pipeline-warehouse"
+        );
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(&args[4..], ["--clinic", clinic, "run", "--all"]);
+        assert_eq!(
+            pod["volumes"][1]["secret"]["secretName"],
+            format!("etl-pipeline-{}", clinic.replace('_', "-"))
+        );
+    }
+
+    let binary = env!("CARGO_BIN_EXE_etl-pipeline");
+    let (ok, units, err) = schedule(&dir, &["systemd", "--binary", binary]);
+    assert!(ok, "{err}");
+    let mut files = Vec::new();
+    for section in units.split("# file: ").skip(1) {
+        let (name, body) = section.split_once('\n').unwrap();
+        std::fs::write(dir.join(name), body).unwrap();
+        files.push(dir.join(name));
+    }
+    assert_eq!(files.len(), 2, "{units}");
+    let verified = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&files)
+        .output()
+        .expect("systemd-analyze must be installed for this test");
+    assert!(verified.status.success(), "{}\n{units}", text(&verified));
+    assert!(units.contains("OnCalendar=*-*-* *:00/15:00"), "{units}");
+
+    std::fs::write(
+        dir.join("tables.yml"),
+        "tables:\n  patient:\n    extraction_strategy: full_table\n",
+    )
+    .unwrap();
+    let (ok, _, err) = schedule(&dir, &["airflow", "--by-category"]);
+    assert!(
+        !ok && err.contains("no performance_category (patient)"),
+        "{err}"
+    );
+    let out = common::binary()
+        .args(["schedule", "airflow"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && text(&out).contains("--clinics FILE"));
 }

@@ -440,8 +440,8 @@ async fn load_one(shared: &Shared<'_>, ctx: &LoadContext, cfg: &TableConfig) -> 
     }
 }
 
-/// Advisory-lock class of this tool's per-table locks ("ETL").
-const LOCK_CLASS: i32 = 0x0045_544C;
+/// Advisory-lock class of this tool's locks ("ETL").
+pub const LOCK_CLASS: i32 = 0x0045_544C;
 
 /// A table's run lock: an advisory lock held for as long as the table is
 /// processed, released when the session ends (also when the process dies).

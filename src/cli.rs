@@ -858,6 +858,55 @@ async fn group_command(cli: &Cli, group: &Group) -> Result<ExitCode> {
             group_verdict(&failed)
         }
         Command::Run(args) => run_group(cli, group, &clinics, &base, args).await,
+        Command::Verify(args) => {
+            let mut failed = Vec::new();
+            for clinic in &clinics {
+                println!("== clinic {} (schema {})", clinic.name, clinic.schema);
+                let outcome = async { verify_in(cli, &clinic.env(&base)?, args).await }.await;
+                match outcome {
+                    Ok(code) if code == ExitCode::SUCCESS => {}
+                    Ok(_) => failed.push(clinic.name.clone()),
+                    Err(e) => {
+                        println!("FAILED: {}", chain(&e));
+                        failed.push(clinic.name.clone());
+                    }
+                }
+            }
+            group_verdict(&failed)
+        }
+        Command::Analyze(args) if args.check => {
+            let previous = std::fs::read_to_string(&cli.tables).map_err(|e| {
+                Error::config(format!(
+                    "{} cannot be read ({e}); write it with `etl-pipeline analyze` for one clinic first",
+                    cli.tables.display()
+                ))
+            })?;
+            let mut failed = Vec::new();
+            for clinic in &clinics {
+                println!("== clinic {} (schema {})", clinic.name, clinic.schema);
+                let outcome = async {
+                    let source = clinic.env(&base)?.source()?;
+                    let mut plans = analyze::analyze(&source).await?;
+                    let policy = analyze::PreviousPolicy::read(&previous)?;
+                    analyze::apply_phi(&mut plans, None, analyze::PhiPolicy::Keep, &policy);
+                    analyze::changes_since(&previous, &plans)
+                }
+                .await;
+                match outcome {
+                    Ok(changes) => {
+                        print_changes(&changes, &cli.tables);
+                        if !changes.is_empty() {
+                            failed.push(clinic.name.clone());
+                        }
+                    }
+                    Err(e) => {
+                        println!("FAILED: {}", chain(&e));
+                        failed.push(clinic.name.clone());
+                    }
+                }
+            }
+            group_verdict(&failed)
+        }
         Command::Status(args) => {
             let json = args.format == StatusFormat::Json;
             let mut failed = Vec::new();
@@ -894,8 +943,9 @@ async fn group_command(cli: &Cli, group: &Group) -> Result<ExitCode> {
             group_verdict(&failed)
         }
         _ => Err(Error::config(
-            "with --clinics, `init`, `run`, `status` and `schedule` work on the group; run other \
-             commands for one clinic with its env file (--env-file)",
+            "with --clinics, `init`, `run`, `status`, `verify`, `analyze --check` and `schedule` work \
+             on the group; the table config is the group's, so write it with `analyze` for one clinic \
+             (its env file with --env-file), and run other commands the same way",
         )),
     }
 }
@@ -959,6 +1009,18 @@ fn categories_of(config: &TablesConfig, path: &Path) -> Result<Vec<&'static str>
     .filter(|(c, _)| config.tables().any(|t| c.matches(t)))
     .map(|(_, name)| name)
     .collect())
+}
+
+/// What `analyze --check` found, one change a line, then the count.
+fn print_changes(changes: &[String], tables: &Path) {
+    for change in changes {
+        println!("{change}");
+    }
+    println!(
+        "{} schema change(s) since {} was written",
+        changes.len(),
+        tables.display()
+    );
 }
 
 /// Creates one clinic's tracking tables; says where.
@@ -1090,10 +1152,15 @@ async fn run_group(
 
 /// `verify`: counts, `--deep` comparisons and `--repair`.
 async fn verify_command(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
+    let env = Env::load(cli.env_file.as_deref())?;
+    verify_in(cli, &env, args).await
+}
+
+/// `verify` in one environment (a clinic's, in a group).
+async fn verify_in(cli: &Cli, env: &Env, args: &VerifyArgs) -> Result<ExitCode> {
     let config = TablesConfig::load(&cli.tables)?;
     let all = args.table.is_empty();
     let selected = pipeline::select_tables(&config, &args.table, all)?;
-    let env = Env::load(cli.env_file.as_deref())?;
     let ctx = match env.mode()? {
         Mode::Replica => VerifyContext {
             source: env.source().ok(),
@@ -1207,14 +1274,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                         cli.tables.display()
                     )));
                 }
-                for change in &changes {
-                    println!("{change}");
-                }
-                println!(
-                    "{} schema change(s) since {} was written",
-                    changes.len(),
-                    cli.tables.display()
-                );
+                print_changes(&changes, &cli.tables);
                 return Ok(if changes.is_empty() {
                     ExitCode::SUCCESS
                 } else {

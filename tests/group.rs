@@ -217,6 +217,32 @@ async fn clinics_load_into_their_own_schemas_and_one_view_joins_them() {
         .unwrap();
     assert!(task.status.success(), "{}", text(&task));
     assert!(text(&task).contains("clinic north"), "{}", text(&task));
+
+    // verify and analyze --check go clinic by clinic: the table config,
+    // written from north, matches north; south has a column more, east
+    // two since.
+    let (ok, out) = run(&env, &tables, &group, &["verify", "--deep"]);
+    assert!(ok, "{out}");
+    assert_eq!(out.matches("procedurelog").count(), 3, "{out}");
+    let analyzed = dir.join("analyzed.yml");
+    let out = binary_with(&env, &analyzed)
+        .arg("analyze")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let (ok, out) = run(&env, &analyzed, &group, &["analyze", "--check"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("table `procedurelog`: column `Discount` added")
+            && out.contains("table `procedurelog`: column `Note` added")
+            && out.contains("clinic(s) failed: east, south"),
+        "{out}"
+    );
+    let (ok, out) = run(&env, &analyzed, &group, &["analyze"]);
+    assert!(
+        !ok && out.contains("the table config is the group's"),
+        "{out}"
+    );
 }
 
 /// A clinic whose env file is broken, or whose server takes the

@@ -270,6 +270,10 @@ async fn a_run_reaches_a_tls_only_warehouse_by_its_environment() {
         "{}",
         text(&out)
     );
+    // The refusal names the file and the check, never the secrets.
+    for secret in ["Tls-warehouse-pw-7", "clinic-mask-key-7f3a9c2e5d"] {
+        assert!(!text(&out).contains(secret), "{}", text(&out));
+    }
 }
 
 /// This machine's address on its network (not loopback), as a clinic's

@@ -129,6 +129,17 @@ impl std::fmt::Debug for Masker {
 impl Masker {
     /// The masker of `applied` for rows of `columns`; `None` when nothing
     /// is masked. A hash needs the key.
+    /// The masker of `table`'s rows read in its column order (the shape
+    /// [`shape`] gave it), shared by the reader's tasks.
+    pub fn for_table(
+        table: &SourceTable,
+        applied: &Applied,
+        key: Option<&Secret>,
+    ) -> Result<Option<std::sync::Arc<Masker>>> {
+        let columns: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
+        Ok(Masker::new(&table.name, &columns, applied, key)?.map(std::sync::Arc::new))
+    }
+
     pub fn new(
         table: &str,
         columns: &[String],

@@ -83,6 +83,11 @@ pub struct ColumnPolicy {
 }
 
 impl ColumnPolicy {
+    /// Whether the policy masks `column` (matched as MySQL matches names).
+    pub fn masks(&self, column: &str) -> bool {
+        self.mask.keys().any(|m| m.eq_ignore_ascii_case(column))
+    }
+
     /// The policy of table `name` from its own keys and the defaults.
     pub(super) fn merge(name: &str, own: RawPolicy, defaults: &RawPolicy) -> Result<ColumnPolicy> {
         let mut policy = ColumnPolicy {

@@ -503,7 +503,7 @@ pub async fn copy_table(
     let described = my::describe_table(&mut source, &ctx.source.database, &cfg.name).await?;
     let (source_table, policy) = crate::mask::shape(described, cfg)?;
     reconcile::check_key(cfg, &source_table)?;
-    let masker = masker(ctx, cfg, &source_table, &policy)?;
+    let masker = Masker::for_table(&source_table, &policy, ctx.mask_key.as_ref())?;
     let key = source_table.primary_key.clone();
     let mut warnings = Vec::new();
     if key.is_empty() {
@@ -660,17 +660,6 @@ pub async fn copy_table(
     Ok(report)
 }
 
-/// The masker of a table's rows as the copy reads them from the source.
-fn masker(
-    ctx: &ExtractContext,
-    cfg: &TableConfig,
-    table: &SourceTable,
-    policy: &crate::config::Applied,
-) -> Result<Option<Arc<Masker>>> {
-    let columns: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
-    Ok(Masker::new(&cfg.name, &columns, policy, ctx.mask_key.as_ref())?.map(Arc::new))
-}
-
 /// Copies again from the source the replica rows of `keys`, in one replica
 /// transaction: rows the source has are upserted (a row already equal is
 /// left as it is), rows it lacks are deleted. The repair of what a
@@ -684,7 +673,7 @@ pub async fn recopy_keys(
     let mut replica = replica_session(ctx).await?;
     let described = my::describe_table(&mut source, &ctx.source.database, &cfg.name).await?;
     let (table, policy) = crate::mask::shape(described, cfg)?;
-    let masker = masker(ctx, cfg, &table, &policy)?;
+    let masker = Masker::for_table(&table, &policy, ctx.mask_key.as_ref())?;
     let held = my::describe_table(&mut replica, &ctx.replica.database, &cfg.name).await?;
     if !held.unique_keys.is_empty() {
         relax_unique_keys(&mut replica, &cfg.name).await?;
@@ -758,12 +747,7 @@ async fn reconcile_copy(
         columns: table
             .columns
             .iter()
-            .filter(|c| {
-                cfg.columns
-                    .mask
-                    .keys()
-                    .all(|m| !m.eq_ignore_ascii_case(&c.name))
-            })
+            .filter(|c| !cfg.columns.masks(&c.name))
             .cloned()
             .collect(),
         ..table.clone()

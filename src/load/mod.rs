@@ -99,9 +99,8 @@ async fn prepare(
         (described, policy, None)
     } else {
         let (shaped, applied) = crate::mask::shape(described, cfg)?;
-        let names: Vec<String> = shaped.columns.iter().map(|c| c.name.clone()).collect();
-        let masker = Masker::new(&cfg.name, &names, &applied, ctx.mask_key.as_ref())?;
-        (shaped, applied.fingerprint(), masker.map(Arc::new))
+        let masker = Masker::for_table(&shaped, &applied, ctx.mask_key.as_ref())?;
+        (shaped, applied.fingerprint(), masker)
     };
     reconcile::check_key(cfg, &source)?;
     let too_long = ident::too_long_for_pg(

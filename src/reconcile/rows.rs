@@ -380,10 +380,10 @@ impl DeepPlan {
     /// clear values and every copy the masked ones, so against the source
     /// they differ by design.
     pub fn without_masked(mut self, policy: &ColumnPolicy) -> DeepPlan {
-        let masked = |name: &str| policy.mask.keys().any(|m| m.eq_ignore_ascii_case(name));
         self.shared
-            .retain(|(n, _)| !masked(n) || self.key.contains(n));
-        self.names.retain(|n| !masked(n) || self.key.contains(n));
+            .retain(|(n, _)| !policy.masks(n) || self.key.contains(n));
+        self.names
+            .retain(|n| !policy.masks(n) || self.key.contains(n));
         self
     }
 

@@ -22,8 +22,8 @@ pub struct Invocation {
 }
 
 impl Invocation {
-    /// The arguments a clinic's task runs with (`--category` when split).
-    fn args(&self, clinic: &str, category: Option<&str>) -> Vec<String> {
+    /// The binary and the files every task names.
+    fn group(&self) -> Vec<String> {
         let mut args = vec![self.binary.clone()];
         if let Some(env) = &self.env_file {
             args.extend(["--env-file".to_string(), env.clone()]);
@@ -33,6 +33,14 @@ impl Invocation {
             self.tables.clone(),
             "--clinics".to_string(),
             self.group_file.clone(),
+        ]);
+        args
+    }
+
+    /// The arguments a clinic's task runs with (`--category` when split).
+    fn args(&self, clinic: &str, category: Option<&str>) -> Vec<String> {
+        let mut args = self.group();
+        args.extend([
             "--clinic".to_string(),
             clinic.to_string(),
             "run".to_string(),
@@ -206,15 +214,8 @@ pub fn kubernetes(group: &Group, image: &str) -> String {
 pub fn systemd(group: &Group, how: &Invocation) -> String {
     let s = &group.schedule;
     let unit = format!("etl-pipeline-{}", group.group_schema.replace('_', "-"));
-    let mut args = vec![how.binary.clone()];
-    if let Some(env) = &how.env_file {
-        args.extend(["--env-file".to_string(), env.clone()]);
-    }
+    let mut args = how.group();
     args.extend([
-        "--tables".to_string(),
-        how.tables.clone(),
-        "--clinics".to_string(),
-        how.group_file.clone(),
         "run".to_string(),
         "--all".to_string(),
         "--max-workers".to_string(),

@@ -43,8 +43,9 @@ pub struct Cli {
         default_value = "config/tables.yml"
     )]
     pub tables: PathBuf,
-    /// A dental group's file: `init`, `run` and `status` work on each of
-    /// its clinics (see the README).
+    /// A dental group's file: `init`, `run`, `status`, `verify` and
+    /// `analyze --check` work on each of its clinics, `dbt-sources` and
+    /// `schedule` on the group (see the README).
     #[arg(long, global = true, value_name = "FILE")]
     pub clinics: Option<PathBuf>,
     /// With --clinics: only this clinic (repeatable).
@@ -824,8 +825,8 @@ fn read_docs(path: &Path) -> Result<analyze::Docs> {
     analyze::parse_docs(&xml).map_err(|e| Error::config(format!("{}: {e}", path.display())))
 }
 
-/// `init`, `run` or `status` on each clinic of a group (those `--clinic`
-/// names, or all). Clinics are isolated: one that fails (unreachable, a
+/// A command on each clinic of a group (those `--clinic` names, or all),
+/// or on the group as a whole (`dbt-sources`, `schedule`). Clinics are isolated: one that fails (unreachable, a
 /// broken env file, stuck past its timeouts) is named, and the others
 /// finish.
 async fn group_command(cli: &Cli, group: &Group) -> Result<ExitCode> {
@@ -837,16 +838,11 @@ async fn group_command(cli: &Cli, group: &Group) -> Result<ExitCode> {
     let base = Env::load(cli.env_file.as_deref())?;
     match &cli.command {
         Command::Init => {
-            let mut failed = Vec::new();
-            for clinic in &clinics {
-                match init_clinic(clinic, &base).await {
-                    Ok(line) => println!("clinic {}: {line}", clinic.name),
-                    Err(e) => {
-                        println!("clinic {}: FAILED: {}", clinic.name, chain(&e));
-                        failed.push(clinic.name.clone());
-                    }
-                }
-            }
+            let failed = each_clinic(&clinics, true, async |clinic| {
+                println!("{}", init_clinic(clinic, &base).await?);
+                Ok(true)
+            })
+            .await;
             let warehouse = base.warehouse()?;
             let client = pg::connect(&warehouse).await?;
             let schema = ident::pg(&group.group_schema);
@@ -858,20 +854,17 @@ async fn group_command(cli: &Cli, group: &Group) -> Result<ExitCode> {
             group_verdict(&failed)
         }
         Command::Run(args) => run_group(cli, group, &clinics, &base, args).await,
+        Command::DbtSources(args) => {
+            let of = analyze::SourceOf::Group {
+                schema: &group.group_schema,
+            };
+            dbt_sources_command(cli, &base, of, args).await
+        }
         Command::Verify(args) => {
-            let mut failed = Vec::new();
-            for clinic in &clinics {
-                println!("== clinic {} (schema {})", clinic.name, clinic.schema);
-                let outcome = async { verify_in(cli, &clinic.env(&base)?, args).await }.await;
-                match outcome {
-                    Ok(code) if code == ExitCode::SUCCESS => {}
-                    Ok(_) => failed.push(clinic.name.clone()),
-                    Err(e) => {
-                        println!("FAILED: {}", chain(&e));
-                        failed.push(clinic.name.clone());
-                    }
-                }
-            }
+            let failed = each_clinic(&clinics, true, async |clinic| {
+                Ok(verify_in(cli, &clinic.env(&base)?, args).await? == ExitCode::SUCCESS)
+            })
+            .await;
             group_verdict(&failed)
         }
         Command::Analyze(args) if args.check => {
@@ -881,73 +874,74 @@ async fn group_command(cli: &Cli, group: &Group) -> Result<ExitCode> {
                     cli.tables.display()
                 ))
             })?;
-            let mut failed = Vec::new();
-            for clinic in &clinics {
-                println!("== clinic {} (schema {})", clinic.name, clinic.schema);
-                let outcome = async {
-                    let source = clinic.env(&base)?.source()?;
-                    let mut plans = analyze::analyze(&source).await?;
-                    let policy = analyze::PreviousPolicy::read(&previous)?;
-                    analyze::apply_phi(&mut plans, None, analyze::PhiPolicy::Keep, &policy);
-                    analyze::changes_since(&previous, &plans)
-                }
-                .await;
-                match outcome {
-                    Ok(changes) => {
-                        print_changes(&changes, &cli.tables);
-                        if !changes.is_empty() {
-                            failed.push(clinic.name.clone());
-                        }
-                    }
-                    Err(e) => {
-                        println!("FAILED: {}", chain(&e));
-                        failed.push(clinic.name.clone());
-                    }
-                }
-            }
+            let policy = analyze::PreviousPolicy::read(&previous)?;
+            let failed = each_clinic(&clinics, true, async |clinic| {
+                let source = clinic.env(&base)?.source()?;
+                let mut plans = analyze::analyze(&source).await?;
+                analyze::apply_phi(&mut plans, None, analyze::PhiPolicy::Keep, &policy);
+                let changes = analyze::changes_since(&previous, &plans)?;
+                print_changes(&changes, &cli.tables);
+                Ok(changes.is_empty())
+            })
+            .await;
             group_verdict(&failed)
         }
         Command::Status(args) => {
             let json = args.format == StatusFormat::Json;
-            let mut failed = Vec::new();
             let mut by_clinic = serde_json::Map::new();
-            for clinic in &clinics {
-                if !json {
-                    println!("== clinic {} (schema {})", clinic.name, clinic.schema);
-                }
-                let outcome = async {
-                    let env = clinic.env(&base)?;
-                    status_in(cli, &env, args).await
-                }
-                .await;
-                let entry = match outcome {
-                    Ok((code, lines)) => {
-                        if code != ExitCode::SUCCESS {
-                            failed.push(clinic.name.clone());
-                        }
-                        lines.unwrap_or(serde_json::Value::Null)
-                    }
-                    Err(e) => {
-                        if !json {
-                            println!("FAILED: {}", chain(&e));
-                        }
-                        failed.push(clinic.name.clone());
-                        serde_json::json!({"error": chain(&e)})
-                    }
+            let failed = each_clinic(&clinics, !json, async |clinic| {
+                let outcome = async { status_in(cli, &clinic.env(&base)?, args).await }.await;
+                let (entry, result) = match outcome {
+                    Ok((code, lines)) => (
+                        lines.unwrap_or(serde_json::Value::Null),
+                        Ok(code == ExitCode::SUCCESS),
+                    ),
+                    // The error goes into the JSON; printed, it would spoil it.
+                    Err(e) if json => (serde_json::json!({"error": chain(&e)}), Ok(false)),
+                    Err(e) => (serde_json::Value::Null, Err(e)),
                 };
                 by_clinic.insert(clinic.name.clone(), entry);
-            }
+                result
+            })
+            .await;
             if json {
                 println!("{}", pretty(&serde_json::Value::Object(by_clinic))?);
             }
             group_verdict(&failed)
         }
         _ => Err(Error::config(
-            "with --clinics, `init`, `run`, `status`, `verify`, `analyze --check` and `schedule` work \
-             on the group; the table config is the group's, so write it with `analyze` for one clinic \
+            "with --clinics, `init`, `run`, `status`, `verify`, `analyze --check`, `dbt-sources` and \
+             `schedule` work on the group; the table config is the group's, so write it with `analyze` for one clinic \
              (its env file with --env-file), and run other commands the same way",
         )),
     }
+}
+
+/// `dbt-sources`: the source of the warehouse schema or of a group's views.
+async fn dbt_sources_command(
+    cli: &Cli,
+    env: &Env,
+    of: analyze::SourceOf<'_>,
+    args: &DbtSourcesArgs,
+) -> Result<ExitCode> {
+    let warehouse = env.warehouse()?;
+    let config = if cli.tables.exists() {
+        Some(TablesConfig::load(&cli.tables)?)
+    } else {
+        None
+    };
+    let docs = args.docs.as_deref().map(read_docs).transpose()?;
+    let text = analyze::dbt_sources(
+        &warehouse,
+        of,
+        config.as_ref(),
+        docs.as_ref(),
+        args.legacy_freshness,
+    )
+    .await?;
+    config::write_atomically(&args.output, &text)?;
+    println!("wrote {}", args.output.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// What `schedule` prints for the group: paths made absolute, so a task
@@ -1040,6 +1034,32 @@ async fn init_clinic(clinic: &Clinic, base: &Env) -> Result<String> {
         ),
         None => format!("tracking tables ready in schema {}", warehouse.schema),
     })
+}
+
+/// Runs `step` on each clinic in turn, under a `== clinic` heading when
+/// `heading`: a clinic whose step fails (its error printed) or reports
+/// failure (`Ok(false)`) is named in what this returns, and the others
+/// still run.
+async fn each_clinic(
+    clinics: &[&Clinic],
+    heading: bool,
+    mut step: impl AsyncFnMut(&Clinic) -> Result<bool>,
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    for clinic in clinics {
+        if heading {
+            println!("== clinic {} (schema {})", clinic.name, clinic.schema);
+        }
+        match step(clinic).await {
+            Ok(true) => {}
+            Ok(false) => failed.push(clinic.name.clone()),
+            Err(e) => {
+                println!("FAILED: {}", chain(&e));
+                failed.push(clinic.name.clone());
+            }
+        }
+    }
+    failed
 }
 
 /// Exit code of a group command: failure naming the clinics that failed.
@@ -1314,25 +1334,9 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::DbtSources(args) => {
+        Command::DbtSources(ref args) => {
             let env = Env::load(cli.env_file.as_deref())?;
-            let warehouse = env.warehouse()?;
-            let config = if cli.tables.exists() {
-                Some(TablesConfig::load(&cli.tables)?)
-            } else {
-                None
-            };
-            let docs = args.docs.as_deref().map(read_docs).transpose()?;
-            let text = analyze::dbt_sources(
-                &warehouse,
-                config.as_ref(),
-                docs.as_ref(),
-                args.legacy_freshness,
-            )
-            .await?;
-            config::write_atomically(&args.output, &text)?;
-            println!("wrote {}", args.output.display());
-            Ok(ExitCode::SUCCESS)
+            dbt_sources_command(&cli, &env, analyze::SourceOf::Warehouse, args).await
         }
         Command::Transform(TransformCommand::Mark(args)) => {
             let env = Env::load(cli.env_file.as_deref())?;

@@ -82,6 +82,8 @@ async fn clinics_load_into_their_own_schemas_and_one_view_joins_them() {
          south: {env_file: south.env}\n  east: {env_file: east.env}\n",
     )
     .unwrap();
+    let (ok, out) = run(&env, &tables, &group, &["dbt-sources"]);
+    assert!(!ok && out.contains("holds no group views yet"), "{out}");
     let summary = dir.join("summary.json");
     for args in [
         &["init"][..],
@@ -163,6 +165,41 @@ async fn clinics_load_into_their_own_schemas_and_one_view_joins_them() {
             ("south".to_string(), 20, 20, 400.0),
         ]
     );
+
+    // The group's dbt source: the views (not a view of the user's beside
+    // them), `clinic` described, freshness from the watermark.
+    pg.batch_execute("create view raw_group.my_model as select 1 as x")
+        .await
+        .unwrap();
+    let sources = dir.join("group_sources.yml");
+    let (ok, out) = run(
+        &env,
+        &tables,
+        &group,
+        &["dbt-sources", "--output", sources.to_str().unwrap()],
+    );
+    assert!(ok, "{out}");
+    let yaml: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(&sources).unwrap()).unwrap();
+    let source = &yaml["sources"][0];
+    assert_eq!(source["name"].as_str(), Some("opendental"));
+    assert_eq!(source["schema"].as_str(), Some("raw_group"));
+    let views = source["tables"].as_sequence().unwrap();
+    assert_eq!(views.len(), 1, "{yaml:?}");
+    assert_eq!(views[0]["name"].as_str(), Some("procedurelog"));
+    assert_eq!(
+        views[0]["config"]["loaded_at_field"].as_str(),
+        Some("\"DateTStamp\"")
+    );
+    let clinic = &views[0]["columns"][0];
+    assert_eq!(clinic["name"].as_str(), Some("clinic"));
+    assert!(
+        clinic["description"]
+            .as_str()
+            .unwrap()
+            .contains("group file")
+    );
+    assert_eq!(views[0]["columns"].as_sequence().unwrap().len(), 6);
 
     // Nothing changed: the view stays as it is. A clinic's schema grows: the
     // view follows.

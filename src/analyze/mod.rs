@@ -9,7 +9,7 @@
 mod dbt;
 mod phi;
 
-pub use dbt::{Docs, dbt_sources, parse_docs};
+pub use dbt::{Docs, SourceOf, dbt_sources, parse_docs};
 pub use phi::PhiKind;
 
 use std::collections::BTreeMap;

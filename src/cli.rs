@@ -45,7 +45,8 @@ pub struct Cli {
     pub tables: PathBuf,
     /// A dental group's file: `init`, `run`, `status`, `verify` and
     /// `analyze --check` work on each of its clinics, `dbt-sources` and
-    /// `schedule` on the group (see the README).
+    /// `schedule` on the group (see the README). With `demo`: a number of
+    /// clinics to build and run as a group.
     #[arg(long, global = true, value_name = "FILE")]
     pub clinics: Option<PathBuf>,
     /// With --clinics: only this clinic (repeatable).
@@ -917,6 +918,17 @@ async fn group_command(cli: &Cli, group: &Group) -> Result<ExitCode> {
     }
 }
 
+/// `demo --clinics N`: the global option's value is a number of clinics.
+fn demo_clinics(given: &Path) -> Result<usize> {
+    given.to_str().and_then(|n| n.parse().ok()).ok_or_else(|| {
+        Error::config(format!(
+            "demo --clinics {}: with demo, --clinics takes a number of clinics to build, e.g. \
+                 `demo --clinics 3`",
+            given.display()
+        ))
+    })
+}
+
 /// `dbt-sources`: the source of the warehouse schema or of a group's views.
 async fn dbt_sources_command(
     cli: &Cli,
@@ -1081,6 +1093,7 @@ async fn run_group(
     base: &Env,
     args: &RunArgs,
 ) -> Result<ExitCode> {
+    let started = Instant::now();
     let notifier = Notifier::from_env(base, args.on_alert.as_deref())?;
     let stop = stop_on_signals();
     let at_once = args.max_workers.clamp(1, clinics.len().max(1));
@@ -1102,6 +1115,7 @@ async fn run_group(
     let mut failed = Vec::new();
     let mut interrupted = false;
     let mut summaries = serde_json::Map::new();
+    let mut rows_read = 0;
     for (clinic, outcome) in &results {
         println!("== clinic {} (schema {})", clinic.name, clinic.schema);
         let summary = match outcome {
@@ -1111,6 +1125,7 @@ async fn run_group(
                 if !report.succeeded() {
                     failed.push(clinic.name.clone());
                 }
+                rows_read += report.rows_read();
                 pipeline::summary_json(report)
             }
             Err(e) => {
@@ -1152,11 +1167,21 @@ async fn run_group(
             serde_json::json!({"schema": group.group_schema, "error": chain(e)})
         }
     };
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "group: {} clinic(s), {} failed, {rows_read} rows in {secs:.2}s, peak memory {}",
+        results.len(),
+        failed.len(),
+        pipeline::peak_memory()
+    );
     if let Some(path) = &args.summary_json {
         write_json(
             path,
             &serde_json::json!({
                 "succeeded": failed.is_empty() && views.is_ok(),
+                "seconds": secs,
+                "rows_read": rows_read,
+                "peak_memory_kib": pipeline::peak_rss_kib(),
                 "failed_clinics": failed,
                 "clinics": summaries,
                 "group_views": views_json,
@@ -1223,7 +1248,7 @@ async fn verify_in(cli: &Cli, env: &Env, args: &VerifyArgs) -> Result<ExitCode> 
 
 /// Runs a parsed command line.
 pub async fn execute(cli: Cli) -> Result<ExitCode> {
-    if let Some(file) = &cli.clinics {
+    if let (Some(file), false) = (&cli.clinics, matches!(cli.command, Command::Demo(_))) {
         let group = Group::load(file)?;
         return group_command(&cli, &group).await;
     }
@@ -1251,7 +1276,10 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 dir: args.dir,
                 setup_only: args.setup_only,
             };
-            let ok = demo::run(&opts).await?;
+            let ok = match &cli.clinics {
+                Some(count) => demo::run_group(&opts, demo_clinics(count)?).await?,
+                None => demo::run(&opts).await?,
+            };
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {

@@ -96,23 +96,51 @@ impl DemoOptions {
 
     fn env_text(&self) -> String {
         format!(
-            "ETL_ENVIRONMENT=test\n\
-             TEST_OPENDENTAL_SOURCE_HOST={0}\nTEST_OPENDENTAL_SOURCE_PORT={1}\nTEST_OPENDENTAL_SOURCE_DB={8}\n\
+            "ETL_ENVIRONMENT=test\n{}{}",
+            self.clinic_env_text(),
+            self.warehouse_env_text()
+        )
+    }
+
+    /// A clinic's own settings: its source and replica.
+    fn clinic_env_text(&self) -> String {
+        format!(
+            "TEST_OPENDENTAL_SOURCE_HOST={0}\nTEST_OPENDENTAL_SOURCE_PORT={1}\nTEST_OPENDENTAL_SOURCE_DB={2}\n\
              TEST_OPENDENTAL_SOURCE_USER={3}\nTEST_OPENDENTAL_SOURCE_PASSWORD=\n\
-             TEST_MYSQL_REPLICATION_HOST={0}\nTEST_MYSQL_REPLICATION_PORT={1}\nTEST_MYSQL_REPLICATION_DB={2}\n\
-             TEST_MYSQL_REPLICATION_USER={3}\nTEST_MYSQL_REPLICATION_PASSWORD=\n\
-             TEST_POSTGRES_ANALYTICS_HOST={4}\nTEST_POSTGRES_ANALYTICS_PORT={5}\nTEST_POSTGRES_ANALYTICS_DB={6}\n\
-             TEST_POSTGRES_ANALYTICS_SCHEMA=raw\nTEST_POSTGRES_ANALYTICS_USER={7}\nTEST_POSTGRES_ANALYTICS_PASSWORD=\n",
+             TEST_MYSQL_REPLICATION_HOST={0}\nTEST_MYSQL_REPLICATION_PORT={1}\nTEST_MYSQL_REPLICATION_DB={4}\n\
+             TEST_MYSQL_REPLICATION_USER={3}\nTEST_MYSQL_REPLICATION_PASSWORD=\n",
             self.mysql_host,
             self.mysql_port,
-            self.replica_database,
+            self.source_database,
             self.mysql_user,
-            self.pg_host,
-            self.pg_port,
-            self.warehouse_database,
-            self.pg_user,
-            self.source_database
+            self.replica_database,
         )
+    }
+
+    fn warehouse_env_text(&self) -> String {
+        format!(
+            "TEST_POSTGRES_ANALYTICS_HOST={}\nTEST_POSTGRES_ANALYTICS_PORT={}\nTEST_POSTGRES_ANALYTICS_DB={}\n\
+             TEST_POSTGRES_ANALYTICS_SCHEMA=raw\nTEST_POSTGRES_ANALYTICS_USER={}\nTEST_POSTGRES_ANALYTICS_PASSWORD=\n",
+            self.pg_host, self.pg_port, self.warehouse_database, self.pg_user,
+        )
+    }
+
+    /// How big the demo's tables are, in words.
+    fn size(&self) -> String {
+        match self.rows {
+            Some(n) => format!("{n} rows per table"),
+            None => format!("{} of a real clinic's row counts", self.scale),
+        }
+    }
+
+    /// One clinic of `demo --clinics N`: its own source and replica
+    /// databases, the shared warehouse.
+    fn clinic(&self, name: &str) -> DemoOptions {
+        DemoOptions {
+            source_database: format!("{}_{name}", self.source_database),
+            replica_database: format!("{}_{name}", self.replica_database),
+            ..self.clone()
+        }
     }
 }
 
@@ -488,14 +516,34 @@ fn brief(report: &RunReport) -> String {
     out
 }
 
+/// Analyzes the demo clinic `source` and writes the table config as
+/// `analyze` would, patient columns kept.
+async fn write_config(source: &MySqlSettings, path: &Path) -> Result<Vec<analyze::TablePlan>> {
+    let mut plans = analyze::analyze(source).await?;
+    analyze::apply_phi(
+        &mut plans,
+        None,
+        analyze::PhiPolicy::Keep,
+        &analyze::PreviousPolicy::default(),
+    );
+    analyze::write_config(&plans, None, &[], path, "test")?;
+    Ok(plans)
+}
+
+/// `--scale` within what a demo can build.
+fn check_scale(scale: f64) -> Result<()> {
+    if scale > 0.0 && scale <= 10.0 {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "--scale {scale} is out of range; give a fraction of a real clinic between 0 and 10, e.g. 0.1"
+        )))
+    }
+}
+
 /// Runs the demo; returns whether every step succeeded and verified clean.
 pub async fn run(opts: &DemoOptions) -> Result<bool> {
-    if !(opts.scale > 0.0 && opts.scale <= 10.0) {
-        return Err(Error::config(format!(
-            "--scale {} is out of range; give a fraction of a real clinic between 0 and 10, e.g. 0.1",
-            opts.scale
-        )));
-    }
+    check_scale(opts.scale)?;
     let fixtures = fixtures_dir(opts.fixtures.as_deref())?;
     let source = opts.source();
     let replica = opts.replica();
@@ -508,10 +556,7 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
         secs
     };
 
-    let size = match opts.rows {
-        Some(n) => format!("{n} rows per table"),
-        None => format!("{} of a real clinic's row counts", opts.scale),
-    };
+    let size = opts.size();
     println!(
         "1. building the demo clinic `{}` from OpenDental's schema ({SCHEMA_DUMP}) at {size}",
         opts.source_database
@@ -536,14 +581,7 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
     let tables_file = opts.dir.join("tables.yml");
     write_atomically(&env_file, &opts.env_text())?;
     let started = Instant::now();
-    let mut plans = analyze::analyze(&source).await?;
-    analyze::apply_phi(
-        &mut plans,
-        None,
-        analyze::PhiPolicy::Keep,
-        &analyze::PreviousPolicy::default(),
-    );
-    analyze::write_config(&plans, None, &[], &tables_file, "test")?;
+    let plans = write_config(&source, &tables_file).await?;
     pipeline::init(Some(&warehouse), Some(&replica)).await?;
     let secs = step("analyze + init", started);
     println!(
@@ -673,4 +711,309 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
         opts.warehouse_database
     );
     Ok(ok)
+}
+
+/// Columns OpenDental added after 21.1 (its 24.3 documentation lists
+/// them), which the newest clinic of `demo --clinics N` has: table, column
+/// definition, and a value for the rows already there.
+const NEWER_COLUMNS: &[(&str, &str, &str)] = &[
+    (
+        "payment",
+        "`MerchantFee` double NOT NULL DEFAULT 0",
+        "`MerchantFee` = ROUND(`PayAmt` * 0.029, 2)",
+    ),
+    (
+        "appointment",
+        "`ItemOrderPlanned` int(11) NOT NULL DEFAULT 0",
+        "`ItemOrderPlanned` = `AptNum` % 7",
+    ),
+];
+
+/// The clinics of `demo --clinics N`: the compass points, then `clinic05`
+/// and on.
+pub fn clinic_names(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| match ["north", "south", "east", "west"].get(i) {
+            Some(name) => name.to_string(),
+            None => format!("clinic{:02}", i + 1),
+        })
+        .collect()
+}
+
+/// Most clinics `demo --clinics N` builds.
+pub const MAX_DEMO_CLINICS: usize = 50;
+
+/// `demo --clinics N`: builds N clinics, the last on a newer OpenDental
+/// schema, writes the group file and each clinic's env file, then runs
+/// the group as a user types it (`--clinics FILE init`, `run --all`, the
+/// clinics' day of edits, `run --all` again, `verify --deep`), each
+/// command's output in a file, and shows the group's view of the newer
+/// columns clinic by clinic.
+pub async fn run_group(opts: &DemoOptions, count: usize) -> Result<bool> {
+    check_scale(opts.scale)?;
+    if !(2..=MAX_DEMO_CLINICS).contains(&count) {
+        return Err(Error::config(format!(
+            "demo --clinics {count}: give a number of clinics from 2 to {MAX_DEMO_CLINICS}"
+        )));
+    }
+    let fixtures = fixtures_dir(opts.fixtures.as_deref())?;
+    let names = clinic_names(count);
+    let clinics: Vec<DemoOptions> = names.iter().map(|n| opts.clinic(n)).collect();
+    let newest = names.last().expect("at least two clinics");
+    let demo_started = Instant::now();
+    let size = opts.size();
+    println!("1. building {count} clinics from OpenDental's schema ({SCHEMA_DUMP}) at {size}");
+    let mut tables = Vec::new();
+    for (name, clinic) in names.iter().zip(&clinics) {
+        let started = Instant::now();
+        let built = build_source(
+            &clinic.source(),
+            &fixtures,
+            opts.scale,
+            opts.rows,
+            &opts.only,
+        )
+        .await?;
+        create_empty(&clinic.replica()).await?;
+        let newer = if name == newest {
+            newer_schema(&clinic.source(), &built.tables).await?
+        } else {
+            String::new()
+        };
+        println!(
+            "   {name}: `{}`, {} tables, {} rows in {:.1}s{newer}",
+            clinic.source_database,
+            built.tables.len(),
+            built.rows,
+            started.elapsed().as_secs_f64()
+        );
+        tables = built.tables;
+    }
+    let warehouse = opts.warehouse();
+    create_warehouse(&warehouse).await?;
+
+    std::fs::create_dir_all(&opts.dir)
+        .map_err(|e| Error::config(format!("cannot create {}: {e}", opts.dir.display())))?;
+    let env_file = opts.dir.join("demo.env");
+    let tables_file = opts.dir.join("tables.yml");
+    let group_file = opts.dir.join("clinics.yml");
+    write_atomically(
+        &env_file,
+        &format!("ETL_ENVIRONMENT=test\n{}", opts.warehouse_env_text()),
+    )?;
+    let mut group = String::from(
+        "# Written by `etl-pipeline demo --clinics`: one env file per clinic.\n\
+         group_schema: raw_group\nclinics:\n",
+    );
+    for (name, clinic) in names.iter().zip(&clinics) {
+        write_atomically(
+            &opts.dir.join(format!("{name}.env")),
+            &clinic.clinic_env_text(),
+        )?;
+        let _ = writeln!(group, "  {name}: {{env_file: {name}.env}}");
+    }
+    write_atomically(&group_file, &group)?;
+    write_config(&clinics[0].source(), &tables_file).await?;
+    println!(
+        "2. wrote {} (the group), an env file per clinic beside it, and {} (analyzed from {})",
+        group_file.display(),
+        tables_file.display(),
+        names[0]
+    );
+
+    let files = GroupFiles {
+        env: env_file,
+        tables: tables_file,
+        group: group_file,
+        dir: opts.dir.clone(),
+    };
+    if !files.command(&["init"], "init.txt").await? || opts.setup_only {
+        return Ok(!opts.setup_only);
+    }
+
+    let mut ok = true;
+    for (step, title, run) in [
+        (3, "first run: every clinic in full, side by side", 1),
+        (5, "incremental run after the clinics' edits", 2),
+    ] {
+        if run == 2 {
+            for (name, clinic) in names.iter().zip(&clinics) {
+                let changes = change_source(&clinic.source(), &tables).await?;
+                println!("4. {name} works: {changes}");
+            }
+        }
+        println!("{step}. {title}:");
+        let json = files.dir.join(format!("run-{run}.json"));
+        ok &= files
+            .command(
+                &["run", "--all", "--summary-json", &json.to_string_lossy()],
+                &format!("run-{run}.txt"),
+            )
+            .await?;
+        print!("{}", group_brief(&json)?);
+    }
+    println!("6. the group's view of the columns only {newest} has:");
+    print!("{}", newer_columns_by_clinic(&warehouse, &tables).await?);
+    println!("7. verify --deep, clinic by clinic:");
+    ok &= files.command(&["verify", "--deep"], "verify.txt").await?;
+    println!(
+        "\ndemo in all: {:.1}s. The warehouse is `{}`: schema raw_<clinic> per clinic, raw_group for \
+         the views over all. Carry on with:\n  {} status",
+        demo_started.elapsed().as_secs_f64(),
+        opts.warehouse_database,
+        files.hint()
+    );
+    Ok(ok)
+}
+
+/// The files `demo --clinics` writes and its commands read.
+struct GroupFiles {
+    env: PathBuf,
+    tables: PathBuf,
+    group: PathBuf,
+    dir: PathBuf,
+}
+
+impl GroupFiles {
+    /// The command line before the command, as a user types it.
+    fn hint(&self) -> String {
+        format!(
+            "{} --env-file {} --tables {} --clinics {}",
+            this_binary().display(),
+            self.env.display(),
+            self.tables.display(),
+            self.group.display()
+        )
+    }
+
+    /// Runs this program on the group with `args`, its output into
+    /// `output` in the demo's folder; says what it ran and whether it
+    /// succeeded.
+    async fn command(&self, args: &[&str], output: &str) -> Result<bool> {
+        let out = self.dir.join(output);
+        println!("   {} {} > {}", self.hint(), args.join(" "), out.display());
+        let cannot =
+            |e: std::io::Error| Error::config(format!("cannot write {}: {e}", out.display()));
+        let log = std::fs::File::create(&out).map_err(cannot)?;
+        let errors = log.try_clone().map_err(cannot)?;
+        let program = std::env::current_exe()
+            .map_err(|e| Error::config(format!("cannot find this program to run it: {e}")))?;
+        let status = tokio::process::Command::new(&program)
+            .arg("--env-file")
+            .arg(&self.env)
+            .arg("--tables")
+            .arg(&self.tables)
+            .arg("--clinics")
+            .arg(&self.group)
+            .args(args)
+            .stdout(log)
+            .stderr(errors)
+            .status()
+            .await
+            .map_err(|e| Error::config(format!("cannot start {}: {e}", program.display())))?;
+        if !status.success() {
+            println!("   FAILED ({status}); see {}", out.display());
+        }
+        Ok(status.success())
+    }
+}
+
+/// A group run's `--summary-json`, a line per clinic and one for all.
+fn group_brief(json: &Path) -> Result<String> {
+    let text = read_file(json)?;
+    let summary: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::config(format!("{}: {e}", json.display())))?;
+    let mut out = String::new();
+    if let Some(clinics) = summary["clinics"].as_object() {
+        for (name, clinic) in clinics {
+            let tables = clinic["tables"].as_array().map_or(0, Vec::len);
+            let _ = writeln!(
+                out,
+                "   {name:<10} {} table runs, {} rows read in {:.1}s{}",
+                tables,
+                clinic["rows_read"],
+                clinic["seconds"].as_f64().unwrap_or(0.0),
+                match clinic["error"].as_str() {
+                    Some(e) => format!(", FAILED: {e}"),
+                    None if clinic["succeeded"] == false => ", with failed tables".into(),
+                    None => String::new(),
+                }
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "   all clinics: {} rows in {:.1}s, peak memory {:.1} MiB; group views: {} re-created, {} unchanged",
+        summary["rows_read"],
+        summary["seconds"].as_f64().unwrap_or(0.0),
+        summary["peak_memory_kib"].as_f64().unwrap_or(0.0) / 1024.0,
+        summary["group_views"]["changed"]
+            .as_array()
+            .map_or(0, Vec::len),
+        summary["group_views"]["unchanged"]
+    );
+    Ok(out)
+}
+
+/// Gives the newest clinic OpenDental's later columns ([`NEWER_COLUMNS`]),
+/// on the tables it has; says which.
+async fn newer_schema(settings: &MySqlSettings, tables: &[String]) -> Result<String> {
+    let mut conn = my::connect(settings).await?;
+    let mut added = Vec::new();
+    for (table, column, fill) in NEWER_COLUMNS {
+        if !tables.iter().any(|t| t == table) {
+            continue;
+        }
+        for sql in [
+            format!("ALTER TABLE `{table}` ADD COLUMN {column}"),
+            format!("UPDATE `{table}` SET {fill}"),
+        ] {
+            conn.query_drop(&sql)
+                .await
+                .map_err(|e| Error::mysql(format!("giving `{table}` a newer column"), e))?;
+        }
+        let name = column.split('`').nth(1).unwrap_or(column);
+        added.push(format!("{table}.{name}"));
+    }
+    Ok(if added.is_empty() {
+        ", no table of --only has a newer column".into()
+    } else {
+        format!(
+            ", on a newer schema (OpenDental 24.3's {})",
+            added.join(", ")
+        )
+    })
+}
+
+/// For each newer column, how many rows of each clinic have a value in
+/// the group's view (the older clinics' rows read NULL).
+async fn newer_columns_by_clinic(warehouse: &PgSettings, tables: &[String]) -> Result<String> {
+    let client = pg::connect(warehouse).await?;
+    let mut out = String::new();
+    for (table, column, _) in NEWER_COLUMNS {
+        if !tables.iter().any(|t| t == table) {
+            continue;
+        }
+        let name = column.split('`').nth(1).unwrap_or(column);
+        let view = ident::pg_qualified("raw_group", table);
+        let rows = client
+            .query(
+                &format!(
+                    "select clinic, count(*), count({}) from {view} group by clinic order by clinic",
+                    ident::pg(name)
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| Error::postgres(format!("reading {view}"), e))?;
+        let counts: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                let (clinic, all, set): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
+                format!("{clinic} {set} of {all}")
+            })
+            .collect();
+        let _ = writeln!(out, "   {view}.{name} set: {}", counts.join(", "));
+    }
+    Ok(out)
 }

@@ -64,32 +64,40 @@ async fn the_demo_clinic_has_every_opendental_table_at_its_scaled_size() {
     assert!(err.to_string().contains("`nosuchtable`"), "{err}");
 }
 
-#[test]
-fn the_demo_runs_full_then_incremental_and_verifies_clean() {
-    let dir = scratch("demo_flow");
+/// Runs `demo` with `args` on databases of its own (`etl_t_<name>…`),
+/// its files in `dir`; fails unless it succeeds; its standard output.
+fn demo(name: &str, dir: &std::path::Path, args: &[&str]) -> String {
     let out = binary()
-        .args([
-            "demo",
-            "--only",
-            "procedurelog,patient,commlog,securitylog,securityloghash,definition",
-            "--rows",
-            "12000",
-            "--source-db",
-            "etl_t_demo_flow_src",
-            "--replica-db",
-            "etl_t_demo_flow",
-            "--warehouse-db",
-            "etl_t_demo_flow",
-            "--dir",
-            dir.to_str().unwrap(),
-        ])
+        .arg("demo")
+        .args(args)
+        .args(["--source-db", &format!("etl_t_{name}_src")])
+        .args(["--replica-db", &format!("etl_t_{name}")])
+        .args(["--warehouse-db", &format!("etl_t_{name}")])
+        .arg("--dir")
+        .arg(dir)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn the_demo_runs_full_then_incremental_and_verifies_clean() {
+    let dir = scratch("demo_flow");
+    let text = demo(
+        "demo_flow",
+        &dir,
+        &[
+            "--only",
+            "procedurelog,patient,commlog,securitylog,securityloghash,definition",
+            "--rows",
+            "12000",
+        ],
     );
     assert!(
         text.contains("6 tables, 72000 rows") && text.contains("source = replica = warehouse"),
@@ -141,6 +149,70 @@ fn the_demo_runs_full_then_incremental_and_verifies_clean() {
     assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("/nonexistent/fixtures"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `demo --clinics 3`: three clinics, the last on a newer schema, run as
+/// a group; the group's view carries the newer columns for that clinic
+/// alone, and every clinic verifies clean.
+#[test]
+fn the_group_demo_runs_three_clinics_one_on_a_newer_schema() {
+    let dir = scratch("demo_group");
+    let text = demo(
+        "demo_group",
+        &dir,
+        &[
+            "--clinics",
+            "3",
+            "--only",
+            "payment,appointment,procedurelog",
+            "--rows",
+            "400",
+        ],
+    );
+    for line in [
+        "north: `etl_t_demo_group_src_north`, 3 tables, 1200 rows",
+        "east: `etl_t_demo_group_src_east`, 3 tables, 1200 rows",
+        "OpenDental 24.3's payment.MerchantFee, appointment.ItemOrderPlanned",
+        "\"raw_group\".\"payment\".MerchantFee set: east 400 of 400, north 0 of 400, south 0 of 400",
+        "group views: 3 re-created, 0 unchanged",
+        "group views: 0 re-created, 3 unchanged",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+    let group = std::fs::read_to_string(dir.join("clinics.yml")).unwrap();
+    assert!(group.contains("south: {env_file: south.env}"), "{group}");
+    let south = std::fs::read_to_string(dir.join("south.env")).unwrap();
+    assert!(
+        south.contains("TEST_OPENDENTAL_SOURCE_DB=etl_t_demo_group_src_south")
+            && !south.contains("POSTGRES"),
+        "{south}"
+    );
+    let second: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run-2.json")).unwrap()).unwrap();
+    assert_eq!(second["succeeded"], true);
+    let procedures = second["clinics"]["south"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "procedurelog" && t["phase"] == "load")
+        .unwrap()
+        .clone();
+    // 400, 4 deleted, 300 entered.
+    assert_eq!(procedures["rows_read"], 696, "{procedures}");
+    // The demo fails unless every clinic verifies clean.
+    let verify = std::fs::read_to_string(dir.join("verify.txt")).unwrap();
+    assert_eq!(verify.matches("== clinic").count(), 3, "{verify}");
+
+    let out = binary()
+        .args(["demo", "--clinics", "three"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("takes a number of clinics"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

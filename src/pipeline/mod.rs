@@ -22,7 +22,9 @@ use crate::schema::ident;
 use crate::shutdown::Stop;
 use crate::tracking::{self, HistoryOutcome};
 
-pub use report::{failed_summary_json, peak_rss_kib, render_summary, summary_json, totals_line};
+pub use report::{
+    failed_summary_json, peak_memory, peak_rss_kib, render_summary, summary_json, totals_line,
+};
 
 /// Tables processed at once unless `--max-workers` says otherwise: one per
 /// core (a table's load keeps about one core busy across this process and
@@ -162,14 +164,20 @@ impl RunReport {
     }
 }
 
-/// A run id that sorts by time: `20261122T021500Z-<pid>`.
+/// A run id that sorts by time: `20261122T021500Z-<pid>`, and `-<n>` after
+/// it for the n-th further run of the same process (a group's clinics).
 pub fn new_run_id() -> String {
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let now = crate::outcome::utc_now();
     let stamp = format!(
         "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
         now.year, now.month, now.day, now.hour, now.minute, now.second
     );
-    format!("{stamp}-{}", std::process::id())
+    // The clinics of a group run in one process, started in one second.
+    match RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+        0 => format!("{stamp}-{}", std::process::id()),
+        n => format!("{stamp}-{}-{n}", std::process::id()),
+    }
 }
 
 fn order_tables(tables: &mut [TableConfig]) {

@@ -129,10 +129,15 @@ pub fn totals_line(report: &RunReport) -> String {
         rows,
         secs,
         if secs > 0.0 { rows as f64 / secs } else { 0.0 },
-        peak_rss_kib()
-            .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
-            .unwrap_or_else(|| "unknown".into())
+        peak_memory()
     )
+}
+
+/// This process's peak resident memory, for a person: `84.2 MiB`.
+pub fn peak_memory() -> String {
+    peak_rss_kib()
+        .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The `--summary-json` of a run that ended in `error` before it had a

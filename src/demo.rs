@@ -827,8 +827,12 @@ pub async fn run_group(opts: &DemoOptions, count: usize) -> Result<bool> {
         group: group_file,
         dir: opts.dir.clone(),
     };
-    if !files.command(&["init"], "init.txt").await? || opts.setup_only {
-        return Ok(!opts.setup_only);
+    if !files.command(&["init"], "init.txt").await? {
+        return Ok(false);
+    }
+    if opts.setup_only {
+        println!("demo group ready; run it with: {} run --all", files.hint());
+        return Ok(true);
     }
 
     let mut ok = true;

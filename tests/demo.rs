@@ -206,6 +206,21 @@ fn the_group_demo_runs_three_clinics_one_on_a_newer_schema() {
     let verify = std::fs::read_to_string(dir.join("verify.txt")).unwrap();
     assert_eq!(verify.matches("== clinic").count(), 3, "{verify}");
 
+    let text = demo(
+        "demo_group",
+        &dir,
+        &[
+            "--clinics",
+            "2",
+            "--only",
+            "payment",
+            "--rows",
+            "10",
+            "--setup-only",
+        ],
+    );
+    assert!(text.contains("demo group ready; run it with: "), "{text}");
+
     let out = binary()
         .args(["demo", "--clinics", "three"])
         .output()

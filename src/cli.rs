@@ -827,9 +827,9 @@ fn read_docs(path: &Path) -> Result<analyze::Docs> {
 }
 
 /// A command on each clinic of a group (those `--clinic` names, or all),
-/// or on the group as a whole (`dbt-sources`, `schedule`). Clinics are isolated: one that fails (unreachable, a
-/// broken env file, stuck past its timeouts) is named, and the others
-/// finish.
+/// or on the group as a whole (`dbt-sources`, `schedule`). Clinics are
+/// isolated: one that fails (unreachable, a broken env file, stuck past its
+/// timeouts) is named, and the others finish.
 async fn group_command(cli: &Cli, group: &Group) -> Result<ExitCode> {
     let clinics = group.select(&cli.clinic)?;
     if let Command::Schedule(args) = &cli.command {

@@ -23,6 +23,7 @@ use crate::config::{
 };
 use crate::error::{Error, ErrorKind, Result, chain};
 use crate::extract::ExtractContext;
+use crate::group::DEFAULT_GROUP_SCHEMA;
 use crate::load::LoadContext;
 use crate::pipeline::{self, IfLocked, Phases, RunContext, RunPlan, RunReport};
 use crate::schema::{SourceType, ident};
@@ -714,18 +715,20 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
 }
 
 /// Columns OpenDental added after 21.1 (its 24.3 documentation lists
-/// them), which the newest clinic of `demo --clinics N` has: table, column
-/// definition, and a value for the rows already there.
-const NEWER_COLUMNS: &[(&str, &str, &str)] = &[
+/// them), which the newest clinic of `demo --clinics N` has: table, column,
+/// its type, and a value for the rows already there.
+const NEWER_COLUMNS: &[(&str, &str, &str, &str)] = &[
     (
         "payment",
-        "`MerchantFee` double NOT NULL DEFAULT 0",
-        "`MerchantFee` = ROUND(`PayAmt` * 0.029, 2)",
+        "MerchantFee",
+        "double NOT NULL DEFAULT 0",
+        "ROUND(`PayAmt` * 0.029, 2)",
     ),
     (
         "appointment",
-        "`ItemOrderPlanned` int(11) NOT NULL DEFAULT 0",
-        "`ItemOrderPlanned` = `AptNum` % 7",
+        "ItemOrderPlanned",
+        "int(11) NOT NULL DEFAULT 0",
+        "`AptNum` % 7",
     ),
 ];
 
@@ -801,9 +804,9 @@ pub async fn run_group(opts: &DemoOptions, count: usize) -> Result<bool> {
         &env_file,
         &format!("ETL_ENVIRONMENT=test\n{}", opts.warehouse_env_text()),
     )?;
-    let mut group = String::from(
+    let mut group = format!(
         "# Written by `etl-pipeline demo --clinics`: one env file per clinic.\n\
-         group_schema: raw_group\nclinics:\n",
+         group_schema: {DEFAULT_GROUP_SCHEMA}\nclinics:\n"
     );
     for (name, clinic) in names.iter().zip(&clinics) {
         write_atomically(
@@ -861,7 +864,7 @@ pub async fn run_group(opts: &DemoOptions, count: usize) -> Result<bool> {
     println!("7. verify --deep, clinic by clinic:");
     ok &= files.command(&["verify", "--deep"], "verify.txt").await?;
     println!(
-        "\ndemo in all: {:.1}s. The warehouse is `{}`: schema raw_<clinic> per clinic, raw_group for \
+        "\ndemo in all: {:.1}s. The warehouse is `{}`: schema raw_<clinic> per clinic, {DEFAULT_GROUP_SCHEMA} for \
          the views over all. Carry on with:\n  {} status",
         demo_started.elapsed().as_secs_f64(),
         opts.warehouse_database,
@@ -964,20 +967,19 @@ fn group_brief(json: &Path) -> Result<String> {
 async fn newer_schema(settings: &MySqlSettings, tables: &[String]) -> Result<String> {
     let mut conn = my::connect(settings).await?;
     let mut added = Vec::new();
-    for (table, column, fill) in NEWER_COLUMNS {
+    for (table, column, definition, fill) in NEWER_COLUMNS {
         if !tables.iter().any(|t| t == table) {
             continue;
         }
         for sql in [
-            format!("ALTER TABLE `{table}` ADD COLUMN {column}"),
-            format!("UPDATE `{table}` SET {fill}"),
+            format!("ALTER TABLE `{table}` ADD COLUMN `{column}` {definition}"),
+            format!("UPDATE `{table}` SET `{column}` = {fill}"),
         ] {
             conn.query_drop(&sql)
                 .await
                 .map_err(|e| Error::mysql(format!("giving `{table}` a newer column"), e))?;
         }
-        let name = column.split('`').nth(1).unwrap_or(column);
-        added.push(format!("{table}.{name}"));
+        added.push(format!("{table}.{column}"));
     }
     Ok(if added.is_empty() {
         ", no table of --only has a newer column".into()
@@ -994,12 +996,11 @@ async fn newer_schema(settings: &MySqlSettings, tables: &[String]) -> Result<Str
 async fn newer_columns_by_clinic(warehouse: &PgSettings, tables: &[String]) -> Result<String> {
     let client = pg::connect(warehouse).await?;
     let mut out = String::new();
-    for (table, column, _) in NEWER_COLUMNS {
+    for (table, name, _, _) in NEWER_COLUMNS {
         if !tables.iter().any(|t| t == table) {
             continue;
         }
-        let name = column.split('`').nth(1).unwrap_or(column);
-        let view = ident::pg_qualified("raw_group", table);
+        let view = ident::pg_qualified(DEFAULT_GROUP_SCHEMA, table);
         let rows = client
             .query(
                 &format!(

@@ -1083,6 +1083,49 @@ fn group_verdict(failed: &[String]) -> Result<ExitCode> {
     Ok(ExitCode::from(EXIT_FAILED))
 }
 
+/// How long a clinic asked to stop at its deadline gets to commit the
+/// batches in hand before it is abandoned.
+const CLINIC_STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Runs a clinic's `run` until it ends, passing on a stop the process is
+/// asked for. At `limit` (the group's `schedule.timeout_minutes`) the
+/// clinic is asked to stop at its next batch boundary, and abandoned
+/// [`CLINIC_STOP_GRACE`] later if it has not got there (a server stuck in
+/// the middle of a query never does; its open batches roll back). Either
+/// way the clinic fails, and what it committed stands.
+async fn within_deadline(
+    run: impl std::future::Future<Output = Result<pipeline::RunReport>>,
+    handle: shutdown::StopHandle,
+    mut signal: Stop,
+    limit: Duration,
+) -> Result<pipeline::RunReport> {
+    tokio::pin!(run);
+    tokio::select! {
+        report = &mut run => return report,
+        () = signal.requested_wait() => {
+            handle.request();
+            return run.await;
+        }
+        () = tokio::time::sleep(limit) => {}
+    }
+    handle.request();
+    let minutes = limit.as_secs() / 60;
+    let ended = match tokio::time::timeout(CLINIC_STOP_GRACE, run).await {
+        Ok(_) => "stopped at its next batch boundary".to_string(),
+        Err(_) => format!(
+            "abandoned {}s after being asked to stop, with batches in hand (they roll back)",
+            CLINIC_STOP_GRACE.as_secs()
+        ),
+    };
+    Err(Error::new(
+        ErrorKind::Transient,
+        format!(
+            "did not finish within schedule.timeout_minutes ({minutes} min) of the group file: {ended}; \
+             what it committed stands and its next run resumes from there"
+        ),
+    ))
+}
+
 /// Runs the clinics side by side: as many at once as `--max-workers`
 /// allows, the workers shared out among them; then re-creates the group's
 /// views. The summary and `--summary-json` go clinic by clinic.
@@ -1099,16 +1142,20 @@ async fn run_group(
     let at_once = args.max_workers.clamp(1, clinics.len().max(1));
     let workers = (args.max_workers / at_once).max(1);
     let slots = Arc::new(Semaphore::new(at_once));
+    let limit = Duration::from_secs(u64::from(group.schedule.timeout_minutes) * 60);
     let runs = clinics.iter().map(|clinic| {
         let (slots, stop, notifier) = (slots.clone(), stop.clone(), notifier.clone());
         async move {
             let _slot = slots.acquire().await;
+            let started = Instant::now();
             let outcome = async {
                 let env = clinic.env(base)?;
-                run_in(&cli.tables, args, &env, &notifier, stop, workers).await
+                let (handle, clinic_stop) = shutdown::channel();
+                let run = run_in(&cli.tables, args, &env, &notifier, clinic_stop, workers);
+                within_deadline(run, handle, stop, limit).await
             }
             .await;
-            (*clinic, outcome)
+            (*clinic, outcome, started.elapsed())
         }
     });
     let results = futures_util::future::join_all(runs).await;
@@ -1116,7 +1163,7 @@ async fn run_group(
     let mut interrupted = false;
     let mut summaries = serde_json::Map::new();
     let mut rows_read = 0;
-    for (clinic, outcome) in &results {
+    for (clinic, outcome, took) in &results {
         println!("== clinic {} (schema {})", clinic.name, clinic.schema);
         let summary = match outcome {
             Ok(report) => {
@@ -1131,7 +1178,7 @@ async fn run_group(
             Err(e) => {
                 println!("FAILED: {}", chain(e));
                 failed.push(clinic.name.clone());
-                pipeline::failed_summary_json(Duration::ZERO, e)
+                pipeline::failed_summary_json(*took, e)
             }
         };
         summaries.insert(clinic.name.clone(), summary);

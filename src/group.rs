@@ -43,7 +43,7 @@ pub struct Schedule {
     pub every_minutes: u32,
     /// Tries a clinic's task gets after the first when it fails.
     pub retries: u32,
-    /// Minutes after which a clinic's task is stopped.
+    /// Minutes after which a clinic's run (or scheduled task) is stopped.
     pub timeout_minutes: u32,
     /// Clinics loading at once.
     pub parallel: u32,

@@ -46,6 +46,14 @@ impl Stop {
         *self.0.borrow()
     }
 
+    /// Resolves once a stop is requested; never, for a watcher no one can
+    /// ask.
+    pub async fn requested_wait(&mut self) {
+        if self.0.wait_for(|asked| *asked).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// An [`ErrorKind::Interrupted`] error when a stop was requested.
     pub fn check(&self, table: &str, done: &str) -> Result<()> {
         if self.requested() {

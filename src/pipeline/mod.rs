@@ -633,7 +633,7 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
     };
     let run_id = new_run_id();
     order_tables(&mut plan.tables);
-    let source = probe_source(ctx, &plan).await;
+    let source = probe_source(ctx, &plan).await?;
     let locks = match (&ctx.warehouse, &control, plan.if_locked) {
         (Some(w), Some(_), IfLocked::Skip) => Some(pg::connect(w).await?),
         _ => None,
@@ -705,16 +705,16 @@ struct SourceProbe {
 /// Looks at the database the run reads first (the source, or the replica
 /// in a load-only run): which planned tables are views, and whether a
 /// source off this machine is reached without TLS. A server that cannot be
-/// asked leaves the answers to each table's own connection.
-async fn probe_source(ctx: &RunContext, plan: &RunPlan) -> SourceProbe {
+/// reached fails the run here, once, within the connect timeout, rather
+/// than once per table; a question it cannot answer is left to each
+/// table's own connection.
+async fn probe_source(ctx: &RunContext, plan: &RunPlan) -> Result<SourceProbe> {
     let (settings, is_source) = match (&ctx.extract, &ctx.load) {
         (Some(e), _) if plan.phases.extract => (&e.source, true),
         (extract, Some(l)) => (&l.replica, extract.is_none()),
-        _ => return SourceProbe::default(),
+        _ => return Ok(SourceProbe::default()),
     };
-    let Ok(mut conn) = crate::mysql::connect(settings).await else {
-        return SourceProbe::default();
-    };
+    let mut conn = crate::mysql::connect(settings).await?;
     let views = crate::mysql::views(&mut conn, &settings.database)
         .await
         .unwrap_or_default()
@@ -733,7 +733,7 @@ async fn probe_source(ctx: &RunContext, plan: &RunPlan) -> SourceProbe {
             crate::mysql::describe(settings)
         ));
     }
-    SourceProbe { views, warnings }
+    Ok(SourceProbe { views, warnings })
 }
 
 /// Loads the planned tables (replica → warehouse only).

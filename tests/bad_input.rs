@@ -372,7 +372,13 @@ async fn broken_configs_and_settings_get_clear_errors() {
         &["TEST_OPENDENTAL_SOURCE_DB=no_such_clinic"],
         &[],
     );
-    case(&database, GOOD_TABLES, run, 1, &["no_such_clinic"]);
+    case(
+        &database,
+        GOOD_TABLES,
+        run,
+        1,
+        &["no database `no_such_clinic`", "CREATE DATABASE"],
+    );
     let refused = env_variant(&env, "refused", &["TEST_POSTGRES_ANALYTICS_PORT=1"], &[]);
     case(&refused, GOOD_TABLES, &["status"], 1, &["127.0.0.1:1"]);
 

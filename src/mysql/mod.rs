@@ -121,6 +121,8 @@ async fn attempt(
 const SECURE_TRANSPORT_REQUIRED: u16 = 3159;
 /// ER_ACCESS_DENIED_ERROR.
 const ACCESS_DENIED: u16 = 1045;
+/// ER_BAD_DB_ERROR.
+const UNKNOWN_DATABASE: u16 = 1049;
 
 /// Opens a connection, within [`CONNECT_TIMEOUT`], with the settings' TLS
 /// mode (`preferred` falls back to plain TCP only when the server offers
@@ -194,6 +196,14 @@ pub async fn connect(settings: &MySqlSettings) -> Result<Conn> {
                 e,
             )
         }
+        mysql_async::Error::Server(server) if server.code == UNKNOWN_DATABASE => Error::mysql(
+            format!(
+                "cannot connect to {what}: the server has no database `{}`; create it \
+                 (CREATE DATABASE) or name the right one in the *_DB setting",
+                settings.database
+            ),
+            e,
+        ),
         _ => Error::mysql(
             format!("cannot connect to {what}; check the host, port, user and password settings"),
             e,

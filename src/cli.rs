@@ -759,7 +759,7 @@ async fn status_in(
         }
         if let Some(future) = l.rows_in_future.filter(|n| *n > 0) {
             println!(
-                "    {future} row(s) stamped in the future: carried every run, never moving the watermark"
+                "    {future} row(s) stamped in the future: looked at every run, never moving the watermark"
             );
         }
     }

@@ -11,6 +11,7 @@ use mysql_async::{Conn, Value};
 use crate::config::{ExtractionStrategy, TableConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::mysql::{self as my, Bound, ClockTerms, Pass, PassKind, ReadRange, SourceTable};
+use crate::outcome::TableReport;
 use crate::schema::{
     DateTimeParts, SourceType, compare_values, step_back, value_from_text, value_to_text,
 };
@@ -378,6 +379,124 @@ pub async fn plan_passes(
             current,
         },
     ))
+}
+
+/// A pass's range compared in the databases instead of read: its words
+/// (the key a load stores its fingerprint under) and its fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub range: String,
+    pub print: my::Fingerprint,
+}
+
+/// A pass's range in words: kind, column and bounds.
+fn range_words(pass: &Pass) -> String {
+    let text = |v: &Value| value_to_text(v).unwrap_or_default();
+    let bounds = match &pass.range {
+        ReadRange::Window { start, upper } => format!("{} ..= {}", text(start), text(upper)),
+        ReadRange::Above { max } => format!("> {}", text(max)),
+        ReadRange::Below { min } => format!("< {}", text(min)),
+        ReadRange::KeysAbove { .. } | ReadRange::All => String::new(),
+    };
+    format!("{:?} {} {bounds}", pass.kind, pass.order[0])
+}
+
+/// Whether a pass may re-read only rows the destination already holds, so
+/// that comparing its range first can spare the read: a window with no row
+/// past the watermark (`marks`), rows past the upper limit, rows outside
+/// the quality bounds. Not the new-keys pass (one index range, empty when
+/// nothing is new), nor a window whose newest rows are past the watermark
+/// (they are new: it is read).
+fn worth_comparing(pass: &Pass, marks: &Marks) -> bool {
+    match (&pass.kind, &pass.range) {
+        (PassKind::NewKeys, _) => false,
+        (PassKind::Window, ReadRange::Window { upper, .. }) => pass
+            .advances
+            .as_ref()
+            .and_then(|c| marks.current.get(c))
+            .is_some_and(|(mark, _)| compare_values(upper, mark) != Some(Ordering::Greater)),
+        _ => true,
+    }
+}
+
+/// Fingerprints, in `conn`'s `table`, of the ranges of the passes worth
+/// comparing ([`worth_comparing`]), aligned with `passes`.
+pub async fn probe_passes(
+    conn: &mut Conn,
+    table: &str,
+    row_text: &str,
+    passes: &[Pass],
+    marks: &Marks,
+) -> Result<Vec<Option<Probe>>> {
+    let mut probes = Vec::with_capacity(passes.len());
+    for pass in passes {
+        let probe = if worth_comparing(pass, marks) {
+            Some(Probe {
+                range: range_words(pass),
+                print: my::range_fingerprint(conn, table, row_text, &pass.order[0], &pass.range)
+                    .await?,
+            })
+        } else {
+            None
+        };
+        probes.push(probe);
+    }
+    Ok(probes)
+}
+
+/// The passes still to read: those whose range `held` (the destination's
+/// fingerprints by range) does not hold as `probes` found it. A range
+/// found empty is not read either. The rows of the passes left out are
+/// counted in `report`, as unchanged and by their kind.
+pub fn drop_unchanged(
+    passes: Vec<Pass>,
+    probes: &[Option<Probe>],
+    held: &HashMap<String, my::Fingerprint>,
+    report: &mut TableReport,
+) -> Vec<Pass> {
+    passes
+        .into_iter()
+        .zip(probes)
+        .filter_map(|(pass, probe)| match probe {
+            Some(p) if p.print.rows == 0 || held.get(&p.range) == Some(&p.print) => {
+                report.count_pass(pass.kind, p.print.rows);
+                report.rows_unchanged += p.print.rows;
+                None
+            }
+            _ => Some(pass),
+        })
+        .collect()
+}
+
+/// Fingerprints by range, as a load stores them after a success.
+pub fn probes_json(probes: &[Option<Probe>]) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = probes
+        .iter()
+        .flatten()
+        .map(|p| {
+            (
+                p.range.clone(),
+                serde_json::json!([p.print.rows, p.print.sum]),
+            )
+        })
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+/// Fingerprints by range from what [`probes_json`] wrote (none from
+/// anything else).
+pub fn probes_from_json(text: Option<&str>) -> HashMap<String, my::Fingerprint> {
+    let Some(serde_json::Value::Object(map)) = text.and_then(|t| serde_json::from_str(t).ok())
+    else {
+        return HashMap::new();
+    };
+    map.into_iter()
+        .filter_map(|(range, v)| {
+            let rows = v.get(0)?.as_u64()?;
+            let sum = v.get(1)?.as_str()?.to_string();
+            Some((range, my::Fingerprint { rows, sum }))
+        })
+        .collect()
 }
 
 /// Text for the run history: `column=value; …`.

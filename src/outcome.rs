@@ -42,6 +42,9 @@ pub struct TableReport {
     pub rows_future: u64,
     /// New rows stamped below the window, found by their auto-increment key.
     pub rows_new_keys: u64,
+    /// Rows of re-read ranges (windows, future or out-of-bounds stamps) not
+    /// read because the destination already held them as they are.
+    pub rows_unchanged: u64,
     /// Zero dates written as NULL, by column.
     pub zero_dates: BTreeMap<String, u64>,
     pub warnings: Vec<String>,
@@ -67,6 +70,7 @@ impl TableReport {
             rows_outside_bounds: 0,
             rows_future: 0,
             rows_new_keys: 0,
+            rows_unchanged: 0,
             zero_dates: BTreeMap::new(),
             warnings: Vec::new(),
             watermark_start: None,
@@ -93,14 +97,14 @@ impl TableReport {
         if self.rows_outside_bounds > 0 {
             self.warnings.push(format!(
                 "{} row(s) have a watermark value outside the quality bounds (zero, sentinel or out-of-range dates); \
-                 they are re-read every run",
+                 every run compares them and reads them again when they change",
                 self.rows_outside_bounds
             ));
         }
         if self.rows_future > 0 {
             self.warnings.push(format!(
                 "{} row(s) stamped in the future (past the source clock at the run's start + {skew_seconds} s); \
-                 carried every run, they never move the watermark",
+                 every run compares them and carries them when they change; they never move the watermark",
                 self.rows_future
             ));
         }

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestDb, phase_report};
+use common::{PATPLAN, TestDb, phase_report};
 use etl_pipeline::config::TablesConfig;
 
 const VISIT: &str = "CREATE TABLE `visit` (
@@ -17,17 +17,6 @@ const VISIT: &str = "CREATE TABLE `visit` (
   `Fee` double NOT NULL DEFAULT 0,
   `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,
   KEY `DateTStamp` (`DateTStamp`)
-) ENGINE=InnoDB";
-
-/// Entry-stamped rows under a composite key (no auto-increment), the stamp
-/// a `datetime` in the server's local time.
-const PATPLAN: &str = "CREATE TABLE `patplan` (
-  `PatNum` bigint NOT NULL,
-  `Ordinal` tinyint NOT NULL,
-  `Note` varchar(40) NOT NULL DEFAULT '',
-  `SecDateTEntry` datetime NOT NULL DEFAULT '0001-01-01 00:00:00',
-  PRIMARY KEY (`PatNum`, `Ordinal`),
-  KEY `SecDateTEntry` (`SecDateTEntry`)
 ) ENGINE=InnoDB";
 
 fn config() -> TablesConfig {

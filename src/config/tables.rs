@@ -35,7 +35,7 @@ pub const DEFAULT_LOOKBACK_KEYS: u64 = 1_000;
 /// Seconds a date-time watermark may lie past the source server's clock at
 /// the start of a run and still count: a workstation writing its own clock
 /// into an entry stamp runs a little ahead. Rows stamped further ahead are
-/// carried every run without moving the watermark. The allowance never
+/// looked at every run (carried when they change) without moving the watermark. The allowance never
 /// exceeds `lookback_seconds`, so a watermark that far ahead is still
 /// re-read past by the next run's look-back.
 pub const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 60;

@@ -731,6 +731,20 @@ async fn recopy_into(
 /// no longer has are deleted and, under `reconcile: rows`, rows that
 /// differ or are missing are copied again, in one replica transaction with
 /// the tracking update.
+/// The table's columns a copy's rows are compared by with the source's:
+/// masked values differ from the source's by design, so all but those.
+fn compared_columns(table: &SourceTable, cfg: &TableConfig) -> SourceTable {
+    SourceTable {
+        columns: table
+            .columns
+            .iter()
+            .filter(|c| !cfg.columns.masks(&c.name))
+            .cloned()
+            .collect(),
+        ..table.clone()
+    }
+}
+
 async fn reconcile_copy(
     ctx: &ExtractContext,
     cfg: &TableConfig,
@@ -741,17 +755,7 @@ async fn reconcile_copy(
     let key = reconcile::reconcilable_key(table)?;
     let mut replica = replica_session(ctx).await?;
     let mut source = session(&ctx.source).await?;
-    // Masked values differ from the source's by design: rows are compared
-    // by their other columns.
-    let compared = SourceTable {
-        columns: table
-            .columns
-            .iter()
-            .filter(|c| !cfg.columns.masks(&c.name))
-            .cloned()
-            .collect(),
-        ..table.clone()
-    };
+    let compared = compared_columns(table, cfg);
     let row_text = (cfg.deletes.detection == DeleteDetection::RowReconcile)
         .then(|| reconcile::row_text(&compared));
     let found = reconcile::reconcile(
@@ -832,6 +836,7 @@ impl CopyJob<'_> {
         strategy: &'static str,
     ) -> Progress {
         Progress {
+            window_fingerprints: None,
             watermarks: marks,
             replace_all,
             primary,
@@ -1105,6 +1110,23 @@ async fn incremental_copy(
         &limits,
     )
     .await?;
+    // Ranges the replica already holds as the source does are not read.
+    let row_text = reconcile::row_text(&compared_columns(job.table, cfg));
+    let at_source =
+        incremental::probe_passes(&mut source, &cfg.name, &row_text, &passes, &marks).await?;
+    let to_compare: Vec<Pass> = passes
+        .iter()
+        .zip(&at_source)
+        .filter(|(_, probe)| probe.as_ref().is_some_and(|p| p.print.rows > 0))
+        .map(|(pass, _)| pass.clone())
+        .collect();
+    let held = incremental::probe_passes(&mut replica, &cfg.name, &row_text, &to_compare, &marks)
+        .await?
+        .into_iter()
+        .flatten()
+        .map(|p| (p.range, p.print))
+        .collect();
+    let passes = incremental::drop_unchanged(passes, &at_source, &held, report);
     let names = job.columns();
     let encoder = RowEncoder {
         rows: Vec::new(),

@@ -1096,6 +1096,7 @@ async fn full_load(
     };
     let primary = marks.first().map(|(c, m)| (c.clone(), m.value.clone()));
     let progress = Progress {
+        window_fingerprints: None,
         watermarks: marks.clone(),
         replace_all: true,
         primary,
@@ -1184,6 +1185,13 @@ async fn incremental_load(
         job.limits,
     )
     .await?;
+    // Ranges the MySQL side holds as it did when the last load that
+    // succeeded read them are not read again.
+    let row_text = reconcile::row_text(&prepared.source);
+    let probes =
+        incremental::probe_passes(&mut mysql, &cfg.name, &row_text, &passes, &marks).await?;
+    let held = incremental::probes_from_json(prepared.state.window_fingerprints.as_deref());
+    let passes = incremental::drop_unchanged(passes, &probes, &held, report);
 
     let target = ident::pg_qualified(schema, &cfg.name);
     let (copy_sql, merge) = staging(&*client, job).await?;
@@ -1194,6 +1202,7 @@ async fn incremental_load(
         CopyEncoder::new(prepared.plan.clone()),
     );
     let progress_of = |marks: &Marks, rows: u64, status| Progress {
+        window_fingerprints: (status == "success").then(|| incremental::probes_json(&probes)),
         primary: marks.primary(),
         watermarks: marks.stored(),
         replace_all: false,

@@ -11,7 +11,8 @@ pub use catalog::{
 };
 pub use ddl::{ReplicaDdl, add_keys, replica_ddl, unique_keys};
 pub use reader::{
-    Bound, ClockTerms, ReadRange, page_query, server_clock, upper_bound, utc_to_session,
+    Bound, ClockTerms, Fingerprint, ReadRange, page_query, range_fingerprint, server_clock,
+    upper_bound, utc_to_session,
 };
 pub use stream::{
     Batch, CHANNEL_BATCHES, Encoder, Pass, PassKind, RateLimit, ReadJob, ReadSpec, finish_reader,

@@ -17,11 +17,11 @@ pub enum ReadRange {
     /// `start <= column <= upper`: the incremental window of this run.
     Window { start: Value, upper: Value },
     /// `column > max`: rows stamped past the run's upper limit (the source
-    /// clock, or what the copy has committed), re-read every run so they
+    /// clock, or what the copy has committed), looked at every run so they
     /// arrive without moving the watermark.
     Above { max: Value },
     /// `column < min`: rows stamped before the quality bounds (zero and
-    /// sentinel dates, 1902), re-read every run for the same reason.
+    /// sentinel dates, 1902), looked at every run for the same reason.
     Below { min: Value },
     /// The ordering key (one integer column) past `held`, the highest key
     /// the destination holds, among rows no window of this run reads: on
@@ -75,8 +75,33 @@ pub fn page_query(
     cursor: Option<&[Value]>,
     limit: u32,
 ) -> (String, Vec<Value>) {
-    let column = ident::mysql(&order[0]);
     let mut params = Vec::new();
+    let mut conditions = range_conditions(&order[0], range, &mut params);
+    if let Some(cursor) = cursor {
+        conditions.push(cursor_predicate(order, &mut params, cursor));
+    }
+    let sql = format!(
+        "SELECT {} FROM {}{} ORDER BY {} LIMIT {limit}",
+        ident::mysql_list(select.iter().map(String::as_str)),
+        ident::mysql(table),
+        where_clause(&conditions),
+        ident::mysql_list(order.iter().map(String::as_str)),
+    );
+    (sql, params)
+}
+
+fn where_clause(conditions: &[String]) -> String {
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    }
+}
+
+/// The conditions that keep a read to `range` of watermark (or key)
+/// column `column`, their values pushed to `params`.
+fn range_conditions(column: &str, range: &ReadRange, params: &mut Vec<Value>) -> Vec<String> {
+    let column = ident::mysql(column);
     let mut conditions = Vec::new();
     match range {
         ReadRange::Window { start, upper } => {
@@ -113,21 +138,43 @@ pub fn page_query(
         }
         ReadRange::All => {}
     }
-    if let Some(cursor) = cursor {
-        conditions.push(cursor_predicate(order, &mut params, cursor));
-    }
-    let filter = if conditions.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conditions.join(" AND "))
-    };
+    conditions
+}
+
+/// What a range of a table holds, in one number pair: its rows, and the
+/// sum of a 60-bit hash (MD5's first 15 hex digits) of each row's text
+/// (`row_text`, an expression over the columns compared). Two copies of a
+/// range with equal fingerprints hold the same rows, but for a chance of
+/// about 2^-60; computed in the server, nothing but the pair crosses the
+/// network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub rows: u64,
+    pub sum: String,
+}
+
+/// The [`Fingerprint`] of `range` (on column `column`) of `table`.
+pub async fn range_fingerprint(
+    conn: &mut Conn,
+    table: &str,
+    row_text: &str,
+    column: &str,
+    range: &ReadRange,
+) -> Result<Fingerprint> {
+    let mut params = Vec::new();
+    let conditions = range_conditions(column, range, &mut params);
     let sql = format!(
-        "SELECT {} FROM {}{filter} ORDER BY {} LIMIT {limit}",
-        ident::mysql_list(select.iter().map(String::as_str)),
+        "SELECT COUNT(*), CAST(COALESCE(SUM(CAST(CONV(SUBSTRING(MD5({row_text}), 1, 15), 16, 10) \
+         AS UNSIGNED)), 0) AS CHAR) FROM {}{}",
         ident::mysql(table),
-        ident::mysql_list(order.iter().map(String::as_str)),
+        where_clause(&conditions)
     );
-    (sql, params)
+    let row: Option<(u64, String)> = conn
+        .exec_first(sql, params)
+        .await
+        .map_err(|e| Error::mysql(format!("comparing a range of `{table}`"), e))?;
+    let (rows, sum) = row.unwrap_or_default();
+    Ok(Fingerprint { rows, sum })
 }
 
 /// The highest value of `column` within `[min, max]`, or `None` when no row
@@ -150,12 +197,11 @@ pub async fn upper_bound(
         conditions.push(format!("{col} <= ?"));
         params.push(v.clone());
     }
-    let filter = if conditions.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conditions.join(" AND "))
-    };
-    let sql = format!("SELECT MAX({col}) FROM {}{filter}", ident::mysql(table));
+    let sql = format!(
+        "SELECT MAX({col}) FROM {}{}",
+        ident::mysql(table),
+        where_clause(&conditions)
+    );
     let row: Option<Row> = conn.exec_first(sql, params).await.map_err(|e| {
         Error::mysql(
             format!("reading the upper bound of `{table}`.`{column}`"),

@@ -176,6 +176,7 @@ pub fn summary_json(report: &RunReport) -> serde_json::Value {
                 "rows_outside_bounds": r.rows_outside_bounds,
                 "rows_future": r.rows_future,
                 "rows_new_keys": r.rows_new_keys,
+                "rows_unchanged": r.rows_unchanged,
                 "seconds": r.elapsed.as_secs_f64(),
                 "rows_per_second": r.rows_per_second(),
                 "zero_dates": r.zero_dates,

@@ -25,6 +25,10 @@ pub const WAREHOUSE_TABLES: [&str; 4] = [
     "etl_run_history",
 ];
 
+/// The column of `etl_load_status` added last: tracking tables without it
+/// were made by an earlier version.
+const NEWEST_WAREHOUSE_COLUMN: &str = "window_fingerprint";
+
 fn warehouse_ddl(schema: &str) -> Vec<String> {
     let t = |name: &str| ident::pg_qualified(schema, name);
     vec![
@@ -51,7 +55,8 @@ fn warehouse_ddl(schema: &str) -> Vec<String> {
                 add column if not exists last_reconciled timestamp,
                 add column if not exists runs_since_reconcile integer not null default 0,
                 add column if not exists source_checksum varchar(20),
-                add column if not exists column_policy text",
+                add column if not exists column_policy text,
+                add column if not exists window_fingerprint text",
             t("etl_load_status")
         ),
         format!(
@@ -295,24 +300,33 @@ pub async fn mark_copy_status(conn: &mut Conn, table: &str, status: &str) -> Res
     .map_err(|e| Error::mysql(format!("recording the copy status of {table}"), e))
 }
 
-/// Fails with a message to run `etl-pipeline init` if a tracking table is missing.
+/// Fails with a message to run `etl-pipeline init` if a tracking table is
+/// missing; tracking tables an earlier version made gain the columns added
+/// since (the same additive, idempotent statements `init` runs).
 pub async fn check_warehouse(client: &Client, schema: &str) -> Result<()> {
-    for table in WAREHOUSE_TABLES {
-        let row = client
-            .query_one(
-                "select to_regclass($1) is not null",
-                &[&ident::pg_qualified(schema, table)],
-            )
-            .await
-            .map_err(|e| Error::postgres("looking for the tracking tables", e))?;
-        if !row.get::<_, bool>(0) {
-            return Err(Error::new(
-                ErrorKind::NotInitialized,
-                format!(
-                    "tracking table {schema}.{table} does not exist; run `etl-pipeline init` first"
-                ),
-            ));
-        }
+    let names: Vec<String> = WAREHOUSE_TABLES
+        .iter()
+        .map(|t| ident::pg_qualified(schema, t))
+        .collect();
+    let row = client
+        .query_one(
+            "select array(select t from unnest($1::text[]) t where to_regclass(t) is null), \
+             exists (select 1 from information_schema.columns where table_schema = $2 \
+                     and table_name = 'etl_load_status' and column_name = $3)",
+            &[&names, &schema, &NEWEST_WAREHOUSE_COLUMN],
+        )
+        .await
+        .map_err(|e| Error::postgres("looking for the tracking tables", e))?;
+    let missing: Vec<String> = row.get(0);
+    if let Some(table) = missing.first() {
+        return Err(Error::new(
+            ErrorKind::NotInitialized,
+            format!("tracking table {table} does not exist; run `etl-pipeline init` first"),
+        ));
+    }
+    if !row.get::<_, bool>(1) {
+        tracing::info!(%schema, "adding the tracking columns this version needs");
+        init_warehouse(client, schema).await?;
     }
     Ok(())
 }
@@ -393,6 +407,10 @@ pub struct Progress {
     pub run_id: String,
     /// When this run began reading, by the tracking store's clock (UTC).
     pub run_started_at: Option<String>,
+    /// The fingerprints of the ranges an incremental load found in the
+    /// MySQL side before reading ([`crate::incremental::probes_json`]),
+    /// kept with its success; any other progress clears them.
+    pub window_fingerprints: Option<String>,
 }
 
 /// The tracking store's clock at the start of a phase, and how long ago the
@@ -485,15 +503,17 @@ pub async fn save_progress(
     tx.execute(
         &format!(
             "insert into {} as s (table_name, last_loaded, last_primary_value, primary_column_name, rows_loaded, \
-                                  load_status, _loaded_at, _created_at, _updated_at, last_strategy, last_error, last_run_id) \
-             values ($1, now(), $2, $3, $4::bigint, $5, now(), now(), now(), $6, null, $7) \
+                                  load_status, _loaded_at, _created_at, _updated_at, last_strategy, last_error, last_run_id, \
+                                  window_fingerprint) \
+             values ($1, now(), $2, $3, $4::bigint, $5, now(), now(), now(), $6, null, $7, $8) \
              on conflict (table_name) do update set \
                last_loaded = now(), \
                last_primary_value = coalesce(excluded.last_primary_value, s.last_primary_value), \
                primary_column_name = coalesce(excluded.primary_column_name, s.primary_column_name), \
                rows_loaded = excluded.rows_loaded, load_status = excluded.load_status, \
                _loaded_at = now(), _updated_at = now(), last_strategy = excluded.last_strategy, \
-               last_error = null, last_run_id = excluded.last_run_id",
+               last_error = null, last_run_id = excluded.last_run_id, \
+               window_fingerprint = excluded.window_fingerprint",
             ident::pg_qualified(schema, "etl_load_status")
         ),
         &[
@@ -504,6 +524,7 @@ pub async fn save_progress(
             &progress.status,
             &progress.strategy,
             &progress.run_id,
+            &progress.window_fingerprints,
         ],
     )
     .await
@@ -661,6 +682,9 @@ pub struct PhaseState {
     /// The column policy ([`crate::config::Applied::fingerprint`]) the
     /// table's rows were written under; empty for none.
     pub policy: String,
+    /// What the last incremental load that succeeded found in the ranges
+    /// it re-reads (loads only).
+    pub window_fingerprints: Option<String>,
 }
 
 impl PhaseState {
@@ -693,6 +717,7 @@ pub async fn copy_state(conn: &mut Conn, table: &str) -> Result<PhaseState> {
         seconds_since_reconciled: r.get::<Option<i64>, _>(2).flatten(),
         runs_since_reconcile: r.get::<i64, _>(3).unwrap_or(0),
         policy: r.get::<String, _>(4).unwrap_or_default(),
+        window_fingerprints: None,
     }))
 }
 
@@ -703,7 +728,7 @@ pub async fn load_state(client: &Client, schema: &str, table: &str) -> Result<Ph
             &format!(
                 "select case when last_strategy is not null then extract(epoch from now() - last_loaded)::bigint end, \
                         source_checksum::text, extract(epoch from now() - last_reconciled)::bigint, \
-                        runs_since_reconcile::bigint, coalesce(column_policy, '') \
+                        runs_since_reconcile::bigint, coalesce(column_policy, ''), window_fingerprint \
                  from {} where table_name = $1",
                 ident::pg_qualified(schema, "etl_load_status")
             ),
@@ -717,6 +742,7 @@ pub async fn load_state(client: &Client, schema: &str, table: &str) -> Result<Ph
         seconds_since_reconciled: r.get(2),
         runs_since_reconcile: r.get(3),
         policy: r.get(4),
+        window_fingerprints: r.get(5),
     }))
 }
 
@@ -886,7 +912,7 @@ pub struct StatusLine {
     pub source_newest: Option<String>,
     pub lag_seconds: Option<i64>,
     /// Of `rows_behind`, those stamped past the source's clock plus the
-    /// table's skew allowance: carried every run, never moving the watermark.
+    /// table's skew allowance: looked at every run, never moving the watermark.
     pub rows_in_future: Option<u64>,
     /// Why the lag is unknown, when it is.
     pub lag_note: Option<String>,

@@ -29,6 +29,18 @@ fn var(name: &str, default: &str) -> String {
 /// The key of `mask_columns: hash` in the tests' contexts.
 pub const TEST_MASK_KEY: &str = "tests-mask-key-0123456789abcdef";
 
+/// Entry-stamped rows under a composite key (no auto-increment, so no new-keys pass:
+/// only a window sees a row that commits late), the stamp
+/// a `datetime` in the server's local time.
+pub const PATPLAN: &str = "CREATE TABLE `patplan` (
+  `PatNum` bigint NOT NULL,
+  `Ordinal` tinyint NOT NULL,
+  `Note` varchar(40) NOT NULL DEFAULT '',
+  `SecDateTEntry` datetime NOT NULL DEFAULT '0001-01-01 00:00:00',
+  PRIMARY KEY (`PatNum`, `Ordinal`),
+  KEY `SecDateTEntry` (`SecDateTEntry`)
+) ENGINE=InnoDB";
+
 pub struct TestDb {
     pub ctx: LoadContext,
     /// The "clinic" database (`etl_t_<name>_src`) the extract phase reads.

@@ -617,6 +617,7 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
             rate: None,
             capped_by_copy: true,
             mask_key: None,
+            connections: Default::default(),
         }),
         warehouse: Some(warehouse.clone()),
         stop: Stop::never(),

@@ -799,3 +799,62 @@ async fn a_large_full_refresh_builds_the_tables_indexes_again() {
     assert_eq!(unfrozen, 0);
     db.assert_same("document", &["DocNum"]).await;
 }
+
+/// Sessions PostgreSQL has counted for `db`'s warehouse database, once the
+/// count has settled (a session is counted when its statistics are flushed).
+async fn warehouse_sessions(db: &TestDb) -> i64 {
+    let client = db.pg().await;
+    let mut last = -1;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let now: i64 = client
+            .query_one(
+                "select sessions from pg_stat_database where datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// The tables of a run take a few warehouse connections in turn instead of
+/// opening one each (each is a PostgreSQL backend to start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_opens_a_few_warehouse_connections_not_one_per_table() {
+    let db = TestDb::new("load_sessions").await;
+    let mut config = String::from("tables:\n");
+    for n in 1..=20 {
+        db.mysql(&[
+            &format!(
+                "CREATE TABLE `t{n:02}` (`Num` bigint NOT NULL PRIMARY KEY, `Note` varchar(20))"
+            ),
+            &format!("INSERT INTO `t{n:02}` SELECT seq, 'row' FROM seq_1_to_{n}"),
+        ])
+        .await;
+        config.push_str(&format!(
+            "  t{n:02}:\n    extraction_strategy: full_table\n"
+        ));
+    }
+    let dir = common::scratch("load_sessions");
+    let env = db.env_file(&dir);
+    let tables = dir.join("tables.yml");
+    std::fs::write(&tables, config).unwrap();
+    let before = warehouse_sessions(&db).await;
+    let out = common::binary_with(&env, &tables)
+        .args(["run", "--phase", "load", "--all", "--max-workers", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    // The session the count is read on, the run's control and lock
+    // connections, and the loads' few.
+    let opened = warehouse_sessions(&db).await - before;
+    assert!(opened <= 8, "{opened} sessions for 20 tables");
+    for n in 1..=20 {
+        assert_eq!(db.pg_count(&format!("t{n:02}")).await, n);
+    }
+}

@@ -47,6 +47,8 @@ pub struct LoadContext {
     /// The key of `mask_columns: hash`, for a load that reads the source
     /// (direct mode) and so applies the column policy itself.
     pub mask_key: Option<Secret>,
+    /// Warehouse connections the run's loads share in turn.
+    pub connections: pg::Pool,
 }
 
 const STAGE_TABLE: &str = "etl_stage";
@@ -488,7 +490,7 @@ async fn load_once(
 ) -> Result<TableReport> {
     let started = Instant::now();
     let mut mysql = my::connect(&ctx.replica).await?;
-    let mut client = pg::connect(&ctx.warehouse).await?;
+    let mut client = ctx.connections.get(&ctx.warehouse).await?;
     let prepared = prepare(&mut mysql, &mut client, ctx, cfg, opts).await?;
     let mut report = TableReport {
         warnings: prepared.warnings.clone(),
@@ -526,6 +528,7 @@ async fn load_once(
         tracking::mark_status(&client, schema, &cfg.name, "success", None, &opts.run_id).await?;
         report.decision.reason = crate::config::UNCHANGED_REASON.to_string();
         report.elapsed = started.elapsed();
+        ctx.connections.put(&ctx.warehouse, client);
         return Ok(report);
     }
     let clock = tracking::load_clock(&client, schema, &cfg.name).await?;
@@ -582,6 +585,7 @@ async fn load_once(
             .await?;
     }
     report.elapsed = started.elapsed();
+    ctx.connections.put(&ctx.warehouse, client);
     Ok(report)
 }
 

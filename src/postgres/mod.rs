@@ -85,6 +85,52 @@ pub async fn connect(settings: &PgSettings) -> Result<Client> {
     Ok(client)
 }
 
+/// Warehouse connections the tables of a run take in turn: a connection
+/// is handed back once a table's load has succeeded (one that failed is
+/// closed with its error), and reset (`DISCARD ALL`: temporary tables,
+/// settings) before it serves another table. A run then opens about as
+/// many connections as it loads tables at once, instead of one per table:
+/// each new one is a PostgreSQL backend started and its caches filled.
+#[derive(Clone, Default)]
+pub struct Pool(std::sync::Arc<std::sync::Mutex<Vec<(String, Client)>>>);
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pool")
+    }
+}
+
+impl Pool {
+    /// A connection to the `settings` database handed back earlier and
+    /// still open, reset; else a new one.
+    pub async fn get(&self, settings: &PgSettings) -> Result<Client> {
+        let to = describe(settings);
+        loop {
+            let held = {
+                let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+                let at = held.iter().position(|(of, _)| *of == to);
+                at.map(|i| held.swap_remove(i).1)
+            };
+            let Some(client) = held else {
+                return connect(settings).await;
+            };
+            if !client.is_closed() && client.batch_execute("DISCARD ALL").await.is_ok() {
+                return Ok(client);
+            }
+        }
+    }
+
+    /// Hands back a connection to the `settings` database for the next table.
+    pub fn put(&self, settings: &PgSettings, client: Client) {
+        if !client.is_closed() {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((describe(settings), client));
+        }
+    }
+}
+
 /// The server's version string.
 pub async fn server_version(client: &Client) -> Result<String> {
     let row = client

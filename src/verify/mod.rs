@@ -206,6 +206,7 @@ pub async fn repair(
         rate: None,
         capped_by_copy: ctx.source.is_some(),
         mask_key: ctx.mask_key.clone(),
+        connections: Default::default(),
     };
     let mut repairs = Vec::with_capacity(configs.len());
     for cfg in configs {

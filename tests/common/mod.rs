@@ -117,6 +117,7 @@ impl TestDb {
             rate: None,
             capped_by_copy: true,
             mask_key: Some(Secret::new(TEST_MASK_KEY)),
+            connections: Default::default(),
         };
         pipeline::init(Some(&ctx.warehouse), Some(&ctx.replica))
             .await

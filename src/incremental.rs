@@ -444,6 +444,49 @@ pub async fn probe_passes(
     Ok(probes)
 }
 
+/// For a load: fingerprints of the windows the next run will compare when
+/// nothing changes, for the windows this run reads because rows lie past
+/// the watermark. Such a window is read to its upper bound, which becomes
+/// the watermark, so the next run's window is that bound less the look-back
+/// (no lower than this window's start) up to the same bound. Taken in the
+/// snapshot the run reads in, they say what the run has read: the next run
+/// then skips the window when it is still the same, instead of reading it
+/// once more to learn that.
+pub async fn probe_next_windows(
+    conn: &mut Conn,
+    cfg: &TableConfig,
+    row_text: &str,
+    passes: &[Pass],
+    marks: &Marks,
+) -> Result<Vec<Option<Probe>>> {
+    let mut probes = Vec::new();
+    for pass in passes {
+        let ReadRange::Window { start, upper } = &pass.range else {
+            continue;
+        };
+        if pass.kind != PassKind::Window || worth_comparing(pass, marks) {
+            continue;
+        }
+        let mut next_start = step_back(upper, cfg.lookback_seconds, cfg.lookback_keys);
+        if compare_values(&next_start, start) == Some(Ordering::Less) {
+            next_start = start.clone();
+        }
+        let next = Pass {
+            range: ReadRange::Window {
+                start: next_start,
+                upper: upper.clone(),
+            },
+            ..pass.clone()
+        };
+        probes.push(Some(Probe {
+            range: range_words(&next),
+            print: my::range_fingerprint(conn, &cfg.name, row_text, &next.order[0], &next.range)
+                .await?,
+        }));
+    }
+    Ok(probes)
+}
+
 /// The passes still to read: those whose range `held` (the destination's
 /// fingerprints by range) does not hold as `probes` found it. A range
 /// found empty is not read either. The rows of the passes left out are

@@ -1179,6 +1179,9 @@ async fn incremental_load(
         ..
     } = *job;
     let schema = &ctx.warehouse.schema;
+    // One snapshot for the bounds, the comparisons and every page read, so
+    // the fingerprints kept describe exactly what was read.
+    my::begin_snapshot(&mut mysql).await?;
     let (passes, mut marks) = incremental::plan_passes(
         &mut mysql,
         cfg,
@@ -1192,10 +1195,13 @@ async fn incremental_load(
     // Ranges the MySQL side holds as it did when the last load that
     // succeeded read them are not read again.
     let row_text = reconcile::row_text(&prepared.source);
-    let probes =
+    let mut probes =
         incremental::probe_passes(&mut mysql, &cfg.name, &row_text, &passes, &marks).await?;
     let held = incremental::probes_from_json(prepared.state.window_fingerprints.as_deref());
     let passes = incremental::drop_unchanged(passes, &probes, &held, report);
+    probes.extend(
+        incremental::probe_next_windows(&mut mysql, cfg, &row_text, &passes, &marks).await?,
+    );
 
     let target = ident::pg_qualified(schema, &cfg.name);
     let (copy_sql, merge) = staging(&*client, job).await?;

@@ -403,6 +403,15 @@ impl TestDb {
     }
 
     /// Number of rows in a warehouse table.
+    /// The first column of what a query gives in the warehouse.
+    pub async fn pg_values<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+        &self,
+        sql: &str,
+    ) -> Vec<T> {
+        let rows = self.pg().await.query(sql, &[]).await.unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
     pub async fn pg_count(&self, table: &str) -> i64 {
         let client = self.pg().await;
         let sql = format!("select count(*) from {}", ident::pg_qualified("raw", table));

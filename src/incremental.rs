@@ -431,17 +431,21 @@ pub async fn probe_passes(
     let mut probes = Vec::with_capacity(passes.len());
     for pass in passes {
         let probe = if worth_comparing(pass, marks) {
-            Some(Probe {
-                range: range_words(pass),
-                print: my::range_fingerprint(conn, table, row_text, &pass.order[0], &pass.range)
-                    .await?,
-            })
+            Some(probe(conn, table, row_text, pass).await?)
         } else {
             None
         };
         probes.push(probe);
     }
     Ok(probes)
+}
+
+/// The fingerprint of a pass's range, under its words.
+async fn probe(conn: &mut Conn, table: &str, row_text: &str, pass: &Pass) -> Result<Probe> {
+    Ok(Probe {
+        range: range_words(pass),
+        print: my::range_fingerprint(conn, table, row_text, &pass.order[0], &pass.range).await?,
+    })
 }
 
 /// For a load: fingerprints of the windows the next run will compare when
@@ -458,7 +462,7 @@ pub async fn probe_next_windows(
     row_text: &str,
     passes: &[Pass],
     marks: &Marks,
-) -> Result<Vec<Option<Probe>>> {
+) -> Result<Vec<Probe>> {
     let mut probes = Vec::new();
     for pass in passes {
         let ReadRange::Window { start, upper } = &pass.range else {
@@ -478,11 +482,7 @@ pub async fn probe_next_windows(
             },
             ..pass.clone()
         };
-        probes.push(Some(Probe {
-            range: range_words(&next),
-            print: my::range_fingerprint(conn, &cfg.name, row_text, &next.order[0], &next.range)
-                .await?,
-        }));
+        probes.push(probe(conn, &cfg.name, row_text, &next).await?);
     }
     Ok(probes)
 }
@@ -512,10 +512,9 @@ pub fn drop_unchanged(
 }
 
 /// Fingerprints by range, as a load stores them after a success.
-pub fn probes_json(probes: &[Option<Probe>]) -> String {
+pub fn probes_json(probes: &[Probe]) -> String {
     let map: serde_json::Map<String, serde_json::Value> = probes
         .iter()
-        .flatten()
         .map(|p| {
             (
                 p.range.clone(),

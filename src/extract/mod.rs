@@ -731,20 +731,6 @@ async fn recopy_into(
 /// no longer has are deleted and, under `reconcile: rows`, rows that
 /// differ or are missing are copied again, in one replica transaction with
 /// the tracking update.
-/// The table's columns a copy's rows are compared by with the source's:
-/// masked values differ from the source's by design, so all but those.
-fn compared_columns(table: &SourceTable, cfg: &TableConfig) -> SourceTable {
-    SourceTable {
-        columns: table
-            .columns
-            .iter()
-            .filter(|c| !cfg.columns.masks(&c.name))
-            .cloned()
-            .collect(),
-        ..table.clone()
-    }
-}
-
 async fn reconcile_copy(
     ctx: &ExtractContext,
     cfg: &TableConfig,
@@ -755,7 +741,17 @@ async fn reconcile_copy(
     let key = reconcile::reconcilable_key(table)?;
     let mut replica = replica_session(ctx).await?;
     let mut source = session(&ctx.source).await?;
-    let compared = compared_columns(table, cfg);
+    // Masked values differ from the source's by design: rows are compared
+    // by their other columns.
+    let compared = SourceTable {
+        columns: table
+            .columns
+            .iter()
+            .filter(|c| !cfg.columns.masks(&c.name))
+            .cloned()
+            .collect(),
+        ..table.clone()
+    };
     let row_text = (cfg.deletes.detection == DeleteDetection::RowReconcile)
         .then(|| reconcile::row_text(&compared));
     let found = reconcile::reconcile(
@@ -1093,11 +1089,10 @@ async fn unchanged_dropped(
     report: &mut TableReport,
 ) -> Result<Vec<Pass>> {
     let cfg = job.cfg;
-    let compared = compared_columns(job.table, cfg);
-    if compared.columns.len() < job.table.columns.len() {
+    if job.table.columns.iter().any(|c| cfg.columns.masks(&c.name)) {
         return Ok(passes);
     }
-    let row_text = reconcile::row_text(&compared);
+    let row_text = reconcile::row_text(job.table);
     let at_source = incremental::probe_passes(source, &cfg.name, &row_text, &passes, marks).await?;
     let to_compare: Vec<Pass> = passes
         .iter()

@@ -1195,13 +1195,12 @@ async fn incremental_load(
     // Ranges the MySQL side holds as it did when the last load that
     // succeeded read them are not read again.
     let row_text = reconcile::row_text(&prepared.source);
-    let mut probes =
+    let probes =
         incremental::probe_passes(&mut mysql, &cfg.name, &row_text, &passes, &marks).await?;
     let held = incremental::probes_from_json(prepared.state.window_fingerprints.as_deref());
     let passes = incremental::drop_unchanged(passes, &probes, &held, report);
-    probes.extend(
-        incremental::probe_next_windows(&mut mysql, cfg, &row_text, &passes, &marks).await?,
-    );
+    let next = incremental::probe_next_windows(&mut mysql, cfg, &row_text, &passes, &marks).await?;
+    let kept: Vec<_> = probes.into_iter().flatten().chain(next).collect();
 
     let target = ident::pg_qualified(schema, &cfg.name);
     let (copy_sql, merge) = staging(&*client, job).await?;
@@ -1212,7 +1211,7 @@ async fn incremental_load(
         CopyEncoder::new(prepared.plan.clone()),
     );
     let progress_of = |marks: &Marks, rows: u64, status| Progress {
-        window_fingerprints: (status == "success").then(|| incremental::probes_json(&probes)),
+        window_fingerprints: (status == "success").then(|| incremental::probes_json(&kept)),
         primary: marks.primary(),
         watermarks: marks.stored(),
         replace_all: false,

@@ -201,6 +201,9 @@ pub struct RunArgs {
     /// Read incrementally even after a gap longer than time_gap_threshold_days.
     #[arg(long)]
     pub no_time_gap: bool,
+    /// Read every table, also those whose table stamps say neither end changed.
+    #[arg(long)]
+    pub recheck: bool,
     /// Tables processed at once (default: one per core, 2 to 8).
     #[arg(
         long,
@@ -516,6 +519,7 @@ async fn run_in(
             force_full: args.force_full,
             allow_mass_delete: args.allow_mass_delete,
             ignore_time_gap: args.no_time_gap,
+            recheck: args.recheck,
             max_workers: workers,
             phases,
             if_locked,

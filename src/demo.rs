@@ -629,6 +629,7 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
         force_full: false,
         allow_mass_delete: false,
         ignore_time_gap: false,
+        recheck: false,
         max_workers: pipeline::default_max_workers(),
         phases: Phases {
             extract: true,

@@ -21,6 +21,7 @@ pub mod reconcile;
 pub mod schedule;
 pub mod schema;
 pub mod shutdown;
+pub mod stamps;
 mod tls;
 pub mod tracking;
 pub mod verify;

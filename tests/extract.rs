@@ -282,6 +282,7 @@ async fn direct_mode_loads_the_warehouse_straight_from_the_source() {
         force_full: false,
         allow_mass_delete: false,
         ignore_time_gap: false,
+        recheck: false,
         max_workers: 2,
         phases: etl_pipeline::pipeline::Phases {
             extract: true,

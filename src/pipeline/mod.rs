@@ -4,6 +4,7 @@
 
 mod report;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,7 +13,9 @@ use futures_util::StreamExt;
 use tokio_postgres::Client;
 
 use crate::alert::{self, Alert, MemoryWatch, Notifier, PhaseMeasure, Tracked};
-use crate::config::{PgSettings, TableConfig};
+use crate::config::{
+    Decision, DeleteDetection, ExtractionStrategy, PgSettings, Strategy, TableConfig,
+};
 use crate::error::{Error, ErrorKind, Result, chain};
 use crate::extract::{self, ExtractContext};
 use crate::load::{LoadContext, LoadOptions, TableReport, load_table};
@@ -20,6 +23,7 @@ use crate::postgres as pg;
 use crate::progress;
 use crate::schema::ident;
 use crate::shutdown::Stop;
+use crate::stamps::{self, Recorded, Stamps};
 use crate::tracking::{self, HistoryOutcome};
 
 pub use report::{
@@ -100,6 +104,9 @@ pub struct RunPlan {
     pub allow_mass_delete: bool,
     /// Reads incrementally even after a gap longer than `time_gap_threshold_days`.
     pub ignore_time_gap: bool,
+    /// Reads every table, also those whose stamps say neither end changed
+    /// ([`crate::stamps`]).
+    pub recheck: bool,
     pub max_workers: usize,
     pub phases: Phases,
     pub if_locked: IfLocked,
@@ -306,6 +313,7 @@ struct Shared<'a> {
     alerts: Mutex<Vec<Alert>>,
     /// Planned tables that are views in the database the run reads first.
     views: Vec<String>,
+    skips: Skips,
 }
 
 impl Shared<'_> {
@@ -372,7 +380,116 @@ fn phase_finished(cfg: &TableConfig, phase: &str, result: &Result<TableReport>) 
     }
 }
 
-async fn extract_one(shared: &Shared<'_>, ctx: &ExtractContext, cfg: &TableConfig) -> TableOutcome {
+/// What a run knows at its start about the tables it may skip
+/// ([`crate::stamps`]): each end's stamps and the tokens recorded.
+#[derive(Default)]
+struct Skips {
+    source: Stamps,
+    replica: Stamps,
+    /// The MySQL database the load reads (the replica, or the source in direct mode).
+    load_from: Stamps,
+    warehouse: Stamps,
+    copy_tokens: HashMap<String, Recorded>,
+    load_tokens: HashMap<String, Recorded>,
+}
+
+impl Skips {
+    /// Reads the stamps and tokens for `plan`; nothing to skip on a forced
+    /// full refresh, or when they cannot be read (the run then goes on
+    /// reading every table).
+    async fn read(ctx: &RunContext, plan: &RunPlan, control: Option<&Client>) -> Skips {
+        if plan.force_full || plan.recheck {
+            return Skips::default();
+        }
+        match Skips::try_read(ctx, plan, control).await {
+            Ok(skips) => skips,
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "table stamps not read: every table is read");
+                Skips::default()
+            }
+        }
+    }
+
+    async fn try_read(ctx: &RunContext, plan: &RunPlan, control: Option<&Client>) -> Result<Skips> {
+        let mut skips = Skips::default();
+        if let Some(extract) = ctx.extract.as_ref().filter(|_| plan.phases.extract) {
+            let mut source = crate::mysql::connect(&extract.source).await?;
+            skips.source = Stamps::read(&mut source, &extract.source.database).await?;
+            let mut replica = crate::mysql::connect(&extract.replica).await?;
+            skips.replica = Stamps::read(&mut replica, &extract.replica.database).await?;
+            skips.copy_tokens = tracking::copy_tokens(&mut replica).await?;
+        }
+        if let (Some(load), Some(client), true) = (&ctx.load, control, plan.phases.load) {
+            let same = ctx
+                .extract
+                .as_ref()
+                .filter(|_| plan.phases.extract)
+                .is_some_and(|e| {
+                    crate::mysql::describe(&e.replica) == crate::mysql::describe(&load.replica)
+                });
+            skips.load_from = if same {
+                skips.replica.clone()
+            } else {
+                let mut conn = crate::mysql::connect(&load.replica).await?;
+                Stamps::read(&mut conn, &load.replica.database).await?
+            };
+            skips.warehouse = stamps::warehouse_shapes(client, &load.warehouse.schema).await?;
+            skips.load_tokens = tracking::load_tokens(client, &load.warehouse.schema).await?;
+        }
+        Ok(skips)
+    }
+
+    /// The copy's token of `cfg` now.
+    fn copy_token(&self, cfg: &TableConfig) -> Option<String> {
+        stamps::token(
+            cfg,
+            "copy",
+            [self.source.get(&cfg.name), self.replica.get(&cfg.name)],
+        )
+    }
+
+    /// The load's token of `cfg` now.
+    fn load_token(&self, cfg: &TableConfig) -> Option<String> {
+        stamps::token(
+            cfg,
+            "load",
+            [self.load_from.get(&cfg.name), self.warehouse.get(&cfg.name)],
+        )
+    }
+}
+
+/// Whether a phase wrote rows to its destination table (its stamp moved,
+/// so a token of the run's start would not be met again). A full refresh
+/// counts every row it writes as inserted.
+fn wrote(report: &TableReport) -> bool {
+    report.rows_inserted + report.rows_updated + report.rows_deleted + report.rows_repaired > 0
+}
+
+/// The report of a phase skipped because neither end changed.
+fn skipped_report(cfg: &TableConfig) -> TableReport {
+    let strategy = match cfg.extraction_strategy {
+        ExtractionStrategy::FullTable => Strategy::Full,
+        _ => Strategy::Incremental {
+            columns: cfg.incremental_columns.clone(),
+        },
+    };
+    TableReport::new(
+        &cfg.name,
+        Decision {
+            strategy,
+            reason: stamps::SKIP_REASON.to_string(),
+        },
+    )
+}
+
+/// Copies one table, or skips it (`skip`); on success records `token`,
+/// the copy's token at the run's start, when the copy wrote nothing.
+async fn extract_one(
+    shared: &Shared<'_>,
+    ctx: &ExtractContext,
+    cfg: &TableConfig,
+    (skip, token): (bool, Option<String>),
+) -> TableOutcome {
     let started = Instant::now();
     let memory = shared.memory.track();
     phase_started(cfg, "extract");
@@ -384,7 +501,23 @@ async fn extract_one(shared: &Shared<'_>, ctx: &ExtractContext, cfg: &TableConfi
     };
     let resume = Arc::new(Mutex::new(None));
     let opts = shared.options();
-    let result = with_retries(cfg, || extract::copy_table(ctx, cfg, &opts, resume.clone())).await;
+    let mut result = if skip {
+        Ok(skipped_report(cfg))
+    } else {
+        with_retries(cfg, || extract::copy_table(ctx, cfg, &opts, resume.clone())).await
+    };
+    if let (Ok(report), Some(token)) = (&result, &token)
+        && !skip
+        && !wrote(report)
+    {
+        let saved = match crate::mysql::connect(&ctx.replica).await {
+            Ok(mut replica) => tracking::save_copy_token(&mut replica, &cfg.name, token).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = saved {
+            result = Err(e);
+        }
+    }
     if let Err(e) = &result {
         tracing::error!(table = %cfg.name, error = %chain(e), "copy failed");
         if let Ok(mut replica) = crate::mysql::connect(&ctx.replica).await {
@@ -405,7 +538,14 @@ async fn extract_one(shared: &Shared<'_>, ctx: &ExtractContext, cfg: &TableConfi
     }
 }
 
-async fn load_one(shared: &Shared<'_>, ctx: &LoadContext, cfg: &TableConfig) -> TableOutcome {
+/// Loads one table, or skips it (`skip`); on success records `token`, the
+/// load's token at the run's start.
+async fn load_one(
+    shared: &Shared<'_>,
+    ctx: &LoadContext,
+    cfg: &TableConfig,
+    (skip, token): (bool, Option<String>),
+) -> TableOutcome {
     let schema = &ctx.warehouse.schema;
     let started = Instant::now();
     let memory = shared.memory.track();
@@ -417,13 +557,22 @@ async fn load_one(shared: &Shared<'_>, ctx: &LoadContext, cfg: &TableConfig) -> 
             let id = tracking::begin_history(c, schema, shared.run_id, &cfg.name, "load")
                 .await
                 .ok();
-            let _ =
-                tracking::mark_status(c, schema, &cfg.name, "running", None, shared.run_id).await;
+            let status = if skip { "success" } else { "running" };
+            let _ = tracking::mark_status(c, schema, &cfg.name, status, None, shared.run_id).await;
             id
         }
         None => None,
     };
-    let result = with_retries(cfg, || load_table(ctx, cfg, &opts)).await;
+    let mut result = if skip {
+        Ok(skipped_report(cfg))
+    } else {
+        with_retries(cfg, || load_table(ctx, cfg, &opts)).await
+    };
+    if let (Ok(_), Some(token), Some(c), false) = (&result, &token, control, skip)
+        && let Err(e) = tracking::save_load_token(c, schema, &cfg.name, token).await
+    {
+        result = Err(e);
+    }
     if let Err(e) = &result {
         tracing::error!(table = %cfg.name, error = %chain(e), "load failed");
         if let Some(c) = control {
@@ -568,10 +717,16 @@ async fn process_table(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutco
 
 async fn process_table_phases(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutcome> {
     let mut outcomes = Vec::new();
+    // The load may skip only what the replica held at the run's start: a
+    // copy of this run that read the table may have changed it since.
+    let mut replica_as_at_start = true;
     if shared.phases.extract
         && let Some(ctx) = &shared.ctx.extract
     {
-        let outcome = extract_one(shared, ctx, cfg).await;
+        let token = shared.skips.copy_token(cfg);
+        let skip = stamps::may_skip(token.as_deref(), shared.skips.copy_tokens.get(&cfg.name));
+        let outcome = extract_one(shared, ctx, cfg, (skip, token)).await;
+        replica_as_at_start = skip;
         let failed = outcome.result.is_err();
         outcomes.push(outcome);
         if failed {
@@ -586,7 +741,17 @@ async fn process_table_phases(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<Tab
             outcomes.push(not_run(cfg, "load", ErrorKind::Interrupted, why));
             return outcomes;
         }
-        outcomes.push(load_one(shared, ctx, cfg).await);
+        let copy_wrote = outcomes
+            .first()
+            .and_then(|o| o.result.as_ref().ok())
+            .is_some_and(wrote);
+        let token = shared.skips.load_token(cfg).filter(|_| !copy_wrote);
+        // Row reconciliation also repairs hand edits in the warehouse,
+        // which no stamp there shows.
+        let skip = replica_as_at_start
+            && cfg.deletes.detection != DeleteDetection::RowReconcile
+            && stamps::may_skip(token.as_deref(), shared.skips.load_tokens.get(&cfg.name));
+        outcomes.push(load_one(shared, ctx, cfg, (skip, token)).await);
     }
     outcomes
 }
@@ -634,6 +799,7 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
     let run_id = new_run_id();
     order_tables(&mut plan.tables);
     let source = probe_source(ctx, &plan).await?;
+    let skips = Skips::read(ctx, &plan, control.as_ref()).await;
     let locks = match (&ctx.warehouse, &control, plan.if_locked) {
         (Some(w), Some(_), IfLocked::Skip) => Some(pg::connect(w).await?),
         _ => None,
@@ -660,6 +826,7 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
             })),
             alerts: Mutex::new(Vec::new()),
             views: source.views,
+            skips,
         };
     let shared = &shared;
     let tables = u64::try_from(plan.tables.len()).unwrap_or(0);

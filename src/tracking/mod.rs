@@ -16,6 +16,7 @@ use tokio_postgres::{Client, GenericClient};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::schema::ident;
+use crate::stamps::Recorded;
 
 /// Tracking tables in the warehouse, in creation order.
 pub const WAREHOUSE_TABLES: [&str; 4] = [
@@ -27,7 +28,7 @@ pub const WAREHOUSE_TABLES: [&str; 4] = [
 
 /// The column of `etl_load_status` added last: tracking tables without it
 /// were made by an earlier version.
-const NEWEST_WAREHOUSE_COLUMN: &str = "window_fingerprint";
+const NEWEST_WAREHOUSE_COLUMN: &str = "unchanged_at";
 
 fn warehouse_ddl(schema: &str) -> Vec<String> {
     let t = |name: &str| ident::pg_qualified(schema, name);
@@ -56,7 +57,9 @@ fn warehouse_ddl(schema: &str) -> Vec<String> {
                 add column if not exists runs_since_reconcile integer not null default 0,
                 add column if not exists source_checksum varchar(20),
                 add column if not exists column_policy text,
-                add column if not exists window_fingerprint text",
+                add column if not exists window_fingerprint text,
+                add column if not exists unchanged_token varchar(64),
+                add column if not exists unchanged_at timestamptz",
             t("etl_load_status")
         ),
         format!(
@@ -154,13 +157,19 @@ const REPLICA_WATERMARK_DDL: &str = "CREATE TABLE IF NOT EXISTS `etl_copy_waterm
 
 /// Columns `etl_copy_status` gained after the old system: when the table's
 /// keys were last reconciled with the source, copies since, the source's
-/// checksum taken before the last full copy, and the column policy the
-/// copy holds.
+/// checksum taken before the last full copy, the column policy the copy
+/// holds, and the token of the last complete copy ([`crate::stamps`]).
 const REPLICA_STATUS_COLUMNS: &str = "ALTER TABLE `etl_copy_status`
     ADD COLUMN IF NOT EXISTS `last_reconciled` datetime(6) NULL,
     ADD COLUMN IF NOT EXISTS `runs_since_reconcile` int NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS `source_checksum` varchar(20) NULL,
-    ADD COLUMN IF NOT EXISTS `column_policy` text NULL";
+    ADD COLUMN IF NOT EXISTS `column_policy` text NULL,
+    ADD COLUMN IF NOT EXISTS `unchanged_token` varchar(64) NULL,
+    ADD COLUMN IF NOT EXISTS `unchanged_at` datetime(6) NULL";
+
+/// The column of `etl_copy_status` added last: a replica without it was
+/// made by an earlier version.
+const NEWEST_REPLICA_COLUMN: &str = "unchanged_at";
 
 /// `last_reconciled` to the microsecond, as in the warehouse (a replica
 /// made before it was kept to the second).
@@ -192,17 +201,20 @@ pub async fn init_replica(conn: &mut Conn) -> Result<()> {
     Ok(())
 }
 
-/// Fails with a message to run `etl-pipeline init` if a replica tracking table is missing.
+/// Fails with a message to run `etl-pipeline init` if a replica tracking
+/// table is missing; tracking tables an earlier version made gain the
+/// columns added since (the same additive, idempotent statements `init` runs).
 pub async fn check_replica(conn: &mut Conn, database: &str) -> Result<()> {
+    let found: Vec<(String, String)> = conn
+        .exec(
+            "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME IN (?, ?)",
+            (database, REPLICA_TABLES[0], REPLICA_TABLES[1]),
+        )
+        .await
+        .map_err(|e| Error::mysql("looking for the replica's tracking tables", e))?;
     for table in REPLICA_TABLES {
-        let found: Option<u64> = conn
-            .exec_first(
-                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-                (database, table),
-            )
-            .await
-            .map_err(|e| Error::mysql("looking for the replica's tracking tables", e))?;
-        if found.unwrap_or(0) == 0 {
+        if !found.iter().any(|(t, _)| t == table) {
             return Err(Error::new(
                 ErrorKind::NotInitialized,
                 format!(
@@ -210,6 +222,10 @@ pub async fn check_replica(conn: &mut Conn, database: &str) -> Result<()> {
                 ),
             ));
         }
+    }
+    if !found.iter().any(|(_, c)| c == NEWEST_REPLICA_COLUMN) {
+        tracing::info!(%database, "adding the replica tracking columns this version needs");
+        init_replica(conn).await?;
     }
     Ok(())
 }
@@ -769,6 +785,84 @@ impl Record {
             Record::Policy => "column policy",
         }
     }
+}
+
+/// The copy tokens ([`crate::stamps`]) recorded in the replica, by table.
+pub async fn copy_tokens(conn: &mut Conn) -> Result<HashMap<String, Recorded>> {
+    let rows: Vec<(String, String, Option<i64>)> = conn
+        .query(
+            "SELECT `table_name`, `unchanged_token`, TIMESTAMPDIFF(SECOND, `unchanged_at`, UTC_TIMESTAMP(6)) \
+             FROM `etl_copy_status` WHERE `unchanged_token` IS NOT NULL",
+        )
+        .await
+        .map_err(|e| Error::mysql("reading the copy tokens", e))?;
+    Ok(recorded(rows))
+}
+
+/// The load tokens ([`crate::stamps`]) recorded in the warehouse, by table.
+pub async fn load_tokens(client: &Client, schema: &str) -> Result<HashMap<String, Recorded>> {
+    let rows = client
+        .query(
+            &format!(
+                "select table_name::text, unchanged_token::text, \
+                        extract(epoch from now() - unchanged_at)::bigint \
+                 from {} where unchanged_token is not null",
+                ident::pg_qualified(schema, "etl_load_status")
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("reading the load tokens", e))?;
+    Ok(recorded(
+        rows.into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect(),
+    ))
+}
+
+fn recorded(rows: Vec<(String, String, Option<i64>)>) -> HashMap<String, Recorded> {
+    rows.into_iter()
+        .filter_map(|(table, token, age)| {
+            Some((
+                table,
+                Recorded {
+                    token,
+                    age_seconds: age?,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Records the token of a copy of `table` that ran to its end.
+pub async fn save_copy_token(conn: &mut Conn, table: &str, token: &str) -> Result<()> {
+    conn.exec_drop(
+        "UPDATE `etl_copy_status` SET `unchanged_token` = ?, `unchanged_at` = UTC_TIMESTAMP(6) \
+         WHERE `table_name` = ?",
+        (token, table),
+    )
+    .await
+    .map_err(|e| Error::mysql(format!("recording the copy token of `{table}`"), e))
+}
+
+/// Records the token of a load of `table` that ran to its end.
+pub async fn save_load_token(
+    client: &impl GenericClient,
+    schema: &str,
+    table: &str,
+    token: &str,
+) -> Result<()> {
+    client
+        .execute(
+            &format!(
+                "update {} set unchanged_token = $1, unchanged_at = now() where table_name = $2",
+                ident::pg_qualified(schema, "etl_load_status")
+            ),
+            &[&token, &table],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("recording the load token of {table}"), e))?;
+    Ok(())
 }
 
 /// Records `value` as the copy's `record` of `table`.

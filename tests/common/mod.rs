@@ -47,6 +47,9 @@ pub struct TestDb {
     pub source: MySqlSettings,
     pub mysql_admin: MySqlSettings,
     pub pg_admin: PgSettings,
+    /// Runs read every table, whatever the table stamps say (tests of what
+    /// a run does when it reads a table with nothing changed).
+    pub recheck: bool,
 }
 
 impl TestDb {
@@ -130,6 +133,7 @@ impl TestDb {
             },
             mysql_admin,
             pg_admin,
+            recheck: false,
         }
     }
 
@@ -206,6 +210,7 @@ impl TestDb {
             force_full: false,
             allow_mass_delete,
             ignore_time_gap: false,
+            recheck: self.recheck,
             max_workers: 2,
             phases: pipeline::Phases {
                 extract: true,
@@ -365,6 +370,7 @@ impl TestDb {
                 force_full: false,
                 allow_mass_delete: false,
                 ignore_time_gap: false,
+                recheck: self.recheck,
                 max_workers: workers,
                 phases: pipeline::Phases {
                     extract: false,
@@ -390,6 +396,7 @@ impl TestDb {
                 force_full: false,
                 allow_mass_delete: false,
                 ignore_time_gap: false,
+                recheck: self.recheck,
                 max_workers: 2,
                 phases: pipeline::Phases {
                     extract: false,

@@ -3,11 +3,12 @@
 //! An incremental read never sees a deleted row. To find them, the primary-key
 //! sets of a copy (the replica, the warehouse) and of what it is read from
 //! (the source, the replica) are compared without moving the rows: each side
-//! computes, per range of the leading key column, a row count and a sum of a
-//! hash of the key, in the database; only ranges whose aggregates differ are
-//! split again, down to ranges small enough to list their keys. A table of
-//! millions of rows with a handful of deletes costs one aggregate pass over
-//! its key index on each side plus a few small ranges.
+//! computes a row count and a sum of a hash of the key, in the database,
+//! over the whole table first (equal: nothing to do), then per range of the
+//! leading key column; only ranges whose aggregates differ are split again,
+//! down to ranges small enough to list their keys. A table of millions of
+//! rows with a handful of deletes costs two aggregate passes over its key
+//! index on each side plus a few small ranges.
 //!
 //! The hash is integer arithmetic both servers compute alike:
 //! `h = ((k1 mod P) * 31 + (k2 mod P)) mod P …`, then `h * 48271 mod P` with
@@ -279,10 +280,14 @@ impl Side<'_> {
         }
     }
 
-    async fn bounds(&mut self, key: &[String]) -> Result<Option<(i64, i64)>> {
-        let first = &self.columns(key)[0];
+    /// The whole table's key bounds and [`Aggregate`], in one pass.
+    async fn summary(&mut self, key: &[String]) -> Result<(Option<(i64, i64)>, Aggregate)> {
+        let columns = self.columns(key);
+        let first = &columns[0];
         let sql = format!(
-            "SELECT MIN({first}), MAX({first}) {}",
+            "SELECT MIN({first}), MAX({first}), COUNT(*), CAST(SUM({}) AS {}) {}",
+            self.hash(&columns),
+            self.text_type(),
             self.source_clause(first, None)
         );
         let rows = self.rows(&sql).await?;
@@ -291,7 +296,36 @@ impl Side<'_> {
             row.and_then(|r| r[i].as_deref())
                 .and_then(|v| v.parse::<i64>().ok())
         };
-        Ok(value(0).zip(value(1)))
+        let count = value(2).and_then(|c| u64::try_from(c).ok()).unwrap_or(0);
+        self.charge(count).await;
+        let aggregate = Aggregate {
+            count,
+            hash: row.and_then(|r| r[3].clone()).unwrap_or_default(),
+        };
+        Ok((value(0).zip(value(1)), aggregate))
+    }
+
+    /// The hash of a row in aggregates: of its key, and under `reconcile:
+    /// rows` of its content too.
+    fn hash(&self, columns: &[String]) -> String {
+        match self {
+            Side::MySql {
+                row_text: Some(text),
+                ..
+            } => format!(
+                "(({} * 31 + {}) % {MODULUS})",
+                hash_expr(columns),
+                content_hash(text)
+            ),
+            _ => hash_expr(columns),
+        }
+    }
+
+    fn text_type(&self) -> &'static str {
+        match self {
+            Side::MySql { .. } => "CHAR",
+            Side::Pg { .. } => "text",
+        }
     }
 
     async fn buckets(
@@ -307,23 +341,10 @@ impl Side<'_> {
             Side::MySql { .. } => "DIV",
             Side::Pg { .. } => "/",
         };
-        let hash = match self {
-            Side::MySql {
-                row_text: Some(text),
-                ..
-            } => format!(
-                "(({} * 31 + {}) % {MODULUS})",
-                hash_expr(&columns),
-                content_hash(text)
-            ),
-            _ => hash_expr(&columns),
-        };
         let sql = format!(
-            "SELECT ({first} - {lo}) {divide} {width} AS b, COUNT(*), CAST(SUM({hash}) AS {}) {} GROUP BY b",
-            match self {
-                Side::MySql { .. } => "CHAR",
-                Side::Pg { .. } => "text",
-            },
+            "SELECT ({first} - {lo}) {divide} {width} AS b, COUNT(*), CAST(SUM({}) AS {}) {} GROUP BY b",
+            self.hash(&columns),
+            self.text_type(),
             self.source_clause(first, Some((lo, hi)))
         );
         let mut out = HashMap::new();
@@ -401,8 +422,17 @@ async fn differences(
     key: &[String],
     rows: bool,
 ) -> Result<Differences> {
-    let theirs_bounds = reference.bounds(key).await?;
-    let Some((lo, hi)) = (match (copy.bounds(key).await?, theirs_bounds) {
+    // One pass over each side first: most reconciliations find nothing,
+    // and a whole table's aggregate costs half of one by ranges.
+    let (theirs_bounds, theirs_all) = reference.summary(key).await?;
+    let (ours_bounds, ours_all) = copy.summary(key).await?;
+    if theirs_all == ours_all {
+        return Ok(Differences {
+            copy_rows: ours_all.count,
+            ..Differences::default()
+        });
+    }
+    let Some((lo, hi)) = (match (ours_bounds, theirs_bounds) {
         (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
         (Some(ours), None) => Some(ours),
         (None, Some(theirs)) if rows => Some(theirs),

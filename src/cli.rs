@@ -362,6 +362,10 @@ pub struct DemoArgs {
     /// Create the data, config and env file, but do not load.
     #[arg(long)]
     pub setup_only: bool,
+    /// Work another day at an existing demo clinic (--source-db): edit, delete and enter rows
+    /// as between the demo's first two runs, and stop; the next `run --all` reads the day.
+    #[arg(long, conflicts_with = "setup_only")]
+    pub another_day: bool,
     /// Folder for the demo's tables.yml and env file.
     #[arg(long, default_value = "target/etl-demo")]
     pub dir: PathBuf,
@@ -1330,7 +1334,13 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                 setup_only: args.setup_only,
             };
             let ok = match &cli.clinics {
+                Some(_) if args.another_day => {
+                    return Err(Error::config(
+                        "--another-day works at one demo clinic: leave out --clinics",
+                    ));
+                }
                 Some(count) => demo::run_group(&opts, demo_clinics(count)?).await?,
+                None if args.another_day => demo::another_day(&opts).await.map(|()| true)?,
                 None => demo::run(&opts).await?,
             };
             Ok(if ok {

@@ -453,6 +453,32 @@ fn value_expr(name: &str, ty: &SourceType, latin1: bool, n: u64, how: Fill) -> S
     }
 }
 
+/// Works another day at an existing demo clinic (`demo --another-day`):
+/// the changes [`change_source`] makes between the demo's first two runs.
+pub async fn another_day(opts: &DemoOptions) -> Result<()> {
+    let source = opts.source();
+    let mut conn = my::connect(&source).await?;
+    let tables: Vec<String> = conn
+        .exec(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE'",
+            (&source.database,),
+        )
+        .await
+        .map_err(|e| Error::mysql(format!("listing the tables of `{}`", source.database), e))?;
+    if tables.is_empty() {
+        return Err(Error::config(format!(
+            "`{}` holds no demo clinic: run `etl-pipeline demo` first",
+            source.database
+        )));
+    }
+    let changes = change_source(&source, &tables).await?;
+    println!(
+        "the clinic `{}` worked another day: {changes}",
+        source.database
+    );
+    Ok(())
+}
+
 /// What a clinic does between two runs: edits 1% of procedures and 2% of
 /// patients (their edit stamps move), deletes 1% of procedures and 2.5% of
 /// appointments outright, enters new procedures, commlog notes and security

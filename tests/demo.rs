@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestDb, binary, scratch};
+use common::{TestDb, binary, binary_with, scratch};
 use etl_pipeline::demo;
 use etl_pipeline::mysql as my;
 use mysql_async::prelude::Queryable;
@@ -141,6 +141,33 @@ fn the_demo_runs_full_then_incremental_and_verifies_clean() {
     );
     let log = line("securitylog", "extract");
     assert_eq!(log[5], "500", "{second}");
+
+    // Another day at the same clinic: the next run reads what it changed.
+    let day = demo("demo_flow", &dir, &["--another-day"]);
+    assert!(
+        day.contains("worked another day") && day.contains("300 procedurelog rows entered"),
+        "{day}"
+    );
+    let summary = dir.join("day.json");
+    let out = binary_with(&dir.join("demo.env"), &dir.join("tables.yml"))
+        .args(["run", "--all", "--summary-json"])
+        .arg(&summary)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let procedures = summary["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "procedurelog" && t["phase"] == "load")
+        .unwrap();
+    assert_eq!(procedures["rows_inserted"], 300, "{procedures}");
+    assert!(
+        procedures["rows_updated"].as_u64().unwrap() >= 120,
+        "{procedures}"
+    );
 
     let out = binary()
         .args(["demo", "--fixtures", "/nonexistent/fixtures"])

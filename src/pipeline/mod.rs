@@ -439,6 +439,23 @@ impl Skips {
         Ok(skips)
     }
 
+    /// What each hop of `cfg` does this run.
+    fn plan(&self, shared: &Shared<'_>, cfg: &TableConfig) -> Hops {
+        let copy_token = self.copy_token(cfg);
+        let copy_skip = shared.ctx.extract.is_some()
+            && stamps::may_skip(copy_token.as_deref(), self.copy_tokens.get(&cfg.name));
+        let load_token = self.load_token(cfg);
+        // Row reconciliation also repairs hand edits in the warehouse,
+        // which no stamp there shows.
+        let load_skip = (copy_skip || !shared.phases.extract)
+            && cfg.deletes.detection != DeleteDetection::RowReconcile
+            && stamps::may_skip(load_token.as_deref(), self.load_tokens.get(&cfg.name));
+        Hops {
+            copy: (copy_skip, copy_token),
+            load: (load_skip, load_token),
+        }
+    }
+
     /// The copy's token of `cfg` now.
     fn copy_token(&self, cfg: &TableConfig) -> Option<String> {
         stamps::token(
@@ -455,6 +472,22 @@ impl Skips {
             "load",
             [self.load_from.get(&cfg.name), self.warehouse.get(&cfg.name)],
         )
+    }
+}
+
+/// What a table's hops do this run: each whether it is skipped and the
+/// token it records when it runs to its end.
+struct Hops {
+    copy: (bool, Option<String>),
+    /// Skipped only if the copy is too (or there is none): a copy of this
+    /// run that read the table may have changed the replica since its start.
+    load: (bool, Option<String>),
+}
+
+impl Hops {
+    /// Whether every phase the run performs is skipped.
+    fn all_skipped(&self, phases: Phases) -> bool {
+        (!phases.extract || self.copy.0) && (!phases.load || self.load.0)
     }
 }
 
@@ -696,6 +729,10 @@ async fn process_table(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutco
         let why = format!("`{}` not started: the run was asked to stop", cfg.name);
         return vec![not_run(cfg, first_phase, ErrorKind::Interrupted, why)];
     }
+    let hops = shared.skips.plan(shared, cfg);
+    if hops.all_skipped(shared.phases) {
+        return skip_table(shared, cfg).await;
+    }
     let lock = match &shared.ctx.warehouse {
         Some(w) if shared.control.is_some() => match lock_table(shared, w, &cfg.name).await {
             Ok(Some(lock)) => Some(lock),
@@ -707,7 +744,7 @@ async fn process_table(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutco
         },
         _ => None,
     };
-    let outcomes = process_table_phases(shared, cfg).await;
+    let outcomes = process_table_phases(shared, cfg, hops).await;
     if let (Some(lock), Some(w)) = (lock, &shared.ctx.warehouse) {
         unlock_table(shared, lock, w, &cfg.name).await;
     }
@@ -715,18 +752,16 @@ async fn process_table(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutco
     outcomes
 }
 
-async fn process_table_phases(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutcome> {
+async fn process_table_phases(
+    shared: &Shared<'_>,
+    cfg: &TableConfig,
+    hops: Hops,
+) -> Vec<TableOutcome> {
     let mut outcomes = Vec::new();
-    // The load may skip only what the replica held at the run's start: a
-    // copy of this run that read the table may have changed it since.
-    let mut replica_as_at_start = true;
     if shared.phases.extract
         && let Some(ctx) = &shared.ctx.extract
     {
-        let token = shared.skips.copy_token(cfg);
-        let skip = stamps::may_skip(token.as_deref(), shared.skips.copy_tokens.get(&cfg.name));
-        let outcome = extract_one(shared, ctx, cfg, (skip, token)).await;
-        replica_as_at_start = skip;
+        let outcome = extract_one(shared, ctx, cfg, hops.copy).await;
         let failed = outcome.result.is_err();
         outcomes.push(outcome);
         if failed {
@@ -745,15 +780,53 @@ async fn process_table_phases(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<Tab
             .first()
             .and_then(|o| o.result.as_ref().ok())
             .is_some_and(wrote);
-        let token = shared.skips.load_token(cfg).filter(|_| !copy_wrote);
-        // Row reconciliation also repairs hand edits in the warehouse,
-        // which no stamp there shows.
-        let skip = replica_as_at_start
-            && cfg.deletes.detection != DeleteDetection::RowReconcile
-            && stamps::may_skip(token.as_deref(), shared.skips.load_tokens.get(&cfg.name));
-        outcomes.push(load_one(shared, ctx, cfg, (skip, token)).await);
+        let (skip, token) = hops.load;
+        let load = (skip, token.filter(|_| !copy_wrote));
+        outcomes.push(load_one(shared, ctx, cfg, load).await);
     }
     outcomes
+}
+
+/// Records a table every phase of which is skipped, without a run lock:
+/// nothing is read or written but its run history and load status.
+async fn skip_table(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutcome> {
+    let mut phases = Vec::new();
+    if shared.phases.extract && shared.ctx.extract.is_some() {
+        phases.push("extract");
+    }
+    if shared.phases.load && shared.ctx.load.is_some() {
+        phases.push("load");
+    }
+    let report = skipped_report(cfg);
+    let recorded = match shared.control {
+        Some(c) => {
+            tracking::record_skipped(
+                c,
+                shared.schema,
+                (shared.run_id, &cfg.name),
+                &phases,
+                (report.decision.strategy.name(), &report.decision.reason),
+            )
+            .await
+        }
+        None => Ok(()),
+    };
+    if let Err(e) = recorded {
+        tracing::warn!(table = %cfg.name, error = %chain(&e), "run history not written");
+    }
+    phases
+        .into_iter()
+        .map(|phase| {
+            let result = Ok(report.clone());
+            phase_finished(cfg, phase, &result);
+            TableOutcome {
+                table: cfg.name.clone(),
+                phase,
+                result,
+                elapsed: Duration::ZERO,
+            }
+        })
+        .collect()
 }
 
 /// Runs the planned tables through the planned phases, at most

@@ -592,6 +592,40 @@ pub struct HistoryOutcome {
     pub error: Option<String>,
 }
 
+/// Records a table every phase of which this run skipped
+/// ([`crate::stamps`]), in one statement: a finished run-history row per
+/// phase, and, when the load is among them, its load status.
+pub async fn record_skipped(
+    client: &Client,
+    schema: &str,
+    (run_id, table): (&str, &str),
+    phases: &[&str],
+    (strategy, reason): (&str, &str),
+) -> Result<()> {
+    let phases: Vec<String> = phases.iter().map(|p| p.to_string()).collect();
+    let loads = phases.iter().any(|p| p == "load");
+    client
+        .execute(
+            &format!(
+                "with history as ( \
+                   insert into {} (run_id, table_name, phase, status, finished_at, strategy, strategy_reason, \
+                                   zero_dates, warnings) \
+                   select $1, $2, phase, 'success', now(), $4, $5, '{{}}'::jsonb, '[]'::jsonb \
+                   from unnest($3::text[]) as phase) \
+                 insert into {} as s (table_name, load_status, last_error, last_run_id, _created_at, _updated_at) \
+                 select $2, 'success', null, $1, now(), now() where $6 \
+                 on conflict (table_name) do update set load_status = excluded.load_status, \
+                 last_error = excluded.last_error, last_run_id = excluded.last_run_id, _updated_at = now()",
+                ident::pg_qualified(schema, "etl_run_history"),
+                ident::pg_qualified(schema, "etl_load_status")
+            ),
+            &[&run_id, &table, &phases, &strategy, &reason, &loads],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("recording the skipped run of {table}"), e))?;
+    Ok(())
+}
+
 /// Opens a run-history row for a table and phase; returns its id.
 pub async fn begin_history(
     client: &Client,

@@ -4,12 +4,13 @@
 //! file's modification time, an InnoDB table's last commit that touched it
 //! (in memory: unknown after a restart). With the time the table was
 //! created (any `ALTER` re-creates it) and its engine, that is the table's
-//! stamp, read for a whole database in one query at the start of a run.
+//! stamp, read for a whole database in one query at the start of a run
+//! and again as the run reaches its tables.
 //!
 //! When a hop (the copy, source → replica; or the load, replica →
 //! warehouse) of a table ends having done everything it does, it records a
-//! token: a hash of both ends' stamps as the run found them at its start,
-//! the table's config and this version. A later run whose token comes out
+//! token: a hash of both ends' stamps as the run found them before it began
+//! the table, the table's config and this version. A later run whose token comes out
 //! the same skips the hop: neither end changed since a run that started
 //! after every change either end had, and that run left nothing to do. The
 //! warehouse end's "stamp" is the table's identity and shape (PostgreSQL
@@ -21,9 +22,9 @@
 //!   cache that can be a day old);
 //! - MyISAM (not with `myisam_use_mmap`, whose writes can leave the time
 //!   alone) and InnoDB; not Aria, whose time does not move with each write;
-//! - a table last changed at least [`MARGIN_SECONDS`] before the run
-//!   started, so that a change stamped before the run and still becoming
-//!   visible as it started is not taken as seen.
+//! - a table last changed at least [`MARGIN_SECONDS`] before its stamps
+//!   were read, so that a change stamped before and still becoming visible
+//!   then is not taken as seen.
 //!
 //! A token is honoured for at most [`MAX_SKIP_SECONDS`] after it was
 //! recorded; the hop then runs in full again, whatever the stamps say.
@@ -37,8 +38,8 @@ use tokio_postgres::Client;
 use crate::config::TableConfig;
 use crate::error::{Error, Result};
 
-/// How long before a run's start a table must have last changed for its
-/// stamp to count.
+/// How long before its stamps are read a table must have last changed for
+/// its stamp to count.
 pub const MARGIN_SECONDS: i64 = 5;
 
 /// How long a recorded token lets a hop be skipped.

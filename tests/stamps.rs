@@ -43,15 +43,17 @@ const TABLES: &[&str] = &[
     "INSERT INTO `log` (`LogNum`) SELECT seq FROM seq_1_to_50",
 ];
 
-fn config(chart_extra: &str) -> TablesConfig {
-    TablesConfig::parse(&format!(
-        "tables:
+const VISIT_CONFIG: &str = "tables:
   visit:
     extraction_strategy: incremental
     incremental_columns: [DateTStamp]
     primary_incremental_column: DateTStamp
     lookback_seconds: 3600
-    reconcile: keys
+";
+
+fn config(chart_extra: &str) -> TablesConfig {
+    TablesConfig::parse(&format!(
+        "{VISIT_CONFIG}    reconcile: keys
   note:
     extraction_strategy: full_table
   chart:
@@ -232,4 +234,33 @@ async fn a_hop_unchanged_at_both_ends_is_skipped_and_every_change_still_arrives(
         assert!(!skipped(&rechecked, table, "extract"), "{table}");
         assert!(!skipped(&rechecked, table, "load"), "{table}");
     }
+}
+
+/// Direct mode (no replica): the load's ends are the source and the
+/// warehouse, and it is skipped by the same rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_load_unchanged_at_both_ends_is_skipped_and_an_edit_still_arrives() {
+    let db = TestDb::new("stamps_direct").await;
+    db.source_sql(&TABLES[..2]).await;
+    let cfg = TablesConfig::parse(VISIT_CONFIG).unwrap();
+    assert!(db.run_direct(&cfg).await.succeeded());
+    tokio::time::sleep(Duration::from_secs(
+        u64::try_from(MARGIN_SECONDS).unwrap() + 1,
+    ))
+    .await;
+    let recording = db.run_direct(&cfg).await;
+    assert!(!skipped(&recording, "visit", "load"));
+    let quiet = db.run_direct(&cfg).await;
+    assert!(skipped(&quiet, "visit", "load"), "{quiet:?}");
+
+    db.source_sql(&["UPDATE `visit` SET `Fee` = -3 WHERE `VisitNum` = 2"])
+        .await;
+    let changed = db.run_direct(&cfg).await;
+    assert!(changed.succeeded(), "{changed:?}");
+    assert!(!skipped(&changed, "visit", "load"));
+    let fee: Vec<f64> = db
+        .pg_values("select \"Fee\" from raw.visit where \"VisitNum\" = 2")
+        .await;
+    assert_eq!(fee, [-3.0]);
+    assert_eq!(db.pg_count("visit").await, 300);
 }

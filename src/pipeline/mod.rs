@@ -380,15 +380,59 @@ fn phase_finished(cfg: &TableConfig, phase: &str, result: &Result<TableReport>) 
     }
 }
 
-/// What a run knows at its start about the tables it may skip
-/// ([`crate::stamps`]): each end's stamps and the tokens recorded.
+/// Each end's stamps ([`crate::stamps`]), as read at one moment.
 #[derive(Default)]
-struct Skips {
+struct Ends {
     source: Stamps,
     replica: Stamps,
     /// The MySQL database the load reads (the replica, or the source in direct mode).
     load_from: Stamps,
     warehouse: Stamps,
+}
+
+impl Ends {
+    async fn read(ctx: &RunContext, phases: Phases, control: Option<&Client>) -> Result<Ends> {
+        let mut ends = Ends::default();
+        if let Some(extract) = ctx.extract.as_ref().filter(|_| phases.extract) {
+            let mut source = crate::mysql::connect(&extract.source).await?;
+            ends.source = Stamps::read(&mut source, &extract.source.database).await?;
+            let mut replica = crate::mysql::connect(&extract.replica).await?;
+            ends.replica = Stamps::read(&mut replica, &extract.replica.database).await?;
+        }
+        if let (Some(load), Some(client), true) = (&ctx.load, control, phases.load) {
+            let same = ctx
+                .extract
+                .as_ref()
+                .filter(|_| phases.extract)
+                .is_some_and(|e| {
+                    crate::mysql::describe(&e.replica) == crate::mysql::describe(&load.replica)
+                });
+            ends.load_from = if same {
+                ends.replica.clone()
+            } else {
+                let mut conn = crate::mysql::connect(&load.replica).await?;
+                Stamps::read(&mut conn, &load.replica.database).await?
+            };
+            ends.warehouse = stamps::warehouse_shapes(client, &load.warehouse.schema).await?;
+        }
+        Ok(ends)
+    }
+}
+
+/// How long a run goes on deciding by the stamps it read last: a table
+/// decided later reads them again, so that what changed since (and what
+/// the run's own earlier tables wrote more than [`stamps::MARGIN_SECONDS`]
+/// before) counts.
+const STAMPS_FRESH_FOR: Duration = Duration::from_secs(2);
+
+/// What a run knows about the tables it may skip ([`crate::stamps`]): the
+/// tokens recorded, and each end's stamps, read at the run's start and
+/// again as tables are reached.
+#[derive(Default)]
+struct Skips {
+    /// The stamps and when they were read; none on a forced full refresh,
+    /// with `--recheck`, or when they could not be read: every table is read.
+    ends: tokio::sync::Mutex<Option<(Instant, Ends)>>,
     copy_tokens: HashMap<String, Recorded>,
     load_tokens: HashMap<String, Recorded>,
 }
@@ -411,40 +455,57 @@ impl Skips {
     }
 
     async fn try_read(ctx: &RunContext, plan: &RunPlan, control: Option<&Client>) -> Result<Skips> {
-        let mut skips = Skips::default();
+        let mut skips = Skips {
+            ends: tokio::sync::Mutex::new(Some((
+                Instant::now(),
+                Ends::read(ctx, plan.phases, control).await?,
+            ))),
+            ..Skips::default()
+        };
         if let Some(extract) = ctx.extract.as_ref().filter(|_| plan.phases.extract) {
-            let mut source = crate::mysql::connect(&extract.source).await?;
-            skips.source = Stamps::read(&mut source, &extract.source.database).await?;
             let mut replica = crate::mysql::connect(&extract.replica).await?;
-            skips.replica = Stamps::read(&mut replica, &extract.replica.database).await?;
             skips.copy_tokens = tracking::copy_tokens(&mut replica).await?;
         }
         if let (Some(load), Some(client), true) = (&ctx.load, control, plan.phases.load) {
-            let same = ctx
-                .extract
-                .as_ref()
-                .filter(|_| plan.phases.extract)
-                .is_some_and(|e| {
-                    crate::mysql::describe(&e.replica) == crate::mysql::describe(&load.replica)
-                });
-            skips.load_from = if same {
-                skips.replica.clone()
-            } else {
-                let mut conn = crate::mysql::connect(&load.replica).await?;
-                Stamps::read(&mut conn, &load.replica.database).await?
-            };
-            skips.warehouse = stamps::warehouse_shapes(client, &load.warehouse.schema).await?;
             skips.load_tokens = tracking::load_tokens(client, &load.warehouse.schema).await?;
         }
         Ok(skips)
     }
 
-    /// What each hop of `cfg` does this run.
-    fn plan(&self, shared: &Shared<'_>, cfg: &TableConfig) -> Hops {
-        let copy_token = self.copy_token(cfg);
+    /// What each hop of `cfg` does this run, by stamps at most
+    /// [`STAMPS_FRESH_FOR`] old (or the last ones read, if reading them
+    /// again fails).
+    async fn plan(&self, shared: &Shared<'_>, cfg: &TableConfig) -> Hops {
+        let mut ends = self.ends.lock().await;
+        let Some((read_at, current)) = ends.as_mut() else {
+            return Hops::default();
+        };
+        if read_at.elapsed() >= STAMPS_FRESH_FOR {
+            match Ends::read(shared.ctx, shared.phases, shared.control).await {
+                Ok(fresh) => (*read_at, *current) = (Instant::now(), fresh),
+                Err(e) => {
+                    tracing::warn!(error = %chain(&e), "table stamps not read again");
+                }
+            }
+        }
+        let copy_token = stamps::token(
+            cfg,
+            "copy",
+            [
+                current.source.get(&cfg.name),
+                current.replica.get(&cfg.name),
+            ],
+        );
         let copy_skip = shared.ctx.extract.is_some()
             && stamps::may_skip(copy_token.as_deref(), self.copy_tokens.get(&cfg.name));
-        let load_token = self.load_token(cfg);
+        let load_token = stamps::token(
+            cfg,
+            "load",
+            [
+                current.load_from.get(&cfg.name),
+                current.warehouse.get(&cfg.name),
+            ],
+        );
         // Row reconciliation also repairs hand edits in the warehouse,
         // which no stamp there shows.
         let load_skip = (copy_skip || !shared.phases.extract)
@@ -455,28 +516,11 @@ impl Skips {
             load: (load_skip, load_token),
         }
     }
-
-    /// The copy's token of `cfg` now.
-    fn copy_token(&self, cfg: &TableConfig) -> Option<String> {
-        stamps::token(
-            cfg,
-            "copy",
-            [self.source.get(&cfg.name), self.replica.get(&cfg.name)],
-        )
-    }
-
-    /// The load's token of `cfg` now.
-    fn load_token(&self, cfg: &TableConfig) -> Option<String> {
-        stamps::token(
-            cfg,
-            "load",
-            [self.load_from.get(&cfg.name), self.warehouse.get(&cfg.name)],
-        )
-    }
 }
 
 /// What a table's hops do this run: each whether it is skipped and the
 /// token it records when it runs to its end.
+#[derive(Default)]
 struct Hops {
     copy: (bool, Option<String>),
     /// Skipped only if the copy is too (or there is none): a copy of this
@@ -729,7 +773,7 @@ async fn process_table(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutco
         let why = format!("`{}` not started: the run was asked to stop", cfg.name);
         return vec![not_run(cfg, first_phase, ErrorKind::Interrupted, why)];
     }
-    let hops = shared.skips.plan(shared, cfg);
+    let hops = shared.skips.plan(shared, cfg).await;
     if hops.all_skipped(shared.phases) {
         return skip_table(shared, cfg).await;
     }

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestDb, phase_report};
+use common::{Rng, TestDb, exec_on, phase_report};
 use etl_pipeline::config::TablesConfig;
 use etl_pipeline::pipeline::RunReport;
 use etl_pipeline::stamps::{MARGIN_SECONDS, SKIP_REASON};
@@ -263,4 +263,70 @@ async fn a_direct_load_unchanged_at_both_ends_is_skipped_and_an_edit_still_arriv
         .await;
     assert_eq!(fee, [-3.0]);
     assert_eq!(db.pg_count("visit").await, 300);
+}
+
+/// Runs back to back while a clinic edits in bursts with quiet spells
+/// longer than the margin between them, so that tokens are recorded and
+/// edits land just before, during and just after the runs that record or
+/// honour them: when the edits stop, one more run brings every table level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_around_runs_that_record_and_honour_tokens_all_arrive() {
+    let db = TestDb::new("stamps_busy").await;
+    db.source_sql(TABLES).await;
+    let cfg = config("");
+    assert!(db.run_two_hop(&cfg, None).await.succeeded());
+    let source = db.source.clone();
+    let seed = common::setting("ETL_TEST_SEED", 7);
+    let clinic = tokio::spawn(async move {
+        let mut rng = Rng(seed);
+        for _burst in 0..4 {
+            for _ in 0..8 {
+                let n = rng.upto(300) + 1;
+                let statement = match rng.upto(5) {
+                    0 => format!("UPDATE `visit` SET `Fee` = `Fee` + 1 WHERE `VisitNum` = {n}"),
+                    1 => format!(
+                        "UPDATE `chart` SET `Remark` = 'seen {n}' WHERE `ChartNum` = {}",
+                        n % 100 + 1
+                    ),
+                    2 => format!(
+                        "UPDATE `note` SET `Body` = 'edited {n}' WHERE `NoteNum` = {}",
+                        n % 200 + 1
+                    ),
+                    3 => "INSERT INTO `note` (`Body`) VALUES ('added')".to_string(),
+                    4 => format!("DELETE FROM `visit` WHERE `VisitNum` = {n}"),
+                    _ => "INSERT INTO `visit` (`Fee`) VALUES (1)".to_string(),
+                };
+                exec_on(&source, &[&statement]).await;
+                tokio::time::sleep(Duration::from_millis(rng.upto(250))).await;
+            }
+            tokio::time::sleep(Duration::from_millis(
+                u64::try_from(MARGIN_SECONDS).unwrap() * 1000 + 1500,
+            ))
+            .await;
+        }
+    });
+    let mut skipped_hops = 0;
+    while !clinic.is_finished() {
+        let run = db.run_two_hop(&cfg, None).await;
+        assert!(run.succeeded(), "{run:?}");
+        skipped_hops += run
+            .outcomes
+            .iter()
+            .filter(|o| {
+                o.result
+                    .as_ref()
+                    .is_ok_and(|r| r.decision.reason == SKIP_REASON)
+            })
+            .count();
+    }
+    clinic.await.unwrap();
+    assert!(
+        skipped_hops > 0,
+        "the runs skipped nothing: the test shows nothing"
+    );
+    let last = db.run_two_hop(&cfg, None).await;
+    assert!(last.succeeded(), "{last:?}");
+    assert_converged(&db).await;
+    db.assert_replica_same("chart", &["ChartNum"]).await;
+    db.assert_same("chart", &["ChartNum"]).await;
 }

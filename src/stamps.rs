@@ -1,8 +1,7 @@
 //! Skipping a hop whose two ends have not changed.
 //!
 //! MariaDB keeps, per table, when it last changed: a MyISAM table's data
-//! file's modification time, an InnoDB table's last commit that touched it
-//! (in memory: unknown after a restart). With the time the table was
+//! file's modification time. With the time the table was
 //! created (any `ALTER` re-creates it) and its engine, that is the table's
 //! stamp, read for a whole database in one query at the start of a run
 //! and again as the run reaches its tables.
@@ -21,7 +20,10 @@
 //! - MariaDB only (MySQL 8 serves `information_schema` statistics from a
 //!   cache that can be a day old);
 //! - MyISAM (not with `myisam_use_mmap`, whose writes can leave the time
-//!   alone) and InnoDB; not Aria, whose time does not move with each write;
+//!   alone): not InnoDB, which stamps a change with its transaction's start
+//!   (a transaction begun in the second of a stamp a run saw, and committed
+//!   after that run read the table, leaves the stamp as it was), nor Aria,
+//!   whose time does not move with each write;
 //! - a table last changed at least [`MARGIN_SECONDS`] before its stamps
 //!   were read, so that a change stamped before and still becoming visible
 //!   then is not taken as seen.
@@ -92,7 +94,7 @@ impl Stamps {
                 number(&mut row, 3),
                 number(&mut row, 4),
             );
-            let trusted_engine = engine == "InnoDB" || (engine == "MyISAM" && mmap == Some(0));
+            let trusted_engine = engine == "MyISAM" && mmap == Some(0);
             if let (true, Some(updated), Some(created), Some(now)) =
                 (trusted_engine, updated, created, now)
                 && updated <= now - MARGIN_SECONDS

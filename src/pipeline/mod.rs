@@ -615,13 +615,14 @@ async fn extract_one(
     }
 }
 
-/// Loads one table, or skips it (`skip`); on success records `token`, the
-/// load's token at the run's start.
+/// Loads one table; on success records `token`, the load's token before
+/// the table was begun. (A load is skipped only with its copy, by
+/// [`skip_table`].)
 async fn load_one(
     shared: &Shared<'_>,
     ctx: &LoadContext,
     cfg: &TableConfig,
-    (skip, token): (bool, Option<String>),
+    token: Option<String>,
 ) -> TableOutcome {
     let schema = &ctx.warehouse.schema;
     let started = Instant::now();
@@ -634,18 +635,14 @@ async fn load_one(
             let id = tracking::begin_history(c, schema, shared.run_id, &cfg.name, "load")
                 .await
                 .ok();
-            let status = if skip { "success" } else { "running" };
-            let _ = tracking::mark_status(c, schema, &cfg.name, status, None, shared.run_id).await;
+            let _ =
+                tracking::mark_status(c, schema, &cfg.name, "running", None, shared.run_id).await;
             id
         }
         None => None,
     };
-    let mut result = if skip {
-        Ok(skipped_report(cfg))
-    } else {
-        with_retries(cfg, || load_table(ctx, cfg, &opts)).await
-    };
-    if let (Ok(_), Some(token), Some(c), false) = (&result, &token, control, skip)
+    let mut result = with_retries(cfg, || load_table(ctx, cfg, &opts)).await;
+    if let (Ok(_), Some(token), Some(c)) = (&result, &token, control)
         && let Err(e) = tracking::save_load_token(c, schema, &cfg.name, token).await
     {
         result = Err(e);
@@ -824,9 +821,8 @@ async fn process_table_phases(
             .first()
             .and_then(|o| o.result.as_ref().ok())
             .is_some_and(wrote);
-        let (skip, token) = hops.load;
-        let load = (skip, token.filter(|_| !copy_wrote));
-        outcomes.push(load_one(shared, ctx, cfg, load).await);
+        let token = hops.load.1.filter(|_| !copy_wrote);
+        outcomes.push(load_one(shared, ctx, cfg, token).await);
     }
     outcomes
 }

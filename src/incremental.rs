@@ -45,9 +45,38 @@ pub struct Limits {
     /// Microseconds since the run that wrote the stored watermarks began,
     /// by the tracking store's clock; `None` when not known.
     pub since_last_run: Option<i64>,
-    /// The highest key the destination holds, when the table's key is an
-    /// auto-increment integer (`Some(None)`: the destination is empty).
+    /// Where the new-keys pass starts, when the table's key is an
+    /// auto-increment integer: the key through which the last one read
+    /// (`Some(None)`: from the first key). See [`held_key`].
     pub held_key: Option<Option<Value>>,
+}
+
+/// Where a new-keys pass starts: the key through which the last one read,
+/// as the tracking table keeps it (empty: from the first key), else, the
+/// first time, the highest key the destination holds (`highest`, read only
+/// then). The highest key alone is no start: a window or below-bounds pass
+/// of a run stopped before its new-keys pass can have written a row whose
+/// key is above new rows that only that pass finds.
+pub async fn held_key<F>(stored: Option<&str>, highest: F) -> Result<Option<Value>>
+where
+    F: std::future::Future<Output = Result<Option<Value>>>,
+{
+    match stored {
+        Some("") => Ok(None),
+        Some(text) => Ok(Some(key_value(text))),
+        None => highest.await,
+    }
+}
+
+/// An integer key from its text.
+pub fn key_value(text: &str) -> Value {
+    match text.parse::<i64>() {
+        Ok(v) => Value::Int(v),
+        Err(_) => text
+            .parse::<u64>()
+            .map(Value::UInt)
+            .unwrap_or_else(|_| Value::Bytes(text.as_bytes().to_vec())),
+    }
 }
 
 /// Where a watermark column's values may lie in this run.
@@ -193,18 +222,35 @@ pub fn reads_new_keys(source: &SourceTable, key: &[String], columns: &[String]) 
     matches!(key, [k] if source.auto_increment.as_deref() == Some(k.as_str()) && !columns.contains(k))
 }
 
-/// The watermarks of an incremental read, advanced batch by batch.
+/// The watermarks of an incremental read, advanced batch by batch, and how
+/// far its new-keys pass has read.
 #[derive(Debug, Clone)]
 pub struct Marks {
     columns: Vec<String>,
     current: HashMap<String, (Value, StoredWatermark)>,
+    /// The key below which every row has been read by a new-keys pass
+    /// (`Some(None)`: no key yet); `None` where no such pass runs.
+    keys_through: Option<Option<Value>>,
+    /// The highest key of the table read, taken before its passes: once
+    /// every pass has ended, each row up to it has been read by one of them
+    /// (a window, or the new-keys pass for rows no window reads).
+    highest_key: Option<Value>,
 }
 
 impl Marks {
-    /// The marks after a committed batch that read up to `last` (watermark
-    /// value, then key) on `column`; never moves a mark backwards.
-    pub fn advanced(&self, column: Option<&str>, last: Option<&[Value]>) -> Marks {
+    /// The marks after a committed batch of a `kind` pass that read up to
+    /// `last` (watermark value, then key) on `column`, or up to key `last`
+    /// (the new-keys pass); never moves a mark backwards.
+    pub fn advanced(&self, kind: PassKind, column: Option<&str>, last: Option<&[Value]>) -> Marks {
         let mut next = self.clone();
+        if kind == PassKind::NewKeys
+            && let (Some(through), Some([key, ..])) = (&mut next.keys_through, last)
+            && through
+                .as_ref()
+                .is_none_or(|t| compare_values(key, t) == Some(Ordering::Greater))
+        {
+            *through = Some(key.clone());
+        }
         if let (Some(column), Some(last)) = (column, last)
             && let Some((value, mark)) = next.current.get_mut(column)
             && compare_values(&last[0], value) == Some(Ordering::Greater)
@@ -218,12 +264,35 @@ impl Marks {
         next
     }
 
+    /// The marks once every pass has read to its end: the next run's
+    /// new-keys pass starts past the highest key there was before them, so
+    /// its index range stays empty when nothing is new, however long new
+    /// rows arrive through the window alone.
+    pub fn finished(&self) -> Marks {
+        let mut done = self.clone();
+        if let (Some(through), Some(highest)) = (&mut done.keys_through, &self.highest_key)
+            && through
+                .as_ref()
+                .is_none_or(|t| compare_values(highest, t) == Some(Ordering::Greater))
+        {
+            *through = Some(highest.clone());
+        }
+        done
+    }
+
     /// The marks to store, in column order.
     pub fn stored(&self) -> Vec<(String, StoredWatermark)> {
         self.columns
             .iter()
             .filter_map(|c| self.current.get(c).map(|(_, m)| (c.clone(), m.clone())))
             .collect()
+    }
+
+    /// Where the next run's new-keys pass starts ([`crate::tracking::Progress::keys_through`]).
+    pub fn keys_through(&self) -> Option<String> {
+        self.keys_through
+            .as_ref()
+            .map(|k| k.as_ref().and_then(value_to_text).unwrap_or_default())
     }
 
     /// The first watermark column and its value (`last_primary_value`).
@@ -259,8 +328,8 @@ fn earlier(a: Value, b: Option<&Value>) -> Value {
 /// (the load never passes it) or when the server's clock went back since
 /// the last run (a fall-back hour, a clock stepped back): the watermark then
 /// steps back too, so the next hop re-reads what this one re-reads. For a
-/// table with an auto-increment key, one more pass reads the keys past the
-/// highest the destination holds among rows no window reads.
+/// table with an auto-increment key, one more pass reads the keys past
+/// where the last one ended ([`held_key`]) among rows no window reads.
 pub async fn plan_passes(
     mysql: &mut Conn,
     cfg: &TableConfig,
@@ -372,11 +441,21 @@ pub async fn plan_passes(
             after: None,
         });
     }
+    let keys_through = limits
+        .held_key
+        .clone()
+        .filter(|_| reads_new_keys(source, key, columns));
+    let highest_key = match keys_through {
+        Some(_) => my::upper_bound(mysql, &cfg.name, &key[0], &Bound::Open, &Bound::Open).await?,
+        None => None,
+    };
     Ok((
         passes,
         Marks {
             columns: columns.to_vec(),
             current,
+            keys_through,
+            highest_key,
         },
     ))
 }
@@ -567,18 +646,66 @@ mod tests {
         Marks {
             columns: vec!["A".into()],
             current: HashMap::from([("A".to_string(), (Value::Int(10), mark))]),
+            keys_through: Some(Some(Value::Int(50))),
+            highest_key: Some(Value::Int(120)),
         }
     }
 
     #[test]
     fn marks_move_forward_only_and_keep_the_key() {
         let m = marks();
-        let back = m.advanced(Some("A"), Some(&[Value::Int(4), Value::Int(1)]));
+        let window = PassKind::Window;
+        let back = m.advanced(window, Some("A"), Some(&[Value::Int(4), Value::Int(1)]));
         assert_eq!(back.primary(), Some(("A".into(), "10".into())));
-        let on = m.advanced(Some("A"), Some(&[Value::Int(12), Value::Int(7)]));
+        let on = m.advanced(window, Some("A"), Some(&[Value::Int(12), Value::Int(7)]));
         assert_eq!(on.primary(), Some(("A".into(), "12".into())));
         assert_eq!(on.stored()[0].1.key.as_deref(), Some("[\"7\"]"));
-        let none = m.advanced(None, Some(&[Value::Int(99)]));
+        let none = m.advanced(PassKind::OutsideBounds, None, Some(&[Value::Int(99)]));
         assert_eq!(none.primary(), Some(("A".into(), "10".into())));
+    }
+
+    #[test]
+    fn only_the_new_keys_pass_moves_where_it_resumes() {
+        let m = marks();
+        // A row stamped now with a high key, read by the window: the
+        // new-keys pass has not read the keys below it.
+        let window = m.advanced(
+            PassKind::Window,
+            Some("A"),
+            Some(&[Value::Int(12), Value::Int(90)]),
+        );
+        assert_eq!(window.keys_through().as_deref(), Some("50"));
+        let above = m.advanced(PassKind::OutsideBounds, None, Some(&[Value::Int(95)]));
+        assert_eq!(above.keys_through().as_deref(), Some("50"));
+        let read = m.advanced(PassKind::NewKeys, None, Some(&[Value::Int(70)]));
+        assert_eq!(read.keys_through().as_deref(), Some("70"));
+        let lookback = read.advanced(PassKind::NewKeys, None, Some(&[Value::Int(60)]));
+        assert_eq!(lookback.keys_through().as_deref(), Some("70"));
+        let empty = Marks {
+            keys_through: Some(None),
+            ..marks()
+        };
+        assert_eq!(empty.keys_through().as_deref(), Some(""));
+        let first = empty.advanced(PassKind::NewKeys, None, Some(&[Value::Int(3)]));
+        assert_eq!(first.keys_through().as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn a_finished_read_resumes_past_the_highest_key_before_it() {
+        let m = marks();
+        assert_eq!(m.finished().keys_through().as_deref(), Some("120"));
+        let past = m.advanced(PassKind::NewKeys, None, Some(&[Value::Int(130)]));
+        assert_eq!(past.finished().keys_through().as_deref(), Some("130"));
+        let empty_table = Marks {
+            keys_through: Some(None),
+            highest_key: None,
+            ..marks()
+        };
+        assert_eq!(empty_table.finished().keys_through().as_deref(), Some(""));
+        let no_pass = Marks {
+            keys_through: None,
+            ..marks()
+        };
+        assert_eq!(no_pass.finished().keys_through(), None);
     }
 }

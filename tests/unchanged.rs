@@ -153,8 +153,8 @@ async fn a_run_after_no_change_reads_nothing_and_every_change_still_arrives() {
 }
 
 /// Tracking tables an earlier version made (without the columns the load
-/// keeps its fingerprints and both hops their tokens in) gain them at the
-/// next run.
+/// keeps its fingerprints, both hops their tokens and where their new-keys
+/// passes resume in) gain them at the next run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracking_tables_of_an_earlier_version_gain_the_new_columns() {
     let mut db = TestDb::new("unchanged_upgrade").await;
@@ -169,12 +169,13 @@ async fn tracking_tables_of_an_earlier_version_gain_the_new_columns() {
     warehouse
         .batch_execute(
             "alter table raw.etl_load_status drop column window_fingerprint, \
-             drop column unchanged_token, drop column unchanged_at",
+             drop column unchanged_token, drop column unchanged_at, drop column keys_through",
         )
         .await
         .unwrap();
     db.mysql(&[
-        "ALTER TABLE `etl_copy_status` DROP COLUMN `unchanged_token`, DROP COLUMN `unchanged_at`",
+        "ALTER TABLE `etl_copy_status` DROP COLUMN `unchanged_token`, DROP COLUMN `unchanged_at`, \
+         DROP COLUMN `keys_through`",
     ])
     .await;
     let cfg = config();
@@ -186,10 +187,11 @@ async fn tracking_tables_of_an_earlier_version_gain_the_new_columns() {
     let tokens = db
         .replica_count(
             "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
-             AND TABLE_NAME = 'etl_copy_status' AND COLUMN_NAME IN ('unchanged_token', 'unchanged_at')",
+             AND TABLE_NAME = 'etl_copy_status' \
+             AND COLUMN_NAME IN ('unchanged_token', 'unchanged_at', 'keys_through')",
         )
         .await;
-    assert_eq!(tokens, 2);
+    assert_eq!(tokens, 3);
 }
 
 /// A masked column's values differ in the replica by design, so the copy

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{PATPLAN, TestDb, phase_report};
 use etl_pipeline::config::TablesConfig;
+use mysql_async::prelude::Queryable;
 
 const VISIT: &str = "CREATE TABLE `visit` (
   `VisitNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -374,4 +375,74 @@ async fn row_reconciliation_repairs_what_no_watermark_sees_on_both_hops() {
     }
     let history = db.last_history("claimproc", "load").await;
     assert_eq!(history.get::<_, i64>("rows_repaired"), 5);
+}
+
+/// A run stopped between its passes leaves in the destination rows the
+/// window read (stamped now, the highest keys) while rows with lower keys
+/// and old stamps, which only the new-keys pass finds, are still unread.
+/// The next run's new-keys pass must start where the last one read, not at
+/// the highest key the destination holds. Here the stopped run's batch is
+/// written by hand: one window row, in the replica and in the warehouse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_a_stopped_run_left_unread_below_the_keys_it_wrote_still_arrive() {
+    let db = TestDb::new("wm_keys_through").await;
+    db.source_sql(&[VISIT, &fill_visits(300)]).await;
+    let cfg = TablesConfig::parse(
+        "tables:
+  visit:
+    extraction_strategy: incremental
+    incremental_columns: [DateTStamp]
+    primary_incremental_column: DateTStamp
+    batch_size: 500
+    lookback_seconds: 2
+    lookback_keys: 1
+",
+    )
+    .unwrap();
+    assert!(db.run_two_hop(&cfg, None).await.succeeded());
+    assert!(db.run_two_hop(&cfg, None).await.succeeded());
+    db.source_sql(&[
+        "INSERT INTO `visit` (`PatNum`, `Fee`, `DateTStamp`) VALUES (1, 11, '2015-03-03 10:00:00')",
+        "INSERT INTO `visit` (`PatNum`, `Fee`) VALUES (2, 12), (3, 13), (4, 14)",
+    ])
+    .await;
+    let mut source_conn = etl_pipeline::mysql::connect(&db.source).await.unwrap();
+    let top: u64 = source_conn
+        .query_first("SELECT MAX(`VisitNum`) FROM `visit`")
+        .await
+        .unwrap()
+        .unwrap();
+    let (source, replica) = (&db.source.database, &db.ctx.replica.database);
+    db.mysql(&[&format!(
+        "INSERT INTO `{replica}`.`visit` SELECT * FROM `{source}`.`visit` WHERE `VisitNum` = {top}"
+    )])
+    .await;
+    db.pg()
+        .await
+        .batch_execute(&format!(
+            "insert into raw.visit (\"VisitNum\", \"PatNum\", \"Fee\", \"DateTStamp\") \
+             values ({top}, 4, 14, now())"
+        ))
+        .await
+        .unwrap();
+    let run = db.run_two_hop(&cfg, None).await;
+    assert!(run.succeeded(), "{run:?}");
+    db.assert_replica_same("visit", &["VisitNum"]).await;
+    db.assert_same("visit", &["VisitNum"]).await;
+    for phase in ["extract", "load"] {
+        let visit = phase_report(&run, "visit", phase);
+        assert!(visit.rows_new_keys >= 1, "{phase}: {visit:?}");
+    }
+    // A run that read to its end resumes past the highest key it began
+    // with, so the next one's key range holds nothing old to step over.
+    let copied = db
+        .replica_count(
+            "SELECT CAST(`keys_through` AS UNSIGNED) FROM `etl_copy_status` WHERE `table_name` = 'visit'",
+        )
+        .await;
+    assert_eq!(copied, top);
+    let loaded: Vec<Option<String>> = db
+        .pg_values("select keys_through from raw.etl_load_status where table_name = 'visit'")
+        .await;
+    assert_eq!(loaded, vec![Some(top.to_string())]);
 }

@@ -634,7 +634,8 @@ pub async fn copy_table(
             }
         }
         Strategy::Incremental { columns } => {
-            incremental_copy(&job, source, replica, &stored, columns, &mut report).await?
+            let stored = (&stored, state.keys_through.as_deref());
+            incremental_copy(&job, source, replica, stored, columns, &mut report).await?
         }
     }
     if reconcile::applies(&cfg.deletes, &decision.strategy) {
@@ -832,6 +833,7 @@ impl CopyJob<'_> {
         strategy: &'static str,
     ) -> Progress {
         Progress {
+            keys_through: None,
             window_fingerprints: None,
             watermarks: marks,
             replace_all,
@@ -1111,18 +1113,20 @@ async fn unchanged_dropped(
     ))
 }
 
+/// `stored`: the watermarks by column, and where the new-keys pass resumes.
 async fn incremental_copy(
     job: &CopyJob<'_>,
     mut source: Conn,
     mut replica: Conn,
-    stored: &HashMap<String, StoredWatermark>,
+    (stored, keys_through): (&HashMap<String, StoredWatermark>, Option<&str>),
     columns: &[String],
     report: &mut TableReport,
 ) -> Result<()> {
     let cfg = job.cfg;
     let held_key = if incremental::reads_new_keys(job.table, job.key, columns) {
         let all = my::Bound::Open;
-        Some(my::upper_bound(&mut replica, &cfg.name, &job.key[0], &all, &all).await?)
+        let highest = my::upper_bound(&mut replica, &cfg.name, &job.key[0], &all, &all);
+        Some(incremental::held_key(keys_through, highest).await?)
     } else {
         None
     };
@@ -1149,8 +1153,9 @@ async fn incremental_copy(
         bytes: 0,
     };
     let (mut rx, reader) = spawn_reader(source, job.spec(), ReadJob::Passes(passes), encoder);
-    let progress_of = |marks: &Marks, rows: u64, status| {
-        job.progress(
+    let progress_of = |marks: &Marks, rows: u64, status| Progress {
+        keys_through: marks.keys_through(),
+        ..job.progress(
             marks.stored(),
             marks.primary(),
             rows,
@@ -1161,7 +1166,11 @@ async fn incremental_copy(
     };
     while let Some(batch) = rx.recv().await {
         let batch = batch?;
-        let next = marks.advanced(batch.watermark.as_deref(), batch.last.as_deref());
+        let next = marks.advanced(
+            batch.kind,
+            batch.watermark.as_deref(),
+            batch.last.as_deref(),
+        );
         report.count_pass(batch.kind, batch.rows);
         let mut tx = replica
             .start_transaction(TxOpts::default())
@@ -1191,7 +1200,7 @@ async fn incremental_copy(
     }
     my::finish_reader(reader, &cfg.name).await?;
     let progress = progress_of(
-        &marks,
+        &marks.finished(),
         report.rows_inserted + report.rows_updated,
         "success",
     );

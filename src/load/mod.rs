@@ -542,7 +542,8 @@ async fn load_once(
         Strategy::Incremental { columns }
             if incremental::reads_new_keys(&prepared.source, &prepared.key, columns) =>
         {
-            Some(highest_key(&client, schema, &cfg.name, &prepared.key[0]).await?)
+            let highest = highest_key(&client, schema, &cfg.name, &prepared.key[0]);
+            Some(incremental::held_key(prepared.state.keys_through.as_deref(), highest).await?)
         }
         _ => None,
     };
@@ -989,13 +990,7 @@ async fn highest_key(
         .await
         .map_err(|e| Error::postgres(format!("reading the highest key of {target}"), e))?;
     let text: Option<String> = row.get(0);
-    Ok(text.map(|t| match t.parse::<i64>() {
-        Ok(v) => Value::Int(v),
-        Err(_) => t
-            .parse::<u64>()
-            .map(Value::UInt)
-            .unwrap_or(Value::Bytes(t.into_bytes())),
-    }))
+    Ok(text.as_deref().map(incremental::key_value))
 }
 
 impl Job<'_> {
@@ -1100,6 +1095,7 @@ async fn full_load(
     };
     let primary = marks.first().map(|(c, m)| (c.clone(), m.value.clone()));
     let progress = Progress {
+        keys_through: None,
         window_fingerprints: None,
         watermarks: marks.clone(),
         replace_all: true,
@@ -1211,6 +1207,7 @@ async fn incremental_load(
         CopyEncoder::new(prepared.plan.clone()),
     );
     let progress_of = |marks: &Marks, rows: u64, status| Progress {
+        keys_through: marks.keys_through(),
         window_fingerprints: (status == "success").then(|| incremental::probes_json(&kept)),
         primary: marks.primary(),
         watermarks: marks.stored(),
@@ -1223,7 +1220,11 @@ async fn incremental_load(
     };
     while let Some(batch) = rx.recv().await {
         let batch = batch?;
-        let next = marks.advanced(batch.watermark.as_deref(), batch.last.as_deref());
+        let next = marks.advanced(
+            batch.kind,
+            batch.watermark.as_deref(),
+            batch.last.as_deref(),
+        );
         report.count_pass(batch.kind, batch.rows);
         let tx = client
             .transaction()
@@ -1255,7 +1256,7 @@ async fn incremental_load(
     }
     my::finish_reader(reader, &cfg.name).await?;
     let progress = progress_of(
-        &marks,
+        &marks.finished(),
         report.rows_inserted + report.rows_updated,
         "success",
     );

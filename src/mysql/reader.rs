@@ -23,8 +23,8 @@ pub enum ReadRange {
     /// `column < min`: rows stamped before the quality bounds (zero and
     /// sentinel dates, 1902), looked at every run for the same reason.
     Below { min: Value },
-    /// The ordering key (one integer column) past `held`, the highest key
-    /// the destination holds, among rows no window of this run reads: on
+    /// The ordering key (one integer column) past `held`, the key through
+    /// which the last such read went, among rows no window of this run reads: on
     /// each `(column, from, below)`, `column` is NULL or lies in
     /// `[from, below)`. New rows with a backdated stamp arrive this way.
     KeysAbove {

@@ -28,7 +28,7 @@ pub const WAREHOUSE_TABLES: [&str; 4] = [
 
 /// The column of `etl_load_status` added last: tracking tables without it
 /// were made by an earlier version.
-const NEWEST_WAREHOUSE_COLUMN: &str = "unchanged_at";
+const NEWEST_WAREHOUSE_COLUMN: &str = "keys_through";
 
 fn warehouse_ddl(schema: &str) -> Vec<String> {
     let t = |name: &str| ident::pg_qualified(schema, name);
@@ -59,7 +59,8 @@ fn warehouse_ddl(schema: &str) -> Vec<String> {
                 add column if not exists column_policy text,
                 add column if not exists window_fingerprint text,
                 add column if not exists unchanged_token varchar(64),
-                add column if not exists unchanged_at timestamptz",
+                add column if not exists unchanged_at timestamptz,
+                add column if not exists keys_through varchar(40)",
             t("etl_load_status")
         ),
         format!(
@@ -158,18 +159,20 @@ const REPLICA_WATERMARK_DDL: &str = "CREATE TABLE IF NOT EXISTS `etl_copy_waterm
 /// Columns `etl_copy_status` gained after the old system: when the table's
 /// keys were last reconciled with the source, copies since, the source's
 /// checksum taken before the last full copy, the column policy the copy
-/// holds, and the token of the last complete copy ([`crate::stamps`]).
+/// holds, the token of the last complete copy ([`crate::stamps`]), and how
+/// far the new-keys pass has read ([`Progress::keys_through`]).
 const REPLICA_STATUS_COLUMNS: &str = "ALTER TABLE `etl_copy_status`
     ADD COLUMN IF NOT EXISTS `last_reconciled` datetime(6) NULL,
     ADD COLUMN IF NOT EXISTS `runs_since_reconcile` int NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS `source_checksum` varchar(20) NULL,
     ADD COLUMN IF NOT EXISTS `column_policy` text NULL,
     ADD COLUMN IF NOT EXISTS `unchanged_token` varchar(64) NULL,
-    ADD COLUMN IF NOT EXISTS `unchanged_at` datetime(6) NULL";
+    ADD COLUMN IF NOT EXISTS `unchanged_at` datetime(6) NULL,
+    ADD COLUMN IF NOT EXISTS `keys_through` varchar(40) NULL";
 
 /// The column of `etl_copy_status` added last: a replica without it was
 /// made by an earlier version.
-const NEWEST_REPLICA_COLUMN: &str = "unchanged_at";
+const NEWEST_REPLICA_COLUMN: &str = "keys_through";
 
 /// `last_reconciled` to the microsecond, as in the warehouse (a replica
 /// made before it was kept to the second).
@@ -294,12 +297,20 @@ pub async fn save_copy_progress(
     };
     conn.exec_drop(
         "INSERT INTO `etl_copy_status` (`table_name`, `last_copied`, `last_primary_value`, `primary_column_name`, \
-                                        `rows_copied`, `copy_status`) VALUES (?, NOW(), ?, ?, ?, ?) \
+                                        `rows_copied`, `copy_status`, `keys_through`) VALUES (?, NOW(), ?, ?, ?, ?, ?) \
          ON DUPLICATE KEY UPDATE `last_copied` = NOW(), \
            `last_primary_value` = COALESCE(VALUES(`last_primary_value`), `last_primary_value`), \
            `primary_column_name` = COALESCE(VALUES(`primary_column_name`), `primary_column_name`), \
-           `rows_copied` = VALUES(`rows_copied`), `copy_status` = VALUES(`copy_status`)",
-        (table, primary_value, primary_column, progress.rows_loaded, progress.status),
+           `rows_copied` = VALUES(`rows_copied`), `copy_status` = VALUES(`copy_status`), \
+           `keys_through` = VALUES(`keys_through`)",
+        (
+            table,
+            primary_value,
+            primary_column,
+            progress.rows_loaded,
+            progress.status,
+            &progress.keys_through,
+        ),
     )
     .await
     .map_err(err)
@@ -427,6 +438,13 @@ pub struct Progress {
     /// MySQL side before reading ([`crate::incremental::probes_json`]),
     /// kept with its success; any other progress clears them.
     pub window_fingerprints: Option<String>,
+    /// The key below which the new-keys pass has read every row (text; empty
+    /// for "no key yet"): where the next run's pass starts. Kept apart from
+    /// the highest key the destination holds, which other passes raise (a
+    /// row stamped now, read by the window) past rows with lower keys and
+    /// old stamps that only the new-keys pass can find. `None` where no
+    /// new-keys pass runs (a full refresh clears it).
+    pub keys_through: Option<String>,
 }
 
 /// The tracking store's clock at the start of a phase, and how long ago the
@@ -520,8 +538,8 @@ pub async fn save_progress(
         &format!(
             "insert into {} as s (table_name, last_loaded, last_primary_value, primary_column_name, rows_loaded, \
                                   load_status, _loaded_at, _created_at, _updated_at, last_strategy, last_error, last_run_id, \
-                                  window_fingerprint) \
-             values ($1, now(), $2, $3, $4::bigint, $5, now(), now(), now(), $6, null, $7, $8) \
+                                  window_fingerprint, keys_through) \
+             values ($1, now(), $2, $3, $4::bigint, $5, now(), now(), now(), $6, null, $7, $8, $9) \
              on conflict (table_name) do update set \
                last_loaded = now(), \
                last_primary_value = coalesce(excluded.last_primary_value, s.last_primary_value), \
@@ -529,7 +547,7 @@ pub async fn save_progress(
                rows_loaded = excluded.rows_loaded, load_status = excluded.load_status, \
                _loaded_at = now(), _updated_at = now(), last_strategy = excluded.last_strategy, \
                last_error = null, last_run_id = excluded.last_run_id, \
-               window_fingerprint = excluded.window_fingerprint",
+               window_fingerprint = excluded.window_fingerprint, keys_through = excluded.keys_through",
             ident::pg_qualified(schema, "etl_load_status")
         ),
         &[
@@ -541,6 +559,7 @@ pub async fn save_progress(
             &progress.strategy,
             &progress.run_id,
             &progress.window_fingerprints,
+            &progress.keys_through,
         ],
     )
     .await
@@ -735,6 +754,8 @@ pub struct PhaseState {
     /// What the last incremental load that succeeded found in the ranges
     /// it re-reads (loads only).
     pub window_fingerprints: Option<String>,
+    /// Where the new-keys pass resumes ([`Progress::keys_through`]).
+    pub keys_through: Option<String>,
 }
 
 impl PhaseState {
@@ -755,7 +776,7 @@ pub async fn copy_state(conn: &mut Conn, table: &str) -> Result<PhaseState> {
         .exec_first(
             "SELECT IF(`rows_copied` IS NULL, NULL, TIMESTAMPDIFF(SECOND, `last_copied`, NOW())), \
                     `source_checksum`, TIMESTAMPDIFF(SECOND, `last_reconciled`, NOW()), `runs_since_reconcile`, \
-                    COALESCE(`column_policy`, '') \
+                    COALESCE(`column_policy`, ''), `keys_through` \
              FROM `etl_copy_status` WHERE `table_name` = ?",
             (table,),
         )
@@ -768,6 +789,7 @@ pub async fn copy_state(conn: &mut Conn, table: &str) -> Result<PhaseState> {
         runs_since_reconcile: r.get::<i64, _>(3).unwrap_or(0),
         policy: r.get::<String, _>(4).unwrap_or_default(),
         window_fingerprints: None,
+        keys_through: r.get::<Option<String>, _>(5).flatten(),
     }))
 }
 
@@ -778,7 +800,7 @@ pub async fn load_state(client: &Client, schema: &str, table: &str) -> Result<Ph
             &format!(
                 "select case when last_strategy is not null then extract(epoch from now() - last_loaded)::bigint end, \
                         source_checksum::text, extract(epoch from now() - last_reconciled)::bigint, \
-                        runs_since_reconcile::bigint, coalesce(column_policy, ''), window_fingerprint \
+                        runs_since_reconcile::bigint, coalesce(column_policy, ''), window_fingerprint, keys_through \
                  from {} where table_name = $1",
                 ident::pg_qualified(schema, "etl_load_status")
             ),
@@ -793,6 +815,7 @@ pub async fn load_state(client: &Client, schema: &str, table: &str) -> Result<Ph
         runs_since_reconcile: r.get(3),
         policy: r.get(4),
         window_fingerprints: r.get(5),
+        keys_through: r.get(6),
     }))
 }
 

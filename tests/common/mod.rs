@@ -409,7 +409,6 @@ impl TestDb {
         .unwrap()
     }
 
-    /// Number of rows in a warehouse table.
     /// The first column of what a query gives in the warehouse.
     pub async fn pg_values<T: for<'a> tokio_postgres::types::FromSql<'a>>(
         &self,
@@ -419,6 +418,7 @@ impl TestDb {
         rows.iter().map(|r| r.get(0)).collect()
     }
 
+    /// Number of rows in a warehouse table.
     pub async fn pg_count(&self, table: &str) -> i64 {
         let client = self.pg().await;
         let sql = format!("select count(*) from {}", ident::pg_qualified("raw", table));

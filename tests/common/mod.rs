@@ -715,6 +715,7 @@ impl PrivateMariaDb {
                 "--auth-root-authentication-method=normal",
             ])
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", dir.display()))
             .output()
             .expect("mariadb-install-db must be installed for this test");
         assert!(
@@ -741,6 +742,11 @@ impl PrivateMariaDb {
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--socket={}", dir.join("sock").display()))
             .arg(format!("--pid-file={}", dir.join("pid").display()))
+            // A temporary folder of its own (here and for the install): at
+            // start a server clears the temporary tables it finds there,
+            // which in /tmp are the live ones of the machine's own server
+            // (whose queries then fail).
+            .arg(format!("--tmpdir={}", dir.display()))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

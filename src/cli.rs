@@ -25,6 +25,8 @@ use crate::mysql::RateLimit;
 use crate::pipeline::{self, IfLocked, Phases, RunContext, RunPlan, render_summary};
 use crate::schema::ident;
 use crate::shutdown::{self, Stop};
+use crate::status;
+use crate::tracking::RunOrigin;
 use crate::verify::{self, VerifyContext};
 use crate::{mysql as my, postgres as pg, tracking};
 
@@ -95,6 +97,28 @@ pub enum Command {
     /// Record dbt's progress in the warehouse's etl_transform_status.
     #[command(subcommand)]
     Transform(TransformCommand),
+    /// Run the config's schedules and serve the operator's page, metrics and API over HTTP.
+    Serve(ServeArgs),
+}
+
+/// Arguments of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; one other machines can reach needs ETL_SERVE_TOKEN.
+    #[arg(long, value_name = "ADDR", default_value = crate::serve::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// Tables each run processes at once (default: one per core, 2 to 8).
+    #[arg(
+        long,
+        default_value_t = pipeline::default_max_workers(),
+        hide_default_value = true,
+        value_parser = parse_workers
+    )]
+    pub max_workers: usize,
+    /// Command run for each alert, the alert as JSON on standard input
+    /// (default: ETL_ALERT_COMMAND).
+    #[arg(long, value_name = "CMD")]
+    pub on_alert: Option<String>,
 }
 
 /// `transform` subcommands.
@@ -152,6 +176,18 @@ pub enum Category {
     Medium,
     Small,
     Tiny,
+}
+
+impl From<crate::config::PerformanceCategory> for Category {
+    fn from(category: crate::config::PerformanceCategory) -> Category {
+        use crate::config::PerformanceCategory as P;
+        match category {
+            P::Large => Category::Large,
+            P::Medium => Category::Medium,
+            P::Small => Category::Small,
+            P::Tiny => Category::Tiny,
+        }
+    }
 }
 
 impl Category {
@@ -403,7 +439,7 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Turns the first Ctrl-C or SIGTERM into a stop request (tables finish
 /// the batch in hand and commit) and the second into an immediate exit.
-fn stop_on_signals() -> Stop {
+pub(crate) fn stop_on_signals() -> Stop {
     let (handle, stop) = shutdown::channel();
     tokio::spawn(async move {
         let mut term =
@@ -456,7 +492,7 @@ async fn run_tables(
         args,
         env,
         notifier,
-        stop_on_signals(),
+        (stop_on_signals(), RunOrigin::manual(pipeline::new_run_id())),
         args.max_workers,
     )
     .await?;
@@ -479,14 +515,14 @@ fn run_exit_code(report: &pipeline::RunReport) -> ExitCode {
 }
 
 /// Runs the tables `args` selects in environment `env` (a clinic's, in a
-/// group), with `workers` tables at once; records the column policy
-/// changes and prunes the history once it is done.
-async fn run_in(
+/// group), with `workers` tables at once, as `origin` says; records the
+/// column policy changes and prunes the history once it is done.
+pub(crate) async fn run_in(
     tables_file: &std::path::Path,
     args: &RunArgs,
     env: &Env,
     notifier: &Notifier,
-    stop: Stop,
+    (stop, origin): (Stop, RunOrigin),
     workers: usize,
 ) -> Result<pipeline::RunReport> {
     let config = TablesConfig::load(tables_file)?;
@@ -527,6 +563,7 @@ async fn run_in(
             max_workers: workers,
             phases,
             if_locked,
+            origin,
         },
     )
     .await?;
@@ -668,54 +705,9 @@ async fn status_in(
     env: &Env,
     args: &StatusArgs,
 ) -> Result<(ExitCode, Option<serde_json::Value>)> {
-    let warehouse = env.warehouse()?;
-    let client = pg::connect(&warehouse).await?;
-    tracking::check_warehouse(&client, &warehouse.schema).await?;
-    let mut lines = tracking::status_lines(&client, &warehouse.schema).await?;
-    if env.mode()? == Mode::Replica
-        && let Ok(replica) = env.replica()
-    {
-        let mut conn = my::connect(&replica).await?;
-        tracking::check_replica(&mut conn, &replica.database).await?;
-        tracking::add_copy_status(&mut conn, &mut lines).await?;
-    }
-    if !args.no_lag {
-        let (against, lag_db) = match (env.mode()?, env.source()) {
-            (_, Ok(source)) => ("source", source),
-            (Mode::Replica, Err(_)) => ("replica", env.replica()?),
-            (Mode::Direct, Err(e)) => return Err(e),
-        };
-        let config = TablesConfig::load(&cli.tables).ok();
-        let skew = |table: &str| {
-            config.as_ref().and_then(|c| c.get(table).ok()).map_or(
-                crate::config::DEFAULT_CLOCK_SKEW_SECONDS,
-                crate::config::TableConfig::skew_allowance,
-            )
-        };
-        // The source down is when an operator needs the rest most: the lag
-        // is marked unknown, with the reason, and the tracking still shows.
-        let measured = match my::connect(&lag_db).await {
-            Ok(mut conn) => {
-                tracking::add_lag(&mut conn, &lag_db.database, &mut lines, skew).await?;
-                format!(
-                    "lag measured against the {against}, {}",
-                    my::describe(&lag_db)
-                )
-            }
-            Err(e) => {
-                let why = format!("unknown: {}", crate::error::chain(&e));
-                for line in &mut lines {
-                    line.lag_note = Some(why.clone());
-                }
-                format!(
-                    "lag unknown: the {against} cannot be reached ({})",
-                    my::describe(&lag_db)
-                )
-            }
-        };
-        if args.format == StatusFormat::Table {
-            println!("{measured}");
-        }
+    let (lines, measured) = status::gather(env, &cli.tables, !args.no_lag).await?;
+    if let (Some(measured), StatusFormat::Table) = (measured, args.format) {
+        println!("{measured}");
     }
     if args.format == StatusFormat::Json {
         let json = serde_json::to_value(&lines)
@@ -1161,7 +1153,15 @@ async fn run_group(
             let outcome = async {
                 let env = clinic.env(base)?;
                 let (handle, clinic_stop) = shutdown::channel();
-                let run = run_in(&cli.tables, args, &env, &notifier, clinic_stop, workers);
+                let origin = RunOrigin::manual(pipeline::new_run_id());
+                let run = run_in(
+                    &cli.tables,
+                    args,
+                    &env,
+                    &notifier,
+                    (clinic_stop, origin),
+                    workers,
+                );
                 within_deadline(run, handle, stop, limit).await
             }
             .await;
@@ -1487,6 +1487,17 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             outcome
         }
         Command::Status(ref args) => status_command(&cli, args).await,
+        Command::Serve(args) => {
+            let env = Env::load(cli.env_file.as_deref())?;
+            let opts = crate::serve::ServeOptions {
+                listen: args.listen,
+                tables_file: cli.tables.clone(),
+                max_workers: args.max_workers,
+                on_alert: args.on_alert,
+            };
+            crate::serve::serve(opts, env).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schedule(_) => Err(Error::config(
             "schedule runs a dental group: give its file with --clinics FILE",
         )),

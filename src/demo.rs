@@ -28,6 +28,7 @@ use crate::load::LoadContext;
 use crate::pipeline::{self, IfLocked, Phases, RunContext, RunPlan, RunReport};
 use crate::schema::{SourceType, ident};
 use crate::shutdown::Stop;
+use crate::tracking::RunOrigin;
 use crate::verify::{self, VerifyContext};
 use crate::{mysql as my, postgres as pg};
 
@@ -662,6 +663,7 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
             load: true,
         },
         if_locked: IfLocked::Skip,
+        origin: RunOrigin::manual(pipeline::new_run_id()),
     };
     let mut ok = true;
     for (i, (label, title)) in [

@@ -5,20 +5,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{TestDb, binary_with, scratch, text};
+use common::{PATIENTS_AND_DEFINITIONS, TestDb, binary_with, scratch, text};
 
 fn run(env: &Path, tables: &Path, args: &[&str]) -> Output {
     binary_with(env, tables).args(args).output().unwrap()
 }
-
-/// 40 patients (incremental on `DateTStamp`) and 12 definitions (full).
-const PATIENTS_AND_DEFINITIONS: [&str; 4] = [
-    "CREATE TABLE `patient` (`PatNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, `LName` varchar(100) NOT NULL, \
-     `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP, KEY (`DateTStamp`))",
-    "INSERT INTO `patient` (`LName`) SELECT CONCAT('Lee', seq) FROM seq_1_to_40",
-    "CREATE TABLE `definition` (`DefNum` bigint NOT NULL PRIMARY KEY, `ItemName` varchar(255) NOT NULL)",
-    "INSERT INTO `definition` SELECT seq, CONCAT('def ', seq) FROM seq_1_to_12",
-];
 
 /// A table's line of `status --format json`.
 fn status_of(env: &Path, tables: &Path, table: &str) -> serde_json::Value {

@@ -289,6 +289,7 @@ async fn direct_mode_loads_the_warehouse_straight_from_the_source() {
             load: false,
         },
         if_locked: Default::default(),
+        origin: etl_pipeline::tracking::RunOrigin::manual(etl_pipeline::pipeline::new_run_id()),
     };
     let err = etl_pipeline::pipeline::run(&ctx, plan.clone())
         .await
@@ -301,6 +302,7 @@ async fn direct_mode_loads_the_warehouse_straight_from_the_source() {
             load: true,
         },
         if_locked: Default::default(),
+        origin: etl_pipeline::tracking::RunOrigin::manual(etl_pipeline::pipeline::new_run_id()),
         ..plan
     };
     let run = etl_pipeline::pipeline::run(&ctx, plan).await.unwrap();

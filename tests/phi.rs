@@ -377,8 +377,8 @@ async fn a_policy_that_hides_a_key_is_refused_before_anything_is_copied() {
 
 /// `analyze` flags the patient columns (the documentation adds what names
 /// do not say), `--phi mask` writes a policy for them, the changelog
-/// records it, and a later analysis keeps a person's policy and
-/// `defaults:` block instead of dropping them.
+/// records it, and a later analysis keeps a person's policy, `defaults:`
+/// and `schedules:` blocks instead of dropping them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn analyze_flags_patient_columns_and_writes_and_keeps_a_policy() {
     let db = TestDb::new("phi_analyze").await;
@@ -450,12 +450,13 @@ async fn analyze_flags_patient_columns_and_writes_and_keeps_a_policy() {
         "{log}"
     );
 
-    // A person excludes the SSN instead and adds a default; the next
-    // analysis (without --phi) keeps both.
+    // A person excludes the SSN instead, adds a default and a schedule for
+    // `serve`; the next analysis (without --phi) keeps all three.
     let edited = yaml
         .replacen(
             "tables:\n",
-            "defaults:\n  exclude_columns: [Email]\ntables:\n",
+            "defaults:\n  exclude_columns: [Email]\nschedules:\n  \
+             nightly: {cron: \"0 0 2 * * *\", tables: [patient], active: false}\ntables:\n",
             1,
         )
         .replace(", 'SSN': hash}", "}")
@@ -476,4 +477,14 @@ async fn analyze_flags_patient_columns_and_writes_and_keeps_a_policy() {
     }
     assert_eq!(after.get("patient").unwrap().columns.exclude, vec!["SSN"]);
     assert!(yaml.contains("defaults:"), "{yaml}");
+    let schedules = after.schedules();
+    assert_eq!(schedules.len(), 1, "{yaml}");
+    assert_eq!(
+        (
+            schedules[0].name.as_str(),
+            schedules[0].pattern.as_str(),
+            schedules[0].active
+        ),
+        ("nightly", "0 0 2 * * *", false)
+    );
 }

@@ -50,6 +50,7 @@ fn passwords_never_appear_in_output_even_when_connections_fail() {
         vec!["-v", "run", "--phase", "load", "--all"],
         vec!["-v", "run", "--all"],
         vec!["run", "--phase", "extract", "--table", "patient"],
+        vec!["-v", "serve", "--listen", "127.0.0.1:0"],
     ] {
         let started = Instant::now();
         let out = run(&env, &tables, &args);

@@ -154,7 +154,8 @@ async fn a_run_after_no_change_reads_nothing_and_every_change_still_arrives() {
 
 /// Tracking tables an earlier version made (without the columns the load
 /// keeps its fingerprints, both hops their tokens and where their new-keys
-/// passes resume in) gain them at the next run.
+/// passes resume in, the load its rows loaded in total, and the history
+/// what started each run) gain them at the next run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracking_tables_of_an_earlier_version_gain_the_new_columns() {
     let mut db = TestDb::new("unchanged_upgrade").await;
@@ -169,7 +170,9 @@ async fn tracking_tables_of_an_earlier_version_gain_the_new_columns() {
     warehouse
         .batch_execute(
             "alter table raw.etl_load_status drop column window_fingerprint, \
-             drop column unchanged_token, drop column unchanged_at, drop column keys_through",
+             drop column unchanged_token, drop column unchanged_at, drop column keys_through, \
+             drop column rows_loaded_total; \
+             alter table raw.etl_run_history drop column triggered_by, drop column schedule_name",
         )
         .await
         .unwrap();
@@ -192,6 +195,12 @@ async fn tracking_tables_of_an_earlier_version_gain_the_new_columns() {
         )
         .await;
     assert_eq!(tokens, 3);
+    let history: Vec<String> = db
+        .pg_values(
+            "select distinct triggered_by from raw.etl_run_history where table_name = 'visit'",
+        )
+        .await;
+    assert_eq!(history, vec!["manual".to_string()]);
 }
 
 /// A masked column's values differ in the replica by design, so the copy

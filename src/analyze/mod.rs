@@ -450,8 +450,8 @@ fn category(rows: u64) -> &'static str {
 
 /// Renders `tables.yml`: a metadata block, then one entry per table with
 /// the profile behind each choice as comments.
-/// The `tables.yml` text for `plans`; `defaults` is the `defaults:` block
-/// (its own YAML text) carried from the previous file.
+/// The `tables.yml` text for `plans`; `defaults` holds the `defaults:` and
+/// `schedules:` blocks (their own YAML text) carried from the previous file.
 pub fn render(
     plans: &[TablePlan],
     defaults: Option<&str>,
@@ -662,8 +662,9 @@ pub enum PhiPolicy {
     Mask,
 }
 
-/// A previous `tables.yml` as far as the column policy goes: its
-/// `defaults:` block (as YAML text) and each table's own setting.
+/// A previous `tables.yml` as far as a person wrote it: its `defaults:`
+/// and `schedules:` blocks (as YAML text) and each table's own column
+/// policy.
 #[derive(Debug, Default)]
 pub struct PreviousPolicy {
     pub defaults: Option<String>,
@@ -676,13 +677,18 @@ impl PreviousPolicy {
         use serde_norway::Value;
         let old: Value =
             serde_norway::from_str(previous).map_err(|e| Error::config(e.to_string()))?;
-        let defaults = match old.get("defaults") {
-            Some(block) => {
-                let mut wrapper = serde_norway::Mapping::new();
-                wrapper.insert(Value::from("defaults"), block.clone());
-                Some(serde_norway::to_string(&wrapper).map_err(|e| Error::config(e.to_string()))?)
+        // A person's blocks: the policy defaults, and `serve`'s schedules.
+        let mut kept = serde_norway::Mapping::new();
+        for block in ["defaults", "schedules"] {
+            if let Some(value) = old.get(block) {
+                kept.insert(Value::from(block), value.clone());
             }
-            None => None,
+        }
+        let defaults = match kept.is_empty() {
+            true => None,
+            false => {
+                Some(serde_norway::to_string(&kept).map_err(|e| Error::config(e.to_string()))?)
+            }
         };
         let mut tables = BTreeMap::new();
         for (name, entry) in old

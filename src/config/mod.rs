@@ -5,14 +5,16 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 mod policy;
+mod schedule;
 mod settings;
 mod strategy;
 mod tables;
 
 pub use policy::{Applied, ColumnPolicy, Mask};
+pub use schedule::{Schedule, Selection, category_name};
 pub use settings::{
-    DEFAULT_SCHEMA, DEFAULT_SOURCE_CONNECTIONS, Env, Environment, Mode, MySqlSettings, PgSettings,
-    PgSslMode, Secret, SslMode, read_secret_file, redact,
+    DEFAULT_SCHEMA, DEFAULT_SOURCE_CONNECTIONS, Env, Environment, MIN_SERVE_TOKEN_BYTES, Mode,
+    MySqlSettings, PgSettings, PgSslMode, Secret, SslMode, read_secret_file, redact,
 };
 pub use strategy::{
     Decision, Strategy, TableFacts, UNCHANGED_REASON, UNCHANGED_SKIP_MAX_SECONDS, resolve,

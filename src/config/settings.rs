@@ -281,7 +281,13 @@ const KNOWN_SHARED: &[&str] = &[
     "ETL_ALERT_WEBHOOK_RETRIES",
     "ETL_MASK_KEY",
     "ETL_MASK_KEY_FILE",
+    "ETL_SERVE_TOKEN",
+    "ETL_SERVE_TOKEN_FILE",
 ];
+
+/// The shortest `serve` token taken: 16 bytes, 128 bits when random, so
+/// it cannot be guessed over the network.
+pub const MIN_SERVE_TOKEN_BYTES: usize = 16;
 
 /// Prefixes under which an unknown variable is surely meant for this tool.
 const CHECKED_PREFIXES: &[&str] = &[
@@ -290,6 +296,7 @@ const CHECKED_PREFIXES: &[&str] = &[
     "POSTGRES_ANALYTICS_",
     "ETL_ALERT_",
     "ETL_MASK_",
+    "ETL_SERVE_",
 ];
 
 /// Levenshtein distance, for naming the variable a misspelled one meant.
@@ -628,15 +635,8 @@ impl Env {
     /// `ETL_MASK_KEY`, or the contents of the file `ETL_MASK_KEY_FILE`
     /// names: the key of `mask_columns: hash`; `None` when neither is set.
     pub fn mask_key(&self) -> Result<Option<Secret>> {
-        let key = match (self.var("ETL_MASK_KEY"), self.var("ETL_MASK_KEY_FILE")) {
-            (Some(_), Some(_)) => {
-                return Err(Error::config(
-                    "ETL_MASK_KEY and ETL_MASK_KEY_FILE are both set; keep one",
-                ));
-            }
-            (Some(key), None) => key,
-            (None, Some(path)) => read_secret_file("ETL_MASK_KEY_FILE", Path::new(&path))?,
-            (None, None) => return Ok(None),
+        let Some(key) = self.shared_secret("ETL_MASK_KEY")? else {
+            return Ok(None);
         };
         if key.len() < crate::mask::MIN_KEY_BYTES {
             return Err(Error::config(format!(
@@ -647,6 +647,37 @@ impl Env {
             )));
         }
         Ok(Some(Secret::new(key)))
+    }
+
+    /// A secret both environments share: `name`, or the contents of the
+    /// file `{name}_FILE` names; `None` when neither is set.
+    fn shared_secret(&self, name: &str) -> Result<Option<String>> {
+        let file = format!("{name}_FILE");
+        match (self.var(name), self.var(&file)) {
+            (Some(_), Some(_)) => Err(Error::config(format!(
+                "{name} and {file} are both set; keep one"
+            ))),
+            (Some(value), None) => Ok(Some(value)),
+            (None, Some(path)) => read_secret_file(&file, Path::new(&path)).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// `ETL_SERVE_TOKEN`, or the contents of the file `ETL_SERVE_TOKEN_FILE`
+    /// names: the bearer token `serve` asks of every request; `None` when
+    /// neither is set.
+    pub fn serve_token(&self) -> Result<Option<Secret>> {
+        let Some(token) = self.shared_secret("ETL_SERVE_TOKEN")? else {
+            return Ok(None);
+        };
+        if token.len() < MIN_SERVE_TOKEN_BYTES {
+            return Err(Error::config(format!(
+                "the serve token (ETL_SERVE_TOKEN or ETL_SERVE_TOKEN_FILE) has {} bytes; it needs at least \
+                 {MIN_SERVE_TOKEN_BYTES} (make one with `openssl rand -hex 32`)",
+                token.len()
+            )));
+        }
+        Ok(Some(Secret::new(token)))
     }
 
     /// `OPENDENTAL_SOURCE_MAX_CONNECTIONS`: tables read from the source at once.

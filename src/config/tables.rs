@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::policy::{ColumnPolicy, Mask, RawPolicy};
+use super::schedule::{self, RawSchedule, Schedule};
 use crate::error::{Error, Result};
 use crate::schema::{DateTimeParts, check_date};
 
@@ -254,6 +255,7 @@ struct RawFile {
     _metadata: Option<IgnoredAny>,
     defaults: Option<RawPolicy>,
     tables: Option<RawTables>,
+    schedules: Option<BTreeMap<String, RawSchedule>>,
 }
 
 /// The `tables:` map. A table listed twice is refused: YAML parsers keep
@@ -397,6 +399,7 @@ impl TableConfig {
 #[derive(Debug, Clone, Default)]
 pub struct TablesConfig {
     tables: BTreeMap<String, TableConfig>,
+    schedules: Vec<Schedule>,
 }
 
 /// A YAML error as the parser words it (it names the line and column),
@@ -489,8 +492,18 @@ impl TablesConfig {
         use serde_norway::Value;
         let mut base: Value = serde_norway::from_str(text).map_err(|e| yaml_error(text, &e))?;
         let over: Value = serde_norway::from_str(over).map_err(|e| yaml_error(over, &e))?;
-        let Some(over_tables) = over.get("tables").and_then(Value::as_mapping) else {
-            return Err(Error::config("the override file needs a `tables:` map"));
+        if let (Some(schedules), Some(base)) = (over.get("schedules"), base.as_mapping_mut()) {
+            base.insert(Value::from("schedules"), schedules.clone());
+        }
+        let over_tables = match over.get("tables") {
+            Some(tables) => tables.as_mapping(),
+            None if over.get("schedules").is_some() => Some(&serde_norway::Mapping::new()),
+            None => None,
+        };
+        let Some(over_tables) = over_tables else {
+            return Err(Error::config(
+                "the override file needs a `tables:` map (or a `schedules:` block)",
+            ));
         };
         let Some(base_tables) = base.get_mut("tables").and_then(Value::as_mapping_mut) else {
             return Err(Error::config("the table config has no `tables:` map"));
@@ -541,14 +554,29 @@ impl TablesConfig {
             let table = validate(&name, raw, &defaults)?;
             tables.insert(name, table);
         }
-        Ok(TablesConfig { tables })
+        let schedules = schedule::validate(
+            raw.schedules.unwrap_or_default(),
+            |name| tables.contains_key(name),
+            |category| {
+                tables
+                    .values()
+                    .any(|t| t.performance_category == Some(category))
+            },
+        )?;
+        Ok(TablesConfig { tables, schedules })
     }
 
     /// Builds a config from tables already validated (demo and tests).
     pub fn from_tables(list: impl IntoIterator<Item = TableConfig>) -> TablesConfig {
         TablesConfig {
             tables: list.into_iter().map(|t| (t.name.clone(), t)).collect(),
+            schedules: Vec::new(),
         }
+    }
+
+    /// The `schedules:` block, in name order ([`Schedule`]).
+    pub fn schedules(&self) -> &[Schedule] {
+        &self.schedules
     }
 
     /// One table, or an error naming it.
@@ -879,6 +907,23 @@ mod tests {
             override_path(Path::new("config/tables.yml")),
             Path::new("config/tables.override.yml")
         );
+    }
+
+    #[test]
+    fn an_override_replaces_the_schedules_and_may_hold_nothing_else() {
+        let base = "tables:\n  patient: {extraction_strategy: full_table}\n\
+                    schedules:\n  nightly: {cron: \"0 0 2 * * *\", all: true}\n";
+        let config = TablesConfig::parse(base).unwrap();
+        assert_eq!(config.schedules()[0].name, "nightly");
+        let over = "schedules:\n  often: {cron: \"*/5 * * * *\", tables: [patient]}\n";
+        let merged = TablesConfig::parse_with_override(base, over).unwrap();
+        let names: Vec<&str> = merged.schedules().iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, vec!["often"]);
+        assert!(merged.get("patient").is_ok());
+        let unknown = "schedules:\n  often: {cron: \"*/5 * * * *\", tables: [nope]}\n";
+        let err = TablesConfig::parse_with_override(base, unknown).unwrap_err();
+        assert!(err.to_string().contains("schedules.often.tables"), "{err}");
+        assert!(TablesConfig::parse_with_override(base, "metadata: {}\n").is_err());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::progress;
 use crate::schema::ident;
 use crate::shutdown::Stop;
 use crate::stamps::{self, Recorded, Stamps};
-use crate::tracking::{self, HistoryOutcome};
+use crate::tracking::{self, HistoryOutcome, RunOrigin};
 
 pub use report::{
     failed_summary_json, peak_memory, peak_rss_kib, render_summary, summary_json, totals_line,
@@ -110,6 +110,8 @@ pub struct RunPlan {
     pub max_workers: usize,
     pub phases: Phases,
     pub if_locked: IfLocked,
+    /// The run's id and what started it, kept in its run history.
+    pub origin: RunOrigin,
 }
 
 /// One table's outcome in one phase.
@@ -304,6 +306,7 @@ struct Shared<'a> {
     locks: Option<&'a Client>,
     schema: &'a str,
     run_id: &'a str,
+    origin: &'a RunOrigin,
     force_full: bool,
     allow_mass_delete: bool,
     ignore_time_gap: bool,
@@ -334,7 +337,8 @@ impl Shared<'_> {
         for alert in alert::table_alerts(cfg, self.run_id, &measure) {
             tracing::warn!(table = %cfg.name, phase, kind = alert.kind.name(), "alert: {}", alert.message);
             if let Some(control) = self.control
-                && let Err(e) = tracking::record_alert(control, self.schema, &alert).await
+                && let Err(e) =
+                    tracking::record_alert(control, self.schema, (self.origin, &alert)).await
             {
                 tracing::warn!(table = %cfg.name, error = %chain(&e), "alert not recorded");
             }
@@ -571,7 +575,7 @@ async fn extract_one(
     let memory = shared.memory.track();
     phase_started(cfg, "extract");
     let history = match shared.control {
-        Some(c) => tracking::begin_history(c, shared.schema, shared.run_id, &cfg.name, "extract")
+        Some(c) => tracking::begin_history(c, shared.schema, shared.origin, &cfg.name, "extract")
             .await
             .ok(),
         None => None,
@@ -632,7 +636,7 @@ async fn load_one(
     let control = shared.control;
     let history = match control {
         Some(c) => {
-            let id = tracking::begin_history(c, schema, shared.run_id, &cfg.name, "load")
+            let id = tracking::begin_history(c, schema, shared.origin, &cfg.name, "load")
                 .await
                 .ok();
             let _ =
@@ -843,7 +847,7 @@ async fn skip_table(shared: &Shared<'_>, cfg: &TableConfig) -> Vec<TableOutcome>
             tracking::record_skipped(
                 c,
                 shared.schema,
-                (shared.run_id, &cfg.name),
+                (shared.origin, &cfg.name),
                 &phases,
                 (report.decision.strategy.name(), &report.decision.reason),
             )
@@ -909,7 +913,7 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
         }
         (None, false) => None,
     };
-    let run_id = new_run_id();
+    let run_id = plan.origin.run_id.clone();
     order_tables(&mut plan.tables);
     let source = probe_source(ctx, &plan).await?;
     let skips = Skips::read(ctx, &plan, control.as_ref()).await;
@@ -929,6 +933,7 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
             locks: locks.as_ref(),
             schema: &schema,
             run_id: &run_id,
+            origin: &plan.origin,
             force_full: plan.force_full,
             allow_mass_delete: plan.allow_mass_delete,
             ignore_time_gap: plan.ignore_time_gap,

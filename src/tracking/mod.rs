@@ -28,7 +28,32 @@ pub const WAREHOUSE_TABLES: [&str; 4] = [
 
 /// The column of `etl_load_status` added last: tracking tables without it
 /// were made by an earlier version.
-const NEWEST_WAREHOUSE_COLUMN: &str = "keys_through";
+const NEWEST_WAREHOUSE_COLUMN: &str = "rows_loaded_total";
+
+/// The column of `etl_run_history` added last, for the same check.
+const NEWEST_HISTORY_COLUMN: &str = "schedule_name";
+
+/// What started a run, recorded with each of its run-history rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOrigin {
+    pub run_id: String,
+    /// `manual` (a person or an outside scheduler ran the command),
+    /// `scheduler` (a schedule of `serve`) or `api` (`POST /api/runs`).
+    pub triggered_by: &'static str,
+    /// The schedule's name, for `scheduler` runs.
+    pub schedule: Option<String>,
+}
+
+impl RunOrigin {
+    /// A run typed or called from outside: `run`, the demo, a group.
+    pub fn manual(run_id: String) -> RunOrigin {
+        RunOrigin {
+            run_id,
+            triggered_by: "manual",
+            schedule: None,
+        }
+    }
+}
 
 fn warehouse_ddl(schema: &str) -> Vec<String> {
     let t = |name: &str| ident::pg_qualified(schema, name);
@@ -60,7 +85,8 @@ fn warehouse_ddl(schema: &str) -> Vec<String> {
                 add column if not exists window_fingerprint text,
                 add column if not exists unchanged_token varchar(64),
                 add column if not exists unchanged_at timestamptz,
-                add column if not exists keys_through varchar(40)",
+                add column if not exists keys_through varchar(40),
+                add column if not exists rows_loaded_total bigint not null default 0",
             t("etl_load_status")
         ),
         format!(
@@ -118,7 +144,9 @@ fn warehouse_ddl(schema: &str) -> Vec<String> {
             t("etl_run_history")
         ),
         format!(
-            "alter table {} add column if not exists rows_repaired bigint not null default 0",
+            "alter table {} add column if not exists rows_repaired bigint not null default 0, \
+                add column if not exists triggered_by varchar(20) not null default 'manual', \
+                add column if not exists schedule_name text",
             t("etl_run_history")
         ),
     ]
@@ -338,9 +366,15 @@ pub async fn check_warehouse(client: &Client, schema: &str) -> Result<()> {
     let row = client
         .query_one(
             "select array(select t from unnest($1::text[]) t where to_regclass(t) is null), \
-             exists (select 1 from information_schema.columns where table_schema = $2 \
-                     and table_name = 'etl_load_status' and column_name = $3)",
-            &[&names, &schema, &NEWEST_WAREHOUSE_COLUMN],
+             (select count(*) = 2 from information_schema.columns where table_schema = $2 \
+                     and ((table_name = 'etl_load_status' and column_name = $3) \
+                          or (table_name = 'etl_run_history' and column_name = $4)))",
+            &[
+                &names,
+                &schema,
+                &NEWEST_WAREHOUSE_COLUMN,
+                &NEWEST_HISTORY_COLUMN,
+            ],
         )
         .await
         .map_err(|e| Error::postgres("looking for the tracking tables", e))?;
@@ -617,7 +651,7 @@ pub struct HistoryOutcome {
 pub async fn record_skipped(
     client: &Client,
     schema: &str,
-    (run_id, table): (&str, &str),
+    (origin, table): (&RunOrigin, &str),
     phases: &[&str],
     (strategy, reason): (&str, &str),
 ) -> Result<()> {
@@ -628,8 +662,8 @@ pub async fn record_skipped(
             &format!(
                 "with history as ( \
                    insert into {} (run_id, table_name, phase, status, finished_at, strategy, strategy_reason, \
-                                   zero_dates, warnings) \
-                   select $1, $2, phase, 'success', now(), $4, $5, '{{}}'::jsonb, '[]'::jsonb \
+                                   zero_dates, warnings, triggered_by, schedule_name) \
+                   select $1, $2, phase, 'success', now(), $4, $5, '{{}}'::jsonb, '[]'::jsonb, $7, $8 \
                    from unnest($3::text[]) as phase) \
                  insert into {} as s (table_name, load_status, last_error, last_run_id, _created_at, _updated_at) \
                  select $2, 'success', null, $1, now(), now() where $6 \
@@ -638,7 +672,16 @@ pub async fn record_skipped(
                 ident::pg_qualified(schema, "etl_run_history"),
                 ident::pg_qualified(schema, "etl_load_status")
             ),
-            &[&run_id, &table, &phases, &strategy, &reason, &loads],
+            &[
+                &origin.run_id,
+                &table,
+                &phases,
+                &strategy,
+                &reason,
+                &loads,
+                &origin.triggered_by,
+                &origin.schedule,
+            ],
         )
         .await
         .map_err(|e| Error::postgres(format!("recording the skipped run of {table}"), e))?;
@@ -649,17 +692,24 @@ pub async fn record_skipped(
 pub async fn begin_history(
     client: &Client,
     schema: &str,
-    run_id: &str,
+    origin: &RunOrigin,
     table: &str,
     phase: &str,
 ) -> Result<i64> {
     let row = client
         .query_one(
             &format!(
-                "insert into {} (run_id, table_name, phase, status) values ($1, $2, $3, 'running') returning id",
+                "insert into {} (run_id, table_name, phase, status, triggered_by, schedule_name) \
+                 values ($1, $2, $3, 'running', $4, $5) returning id",
                 ident::pg_qualified(schema, "etl_run_history")
             ),
-            &[&run_id, &table, &phase],
+            &[
+                &origin.run_id,
+                &table,
+                &phase,
+                &origin.triggered_by,
+                &origin.schedule,
+            ],
         )
         .await
         .map_err(|e| Error::postgres(format!("opening the run history of {table}"), e))?;
@@ -675,15 +725,20 @@ pub async fn finish_history(
 ) -> Result<()> {
     let zero_dates = outcome.zero_dates.to_string();
     let warnings = outcome.warnings.to_string();
+    // A load's rows written also count into its table's running total
+    // (`rows_loaded_total`, which `serve` exposes as a counter).
     client
         .execute(
             &format!(
-                "update {} set finished_at = now(), status = $2, strategy = $3, strategy_reason = $4, \
+                "with h as (update {} set finished_at = now(), status = $2, strategy = $3, strategy_reason = $4, \
                  rows_read = $5, rows_inserted = $6, rows_updated = $7, watermark_start = $8, \
                  watermark_end = $9, zero_dates = $10::text::jsonb, warnings = $11::text::jsonb, error = $12, \
                  rows_deleted = $13, rows_repaired = $14 \
-                 where id = $1",
-                ident::pg_qualified(schema, "etl_run_history")
+                 where id = $1 returning table_name, phase) \
+                 update {} s set rows_loaded_total = s.rows_loaded_total + $6 + $7 \
+                 from h where h.phase = 'load' and s.table_name = h.table_name",
+                ident::pg_qualified(schema, "etl_run_history"),
+                ident::pg_qualified(schema, "etl_load_status")
             ),
             &[
                 &id,
@@ -712,14 +767,15 @@ pub async fn finish_history(
 pub async fn record_alert(
     client: &Client,
     schema: &str,
-    alert: &crate::alert::Alert,
+    (origin, alert): (&RunOrigin, &crate::alert::Alert),
 ) -> Result<()> {
     let details = alert.to_json().to_string();
     client
         .execute(
             &format!(
-                "insert into {} (run_id, table_name, phase, status, started_at, finished_at, error, warnings) \
-                 values ($1, $2, $3, 'alert', now(), now(), $4, $5::text::jsonb)",
+                "insert into {} (run_id, table_name, phase, status, started_at, finished_at, error, warnings, \
+                                 triggered_by, schedule_name) \
+                 values ($1, $2, $3, 'alert', now(), now(), $4, $5::text::jsonb, $6, $7)",
                 ident::pg_qualified(schema, "etl_run_history")
             ),
             &[
@@ -728,6 +784,8 @@ pub async fn record_alert(
                 &alert.phase.as_deref().unwrap_or(""),
                 &alert.message,
                 &details,
+                &origin.triggered_by,
+                &origin.schedule,
             ],
         )
         .await
@@ -1249,6 +1307,186 @@ pub async fn add_lag(
         }
     }
     Ok(())
+}
+
+/// One run-history row of a table, as the operator's page shows it.
+#[derive(Debug, Clone)]
+pub struct HistoryRow {
+    pub run_id: String,
+    pub phase: String,
+    pub status: String,
+    pub triggered_by: String,
+    pub schedule: Option<String>,
+    pub strategy: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub started_at: f64,
+    pub seconds: Option<f64>,
+    pub rows_read: i64,
+    pub rows_written: i64,
+    pub error: Option<String>,
+}
+
+/// The newest `limit` run-history rows of `table` (alerts left out),
+/// newest first.
+pub async fn table_history(
+    client: &Client,
+    schema: &str,
+    table: &str,
+    limit: i64,
+) -> Result<Vec<HistoryRow>> {
+    let rows = client
+        .query(
+            &format!(
+                "select run_id, phase, status, triggered_by, schedule_name, strategy, \
+                        extract(epoch from started_at)::float8, \
+                        extract(epoch from finished_at - started_at)::float8, rows_read, \
+                        rows_inserted + rows_updated + rows_deleted + rows_repaired, error \
+                 from {} where table_name = $1 and status <> 'alert' \
+                 order by started_at desc, id desc limit $2",
+                ident::pg_qualified(schema, "etl_run_history")
+            ),
+            &[&table, &limit],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("reading the run history of {table}"), e))?;
+    Ok(rows
+        .iter()
+        .map(|r| HistoryRow {
+            run_id: r.get(0),
+            phase: r.get(1),
+            status: r.get(2),
+            triggered_by: r.get(3),
+            schedule: r.get(4),
+            strategy: r.get(5),
+            started_at: r.get(6),
+            seconds: r.get(7),
+            rows_read: r.get(8),
+            rows_written: r.get(9),
+            error: r.get(10),
+        })
+        .collect())
+}
+
+/// One recorded alert ([`record_alert`]).
+#[derive(Debug, Clone)]
+pub struct AlertRow {
+    /// Seconds since the Unix epoch.
+    pub at: f64,
+    pub table: String,
+    pub phase: String,
+    /// The alert's kind (`failure`, `slow`, `memory`, `run_failed`).
+    pub kind: String,
+    pub message: String,
+}
+
+/// The alerts of the last `days` days, newest first, at most `limit`.
+pub async fn recent_alerts(
+    client: &Client,
+    schema: &str,
+    days: i32,
+    limit: i64,
+) -> Result<Vec<AlertRow>> {
+    let rows = client
+        .query(
+            &format!(
+                "select extract(epoch from started_at)::float8, table_name, phase, \
+                        coalesce(warnings ->> 'kind', ''), coalesce(error, '') \
+                 from {} where status = 'alert' and started_at > now() - make_interval(days => $1) \
+                 order by started_at desc, id desc limit $2",
+                ident::pg_qualified(schema, "etl_run_history")
+            ),
+            &[&days, &limit],
+        )
+        .await
+        .map_err(|e| Error::postgres("reading the recent alerts", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| AlertRow {
+            at: r.get(0),
+            table: r.get(1),
+            phase: r.get(2),
+            kind: r.get(3),
+            message: r.get(4),
+        })
+        .collect())
+}
+
+/// What the metrics say of one table's phase: when it last succeeded and
+/// how long its last finished run took (seconds since the epoch, seconds).
+#[derive(Debug, Clone)]
+pub struct PhaseSummary {
+    pub table: String,
+    pub phase: String,
+    pub last_success: Option<f64>,
+    pub last_seconds: Option<f64>,
+}
+
+/// What the metrics read of the tracking tables: every table's and phase's
+/// [`PhaseSummary`], and each table's `rows_loaded_total`.
+pub type Summaries = (Vec<PhaseSummary>, Vec<(String, i64)>);
+
+/// [`Summaries`], in one statement each.
+pub async fn phase_summaries(client: &Client, schema: &str) -> Result<Summaries> {
+    let history = ident::pg_qualified(schema, "etl_run_history");
+    let rows = client
+        .query(
+            &format!(
+                "select table_name, phase, \
+                        extract(epoch from max(finished_at) filter (where status = 'success'))::float8, \
+                        (select extract(epoch from l.finished_at - l.started_at)::float8 from {history} l \
+                         where l.table_name = h.table_name and l.phase = h.phase and l.status <> 'alert' \
+                           and l.finished_at is not null \
+                         order by l.finished_at desc limit 1) \
+                 from {history} h where status <> 'alert' group by table_name, phase order by 1, 2"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("summarising the run history", e))?;
+    let phases = rows
+        .iter()
+        .map(|r| PhaseSummary {
+            table: r.get(0),
+            phase: r.get(1),
+            last_success: r.get(2),
+            last_seconds: r.get(3),
+        })
+        .collect();
+    let totals = client
+        .query(
+            &format!(
+                "select table_name, rows_loaded_total from {} order by 1",
+                ident::pg_qualified(schema, "etl_load_status")
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("reading the rows loaded", e))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Ok((phases, totals))
+}
+
+/// When a run of schedule `name` last began (microseconds since the
+/// epoch), by the run history; `None` when it never ran.
+pub async fn last_scheduled_start(
+    client: &Client,
+    schema: &str,
+    name: &str,
+) -> Result<Option<i64>> {
+    let row = client
+        .query_one(
+            &format!(
+                "select (extract(epoch from max(started_at)) * 1000000)::bigint from {} \
+                 where triggered_by = 'scheduler' and schedule_name = $1",
+                ident::pg_qualified(schema, "etl_run_history")
+            ),
+            &[&name],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("reading when schedule {name} last ran"), e))?;
+    Ok(row.get(0))
 }
 
 /// Run history kept unless `ETL_HISTORY_RETENTION_DAYS` says otherwise:

@@ -41,6 +41,15 @@ pub const PATPLAN: &str = "CREATE TABLE `patplan` (
   KEY `SecDateTEntry` (`SecDateTEntry`)
 ) ENGINE=InnoDB";
 
+/// 40 patients (incremental on `DateTStamp`) and 12 definitions (full).
+pub const PATIENTS_AND_DEFINITIONS: [&str; 4] = [
+    "CREATE TABLE `patient` (`PatNum` bigint NOT NULL AUTO_INCREMENT PRIMARY KEY, `LName` varchar(100) NOT NULL, \
+     `DateTStamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP, KEY (`DateTStamp`))",
+    "INSERT INTO `patient` (`LName`) SELECT CONCAT('Lee', seq) FROM seq_1_to_40",
+    "CREATE TABLE `definition` (`DefNum` bigint NOT NULL PRIMARY KEY, `ItemName` varchar(255) NOT NULL)",
+    "INSERT INTO `definition` SELECT seq, CONCAT('def ', seq) FROM seq_1_to_12",
+];
+
 pub struct TestDb {
     pub ctx: LoadContext,
     /// The "clinic" database (`etl_t_<name>_src`) the extract phase reads.
@@ -217,6 +226,7 @@ impl TestDb {
                 load: true,
             },
             if_locked: Default::default(),
+            origin: etl_pipeline::tracking::RunOrigin::manual(etl_pipeline::pipeline::new_run_id()),
         };
         pipeline::run(&ctx, plan).await.unwrap()
     }
@@ -377,6 +387,9 @@ impl TestDb {
                     load: true,
                 },
                 if_locked: Default::default(),
+                origin: etl_pipeline::tracking::RunOrigin::manual(
+                    etl_pipeline::pipeline::new_run_id(),
+                ),
             },
         )
         .await
@@ -403,6 +416,9 @@ impl TestDb {
                     load: true,
                 },
                 if_locked: Default::default(),
+                origin: etl_pipeline::tracking::RunOrigin::manual(
+                    etl_pipeline::pipeline::new_run_id(),
+                ),
             },
         )
         .await

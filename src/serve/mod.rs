@@ -411,10 +411,7 @@ async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>>
         (&Method::GET, p) if p.starts_with("/api/runs/") => {
             let id = &p["/api/runs/".len()..];
             match app.runs.get(id) {
-                Some(run) => json(
-                    StatusCode::OK,
-                    &serde_json::to_value(run).unwrap_or_default(),
-                ),
+                Some(run) => json(StatusCode::OK, &run.to_json()),
                 None => json_error(
                     StatusCode::NOT_FOUND,
                     &format!(

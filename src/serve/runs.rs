@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -16,9 +16,15 @@ use crate::pipeline;
 use crate::shutdown::Stop;
 use crate::tracking::RunOrigin;
 
-/// Runs kept for `GET /api/runs/ID`: a day of a schedule every 15 minutes
-/// and more, in a few hundred KiB; older ones are in the run history.
+/// Runs kept for `GET /api/runs/ID`: two days of a schedule every 15
+/// minutes, a few hundred bytes each; older ones are in the run history.
 pub const KEPT_RUNS: usize = 200;
+
+/// Runs whose whole summary is kept as well: a clinic's summary is a
+/// quarter of a MiB (379 tables, two phases), so this bounds them to a few
+/// MiB; the runs before keep their state, and their tables are in the run
+/// history.
+pub const KEPT_SUMMARIES: usize = 20;
 
 /// What to run: the tables, and whether in full.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,8 +61,23 @@ pub struct RunState {
     /// Seconds since the Unix epoch.
     pub started_at: f64,
     pub finished_at: Option<f64>,
-    /// The run summary, as `run --summary-json` writes it, once it ended.
-    pub summary: Option<serde_json::Value>,
+    /// The run summary, as `run --summary-json` writes it (compact JSON),
+    /// once it ended and while it is among the newest [`KEPT_SUMMARIES`].
+    #[serde(skip)]
+    pub summary: Option<Arc<str>>,
+}
+
+impl RunState {
+    /// The state as the API answers it, with the summary when kept.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut json = serde_json::to_value(self).unwrap_or_default();
+        json["summary"] = self
+            .summary
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or(serde_json::Value::Null);
+        json
+    }
 }
 
 /// A count per `triggered_by`.
@@ -149,11 +170,24 @@ impl Runs {
         if state == "failed" {
             self.count(trigger, true);
         }
+        self.finish(&id, state, &summary);
+    }
+
+    /// Records how a run ended; only the newest [`KEPT_SUMMARIES`] keep
+    /// their summary.
+    fn finish(&self, id: &str, state: &'static str, summary: &serde_json::Value) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(run) = states.iter_mut().find(|r| r.id == id) {
             run.state = state;
             run.finished_at = Some(epoch_now());
-            run.summary = Some(summary);
+            run.summary = Some(Arc::from(summary.to_string()));
+        }
+        let mut kept = 0;
+        for run in states.iter_mut().rev().filter(|r| r.summary.is_some()) {
+            kept += 1;
+            if kept > KEPT_SUMMARIES {
+                run.summary = None;
+            }
         }
     }
 
@@ -235,5 +269,37 @@ fn run_args(request: &RunRequest, max_workers: usize) -> RunArgs {
         if_locked: LockChoice::Skip,
         max_rows_per_second: None,
         on_alert: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_holds_a_bounded_number_of_runs_and_summaries() {
+        let runs = Runs::default();
+        let request = RunRequest {
+            selection: Selection::All,
+            force_full: false,
+        };
+        for n in 0..KEPT_RUNS + 5 {
+            let origin = RunOrigin::manual(format!("run-{n}"));
+            runs.begin(&origin, &request);
+            runs.finish(&origin.run_id, "succeeded", &serde_json::json!({"n": n}));
+        }
+        let list = runs.list();
+        assert_eq!(list.len(), KEPT_RUNS);
+        assert_eq!(list[0].id, format!("run-{}", KEPT_RUNS + 4));
+        let with_summary: Vec<&str> = list
+            .iter()
+            .filter(|r| r.summary.is_some())
+            .map(|r| r.id.as_str())
+            .collect();
+        assert_eq!(with_summary.len(), KEPT_SUMMARIES);
+        assert_eq!(with_summary[0], list[0].id);
+        assert_eq!(list[0].to_json()["summary"]["n"], KEPT_RUNS + 4);
+        assert!(list[KEPT_SUMMARIES].to_json()["summary"].is_null());
+        assert!(runs.get("run-0").is_none());
     }
 }

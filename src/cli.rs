@@ -1506,7 +1506,12 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             let env = Env::load(cli.env_file.as_deref())?;
             let mode = env.mode()?;
             let warehouse = env.warehouse()?;
-            println!("{}: {} table(s), valid", cli.tables.display(), config.len());
+            println!(
+                "{}: {} table(s), {} schedule(s), valid",
+                cli.tables.display(),
+                config.len(),
+                config.schedules().len()
+            );
             println!("environment {}, mode {mode:?}:", env.environment().name());
             if mode == Mode::Replica {
                 println!("  replica    {}", my::describe(&env.replica()?));

@@ -84,7 +84,11 @@ async fn init_run_status_and_test_connections_work_end_to_end() {
     );
     let out = run(&env, &tables, &["validate"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("1 table(s), valid"), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 table(s), 0 schedule(s), valid"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,9 @@ const TABLES: &str = "tables:
     extraction_strategy: full_table
     primary_key: DefNum
     performance_category: tiny
+  ghost:
+    extraction_strategy: full_table
+    performance_category: tiny
 ";
 
 /// A `serve` process, killed if the test ends without stopping it.
@@ -339,6 +342,51 @@ async fn serve_runs_a_seconds_schedule_and_answers_its_page_metrics_and_api() {
         assert!(answer.contains(names), "{body}: {answer}");
     }
     assert_eq!(serve.get("/api/runs/no-such-run").await.0, 404);
+
+    // A run that fails (the table is configured but not at the source)
+    // says so in its state, the failure counter and the page.
+    let (status, _, body) = serve
+        .request("POST", "/api/runs", None, r#"{"tables": ["ghost"]}"#)
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let failed = Instant::now();
+    let run = loop {
+        let (_, body) = serve.get(&format!("/api/runs/{id}")).await;
+        let run: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if run["state"] != "running" {
+            break run;
+        }
+        assert!(failed.elapsed() < Duration::from_secs(60), "{run}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(run["state"], "failed", "{run}");
+    assert!(run["summary"].to_string().contains("ghost"), "{run}");
+    let (_, head, body) = serve.try_get("/metrics", None).await.unwrap();
+    let metrics = unchunk(&head, &body);
+    assert!(
+        metrics.contains("etl_run_failures_total{triggered_by=\"api\"} 1"),
+        "{metrics}"
+    );
+    // The page's status is read again after the run (at most every 10 s).
+    let listed = Instant::now();
+    while !serve.get("/").await.1.contains("/tables/ghost") {
+        assert!(
+            listed.elapsed() < Duration::from_secs(20),
+            "{}",
+            serve.output()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (_, ghost) = serve.get("/tables/ghost").await;
+    assert!(
+        ghost.contains(">failed<") && ghost.contains(">api<"),
+        "{ghost}"
+    );
 
     // SIGTERM: the process stops cleanly, exit 0.
     let status = serve.terminate();

@@ -167,18 +167,39 @@ fn unchunk(head: &str, body: &str) -> String {
     out
 }
 
-/// Waits until schedule `schedule` has started `count` runs, at most
-/// `within`.
-async fn await_runs(db: &TestDb, serve: &Serve, schedule: &str, count: i64, within: Duration) {
+/// Waits until `done` holds, at most `within`.
+async fn eventually(serve: &Serve, within: Duration, mut done: impl AsyncFnMut() -> bool) {
     let started = Instant::now();
-    while runs_by(db, "scheduler", Some(schedule)).await < count {
+    while !done().await {
         assert!(
             started.elapsed() < within,
-            "fewer than {count} runs of {schedule} in {within:?}: {}",
+            "not within {within:?}: {}",
             serve.output()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `GET /api/runs/ID` once the run has ended (within a minute).
+async fn ended(serve: &Serve, id: &str) -> serde_json::Value {
+    let mut run = serde_json::Value::Null;
+    eventually(serve, Duration::from_secs(60), async || {
+        let (status, body) = serve.get(&format!("/api/runs/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        run = serde_json::from_str(&body).unwrap();
+        run["state"] != "running"
+    })
+    .await;
+    run
+}
+
+/// Waits until schedule `schedule` has started `count` runs, at most
+/// `within`.
+async fn await_runs(db: &TestDb, serve: &Serve, schedule: &str, count: i64, within: Duration) {
+    eventually(serve, within, async || {
+        runs_by(db, "scheduler", Some(schedule)).await >= count
+    })
+    .await;
 }
 
 async fn setup(name: &str, schedules: &str) -> (TestDb, PathBuf, PathBuf, PathBuf) {
@@ -246,15 +267,10 @@ async fn serve_runs_a_seconds_schedule_and_answers_its_page_metrics_and_api() {
     // An edit at the source arrives through the schedule alone.
     db.source_sql(&["INSERT INTO `patient` (`LName`) VALUES ('Okafor')"])
         .await;
-    let arrived = Instant::now();
-    while db.pg_count("patient").await < 41 {
-        assert!(
-            arrived.elapsed() < Duration::from_secs(20),
-            "{}",
-            serve.output()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually(&serve, Duration::from_secs(20), async || {
+        db.pg_count("patient").await == 41
+    })
+    .await;
 
     // The page, a table's page with its plots, the metrics.
     let (status, page) = serve.get("/").await;
@@ -307,17 +323,7 @@ async fn serve_runs_a_seconds_schedule_and_answers_its_page_metrics_and_api() {
     assert_eq!(status, 202, "{body}");
     let answer: serde_json::Value = serde_json::from_str(&unchunk("", &body)).unwrap();
     let id = answer["id"].as_str().unwrap().to_string();
-    let followed = Instant::now();
-    let state = loop {
-        let (status, body) = serve.get(&format!("/api/runs/{id}")).await;
-        assert_eq!(status, 200, "{body}");
-        let run: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if run["state"] != "running" {
-            break run;
-        }
-        assert!(followed.elapsed() < Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let state = ended(&serve, &id).await;
     assert_eq!(state["state"], "succeeded", "{state}");
     assert_eq!(state["triggered_by"], "api");
     assert_eq!(state["summary"]["succeeded"], true, "{state}");
@@ -354,16 +360,7 @@ async fn serve_runs_a_seconds_schedule_and_answers_its_page_metrics_and_api() {
         .as_str()
         .unwrap()
         .to_string();
-    let failed = Instant::now();
-    let run = loop {
-        let (_, body) = serve.get(&format!("/api/runs/{id}")).await;
-        let run: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if run["state"] != "running" {
-            break run;
-        }
-        assert!(failed.elapsed() < Duration::from_secs(60), "{run}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let run = ended(&serve, &id).await;
     assert_eq!(run["state"], "failed", "{run}");
     assert!(run["summary"].to_string().contains("ghost"), "{run}");
     let (_, head, body) = serve.try_get("/metrics", None).await.unwrap();
@@ -373,15 +370,10 @@ async fn serve_runs_a_seconds_schedule_and_answers_its_page_metrics_and_api() {
         "{metrics}"
     );
     // The page's status is read again after the run (at most every 10 s).
-    let listed = Instant::now();
-    while !serve.get("/").await.1.contains("/tables/ghost") {
-        assert!(
-            listed.elapsed() < Duration::from_secs(20),
-            "{}",
-            serve.output()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually(&serve, Duration::from_secs(20), async || {
+        serve.get("/").await.1.contains("/tables/ghost")
+    })
+    .await;
     let (_, ghost) = serve.get("/tables/ghost").await;
     assert!(
         ghost.contains(">failed<") && ghost.contains(">api<"),

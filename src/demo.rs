@@ -738,8 +738,10 @@ pub async fn run(opts: &DemoOptions) -> Result<bool> {
         demo_started.elapsed().as_secs_f64()
     );
     println!(
-        "\nThe warehouse is `{}` (schema raw). Carry on with:\n  {hint} status",
-        opts.warehouse_database
+        "\nThe warehouse is `{}` (schema raw). Carry on with:\n  {hint} status\n\
+         or watch it in a browser at http://{} (add a `schedules:` block to run it by itself):\n  {hint} serve",
+        opts.warehouse_database,
+        crate::serve::DEFAULT_LISTEN
     );
     Ok(ok)
 }

@@ -387,18 +387,7 @@ async fn row_reconciliation_repairs_what_no_watermark_sees_on_both_hops() {
 async fn rows_a_stopped_run_left_unread_below_the_keys_it_wrote_still_arrive() {
     let db = TestDb::new("wm_keys_through").await;
     db.source_sql(&[VISIT, &fill_visits(300)]).await;
-    let cfg = TablesConfig::parse(
-        "tables:
-  visit:
-    extraction_strategy: incremental
-    incremental_columns: [DateTStamp]
-    primary_incremental_column: DateTStamp
-    batch_size: 500
-    lookback_seconds: 2
-    lookback_keys: 1
-",
-    )
-    .unwrap();
+    let cfg = TablesConfig::from_tables([config().get("visit").unwrap().clone()]);
     assert!(db.run_two_hop(&cfg, None).await.succeeded());
     assert!(db.run_two_hop(&cfg, None).await.succeeded());
     db.source_sql(&[

@@ -192,14 +192,7 @@ impl From<crate::config::PerformanceCategory> for Category {
 
 impl Category {
     fn matches(self, table: &crate::config::TableConfig) -> bool {
-        use crate::config::PerformanceCategory as P;
-        let wanted = match self {
-            Category::Large => P::Large,
-            Category::Medium => P::Medium,
-            Category::Small => P::Small,
-            Category::Tiny => P::Tiny,
-        };
-        table.performance_category == Some(wanted)
+        table.performance_category.map(Category::from) == Some(self)
     }
 }
 
@@ -1007,16 +1000,12 @@ fn categories_of(config: &TablesConfig, path: &Path) -> Result<Vec<&'static str>
                 .join(", ")
         )));
     }
-    Ok([
-        (Category::Large, "large"),
-        (Category::Medium, "medium"),
-        (Category::Small, "small"),
-        (Category::Tiny, "tiny"),
-    ]
-    .into_iter()
-    .filter(|(c, _)| config.tables().any(|t| c.matches(t)))
-    .map(|(_, name)| name)
-    .collect())
+    use crate::config::PerformanceCategory as P;
+    Ok([P::Large, P::Medium, P::Small, P::Tiny]
+        .into_iter()
+        .filter(|c| config.tables().any(|t| t.performance_category == Some(*c)))
+        .map(config::category_name)
+        .collect())
 }
 
 /// What `analyze --check` found, one change a line, then the count.

@@ -38,6 +38,51 @@ pub enum Selection {
     Tables(Vec<String>),
 }
 
+impl Selection {
+    /// The selection a schedule or a `POST /api/runs` body names: exactly
+    /// one of `category` (some table has it), `tables` (each configured)
+    /// or `all: true`. An error names the key at fault (none when the
+    /// selection itself is) and why.
+    pub fn pick(
+        (category, tables, all): (
+            Option<PerformanceCategory>,
+            Option<Vec<String>>,
+            Option<bool>,
+        ),
+        has_table: &impl Fn(&str) -> bool,
+        has_category: &impl Fn(PerformanceCategory) -> bool,
+    ) -> std::result::Result<Selection, (Option<&'static str>, String)> {
+        match (category, tables, all) {
+            (Some(category), None, None | Some(false)) => {
+                if !has_category(category) {
+                    let why = format!(
+                        "no table has performance_category {}",
+                        category_name(category)
+                    );
+                    return Err((Some("category"), why));
+                }
+                Ok(Selection::Category(category))
+            }
+            (None, Some(tables), None | Some(false)) => {
+                if tables.is_empty() {
+                    let why = "the list is empty; name at least one table".to_string();
+                    return Err((Some("tables"), why));
+                }
+                if let Some(unknown) = tables.iter().find(|t| !has_table(t)) {
+                    let why = format!("table `{unknown}` is not in the table config");
+                    return Err((Some("tables"), why));
+                }
+                Ok(Selection::Tables(tables))
+            }
+            (None, None, Some(true)) => Ok(Selection::All),
+            _ => Err((
+                None,
+                "name exactly one of `category`, `tables` or `all: true`".to_string(),
+            )),
+        }
+    }
+}
+
 /// One validated schedule.
 #[derive(Debug, Clone)]
 pub struct Schedule {
@@ -85,41 +130,15 @@ pub(super) fn validate(
                 ),
             )
         })?;
-        let selection = match (raw.category, raw.tables, raw.all) {
-            (Some(category), None, None | Some(false)) => {
-                if !has_category(category) {
-                    return Err(err(
-                        "category",
-                        format!(
-                            "no table has performance_category {}",
-                            category_name(category)
-                        ),
-                    ));
-                }
-                Selection::Category(category)
-            }
-            (None, Some(tables), None | Some(false)) => {
-                if tables.is_empty() {
-                    return Err(err(
-                        "tables",
-                        "the list is empty; name at least one table".into(),
-                    ));
-                }
-                if let Some(unknown) = tables.iter().find(|t| !has_table(t)) {
-                    return Err(err(
-                        "tables",
-                        format!("table `{unknown}` is not in the table config"),
-                    ));
-                }
-                Selection::Tables(tables)
-            }
-            (None, None, Some(true)) => Selection::All,
-            _ => {
-                return Err(Error::config(format!(
-                    "schedules.{name}: name exactly one of `category`, `tables` or `all: true`"
-                )));
-            }
-        };
+        let selection = Selection::pick(
+            (raw.category, raw.tables, raw.all),
+            &has_table,
+            &has_category,
+        )
+        .map_err(|(key, why)| match key {
+            Some(key) => err(key, why),
+            None => Error::config(format!("schedules.{name}: {why}")),
+        })?;
         schedules.push(Schedule {
             pattern: raw.cron,
             name,

@@ -305,7 +305,7 @@ struct Shared<'a> {
     /// The session holding the run locks of the tables in hand (skip mode).
     locks: Option<&'a Client>,
     schema: &'a str,
-    run_id: &'a str,
+    /// The run's id (`origin.run_id`) and what started it.
     origin: &'a RunOrigin,
     force_full: bool,
     allow_mass_delete: bool,
@@ -334,7 +334,7 @@ impl Shared<'_> {
             result,
             peak_memory_mb: memory.map(|m| m.peak_mb()),
         };
-        for alert in alert::table_alerts(cfg, self.run_id, &measure) {
+        for alert in alert::table_alerts(cfg, &self.origin.run_id, &measure) {
             tracing::warn!(table = %cfg.name, phase, kind = alert.kind.name(), "alert: {}", alert.message);
             if let Some(control) = self.control
                 && let Err(e) =
@@ -356,7 +356,7 @@ impl Shared<'_> {
             force_full: self.force_full,
             allow_mass_delete: self.allow_mass_delete,
             ignore_time_gap: self.ignore_time_gap,
-            run_id: self.run_id.to_string(),
+            run_id: self.origin.run_id.clone(),
             stop: self.ctx.stop.clone(),
         }
     }
@@ -640,7 +640,8 @@ async fn load_one(
                 .await
                 .ok();
             let _ =
-                tracking::mark_status(c, schema, &cfg.name, "running", None, shared.run_id).await;
+                tracking::mark_status(c, schema, &cfg.name, "running", None, &shared.origin.run_id)
+                    .await;
             id
         }
         None => None,
@@ -655,9 +656,15 @@ async fn load_one(
         tracing::error!(table = %cfg.name, error = %chain(e), "load failed");
         if let Some(c) = control {
             let status = failure_status(e);
-            let _ =
-                tracking::mark_status(c, schema, &cfg.name, status, Some(&chain(e)), shared.run_id)
-                    .await;
+            let _ = tracking::mark_status(
+                c,
+                schema,
+                &cfg.name,
+                status,
+                Some(&chain(e)),
+                &shared.origin.run_id,
+            )
+            .await;
         }
     }
     if let (Some(c), Some(id)) = (control, history)
@@ -932,7 +939,6 @@ pub async fn run(ctx: &RunContext, mut plan: RunPlan) -> Result<RunReport> {
             control: control.as_ref(),
             locks: locks.as_ref(),
             schema: &schema,
-            run_id: &run_id,
             origin: &plan.origin,
             force_full: plan.force_full,
             allow_mass_delete: plan.allow_mass_delete,

@@ -504,31 +504,20 @@ struct RunBody {
 /// Checks a run body against the config: which tables, as a schedule
 /// names them.
 fn run_request(config: &TablesConfig, body: RunBody) -> std::result::Result<RunRequest, String> {
-    let selection = match (body.tables, body.category, body.all) {
-        (Some(tables), None, None | Some(false)) => {
-            if tables.is_empty() {
-                return Err("`tables` is empty; name at least one table".into());
-            }
-            for table in &tables {
-                config.get(table).map_err(|e| e.message().to_string())?;
-            }
-            Selection::Tables(tables)
-        }
-        (None, Some(category), None | Some(false)) => {
-            if !config
-                .tables()
-                .any(|t| t.performance_category == Some(category))
-            {
-                return Err(format!(
-                    "no table has performance_category {}",
-                    crate::config::category_name(category)
-                ));
-            }
-            Selection::Category(category)
-        }
-        (None, None, Some(true)) => Selection::All,
-        _ => return Err("name exactly one of `tables`, `category` or `all: true`".into()),
+    let has_category = |category| {
+        config
+            .tables()
+            .any(|t| t.performance_category == Some(category))
     };
+    let selection = Selection::pick(
+        (body.category, body.tables, body.all),
+        &|table| config.get(table).is_ok(),
+        &has_category,
+    )
+    .map_err(|(key, why)| match key {
+        Some(key) => format!("`{key}`: {why}"),
+        None => why,
+    })?;
     Ok(RunRequest {
         selection,
         force_full: body.force_full,

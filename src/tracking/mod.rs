@@ -1312,7 +1312,6 @@ pub async fn add_lag(
 /// One run-history row of a table, as the operator's page shows it.
 #[derive(Debug, Clone)]
 pub struct HistoryRow {
-    pub run_id: String,
     pub phase: String,
     pub status: String,
     pub triggered_by: String,
@@ -1337,7 +1336,7 @@ pub async fn table_history(
     let rows = client
         .query(
             &format!(
-                "select run_id, phase, status, triggered_by, schedule_name, strategy, \
+                "select phase, status, triggered_by, schedule_name, strategy, \
                         extract(epoch from started_at)::float8, \
                         extract(epoch from finished_at - started_at)::float8, rows_read, \
                         rows_inserted + rows_updated + rows_deleted + rows_repaired, error \
@@ -1352,17 +1351,16 @@ pub async fn table_history(
     Ok(rows
         .iter()
         .map(|r| HistoryRow {
-            run_id: r.get(0),
-            phase: r.get(1),
-            status: r.get(2),
-            triggered_by: r.get(3),
-            schedule: r.get(4),
-            strategy: r.get(5),
-            started_at: r.get(6),
-            seconds: r.get(7),
-            rows_read: r.get(8),
-            rows_written: r.get(9),
-            error: r.get(10),
+            phase: r.get(0),
+            status: r.get(1),
+            triggered_by: r.get(2),
+            schedule: r.get(3),
+            strategy: r.get(4),
+            started_at: r.get(5),
+            seconds: r.get(6),
+            rows_read: r.get(7),
+            rows_written: r.get(8),
+            error: r.get(9),
         })
         .collect())
 }
